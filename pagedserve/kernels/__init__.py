@@ -14,7 +14,7 @@ import torch
 
 from pagedserve.kernels._backend import use_triton
 from pagedserve.kernels.copy_blocks import copy_blocks_reference, copy_blocks_triton
-from pagedserve.kernels.paged_attention import paged_attention_reference
+from pagedserve.kernels.paged_attention import paged_attention_reference, paged_attention_triton
 from pagedserve.kernels.paged_decode_attention import paged_decode_attention_reference
 from pagedserve.kernels.swap_blocks import swap_blocks
 from pagedserve.kernels.write_kv_cache import write_kv_cache_reference, write_kv_cache_triton
@@ -44,6 +44,10 @@ def paged_attention(
     scale: float,
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim], query's dtype
     """Causal attention of a varlen batch of new tokens over the paged cache."""
+    if use_triton(query):
+        return paged_attention_triton(
+            query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale
+        )
     return paged_attention_reference(
         query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale
     )

@@ -37,8 +37,26 @@ def use_triton(tensor: torch.Tensor) -> bool:
     return tensor.is_cuda
 
 
+def dot_in_fp32(kernel, dtype: torch.dtype) -> bool:
+    """Whether a kernel must upcast bf16 operands before tl.dot.
+
+    Triton's interpreter multiplies bf16 operands of tl.dot as their raw 16-bit
+    patterns (seen with triton 3.9), so under the interpreter, and only there,
+    the kernels take the bf16 dot in fp32. Compiled kernels keep the bf16 dot.
+    """
+    return dtype == torch.bfloat16 and type(kernel).__name__ == "InterpretedFunction"
+
+
 def next_power_of_2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
-__all__ = ["HAS_TRITON", "KERNELS_ENV_VAR", "next_power_of_2", "tl", "triton", "use_triton"]
+__all__ = [
+    "HAS_TRITON",
+    "KERNELS_ENV_VAR",
+    "dot_in_fp32",
+    "next_power_of_2",
+    "tl",
+    "triton",
+    "use_triton",
+]

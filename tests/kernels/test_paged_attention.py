@@ -6,7 +6,7 @@ import pytest
 import torch
 from paged_kv_helpers import DEVICE, assert_close, dense_attention, make_paged_kv, random_tensor
 
-from pagedserve.kernels.paged_attention import paged_attention_reference
+from pagedserve.kernels.paged_attention import paged_attention_reference, paged_attention_triton
 
 # (num_heads, num_kv_heads, head_dim, block_size, dtype)
 CONFIGS = [
@@ -84,3 +84,25 @@ def test_reference_chunks_long_queries(monkeypatch):
     monkeypatch.setattr(module, "_REFERENCE_MAX_SCORES", 2 * 40 * 5)
     out = module.paged_attention_reference(*args)
     assert_close(out, dense_attention(args[0], keys, values, q_lens, args[-1]))
+
+
+@pytest.mark.parametrize("kind", ["decode", "prefill", "chunked", "mixed"])
+@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim,block_size,dtype", CONFIGS)
+def test_triton_matches_reference(kind, num_heads, num_kv_heads, head_dim, block_size, dtype):
+    seqs = batch_of(kind, block_size)
+    args, _, _, _ = make_inputs(seqs, num_heads, num_kv_heads, head_dim, block_size, dtype)
+    expected = paged_attention_reference(*args)
+    out = torch.full_like(args[0], float("nan"))  # poison: every element must be written
+    # Small tiles: several query tiles per sequence and several key steps.
+    config = {"BLOCK_M": 32, "BLOCK_N": 16}
+    paged_attention_triton(*args, out=out, config=config)
+    assert_close(out, expected)
+
+
+def test_triton_default_tiles_long_prefill():
+    """Production tile sizes; a prompt longer than one query tile, next to decodes."""
+    seqs = [(300, 300), (45, 1), (200, 70)]
+    args, _, _, _ = make_inputs(seqs, 9, 3, 64, 16, torch.float32)
+    out = torch.full_like(args[0], float("nan"))
+    paged_attention_triton(*args, out=out)
+    assert_close(out, paged_attention_reference(*args))
