@@ -15,7 +15,10 @@ import torch
 from pagedserve.kernels._backend import use_triton
 from pagedserve.kernels.copy_blocks import copy_blocks_reference, copy_blocks_triton
 from pagedserve.kernels.paged_attention import paged_attention_reference, paged_attention_triton
-from pagedserve.kernels.paged_decode_attention import paged_decode_attention_reference
+from pagedserve.kernels.paged_decode_attention import (
+    paged_decode_attention_reference,
+    paged_decode_attention_triton,
+)
 from pagedserve.kernels.swap_blocks import swap_blocks
 from pagedserve.kernels.write_kv_cache import write_kv_cache_reference, write_kv_cache_triton
 
@@ -62,6 +65,10 @@ def paged_decode_attention(
     scale: float,
 ) -> torch.Tensor:  # [num_seqs, num_heads, head_dim], query's dtype
     """Attention of each sequence's one new token (its last position)."""
+    if use_triton(query):
+        return paged_decode_attention_triton(
+            query, key_cache, value_cache, block_tables, seq_lens, scale
+        )
     return paged_decode_attention_reference(
         query, key_cache, value_cache, block_tables, seq_lens, scale
     )
