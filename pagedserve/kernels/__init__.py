@@ -1,0 +1,95 @@
+"""GPU kernels of pagedserve, each beside a pure-torch reference.
+
+Every op here is a dispatcher: the Triton kernel when the tensors are on CUDA
+(or when PAGEDSERVE_KERNELS=triton, which the CPU tests use under
+TRITON_INTERPRET=1), the torch reference otherwise. The references are what
+runs on CPU in production.
+
+The KV pool is one tensor per device,
+`pool: [num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim]`
+(index 0 = K, 1 = V); a layer's caches are `pool[layer, 0]` and `pool[layer, 1]`.
+"""
+
+import torch
+
+from pagedserve.kernels._backend import use_triton
+from pagedserve.kernels.copy_blocks import copy_blocks_reference, copy_blocks_triton
+from pagedserve.kernels.paged_attention import paged_attention_reference, paged_attention_triton
+from pagedserve.kernels.paged_decode_attention import (
+    paged_decode_attention_reference,
+    paged_decode_attention_triton,
+)
+from pagedserve.kernels.swap_blocks import swap_blocks
+from pagedserve.kernels.write_kv_cache import write_kv_cache_reference, write_kv_cache_triton
+
+
+def write_kv_cache(
+    key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+    value: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+    key_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    value_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    slot_mapping: torch.Tensor,  # [num_tokens] int64, block_id * block_size + offset
+) -> None:
+    """Write each token's K and V into its slot, in place."""
+    if use_triton(key_cache):
+        write_kv_cache_triton(key, value, key_cache, value_cache, slot_mapping)
+    else:
+        write_kv_cache_reference(key, value, key_cache, value_cache, slot_mapping)
+
+
+def paged_attention(
+    query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+    key_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    value_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    block_tables: torch.Tensor,  # [num_seqs, max_blocks_per_seq] int32
+    query_start_loc: torch.Tensor,  # [num_seqs + 1] int32
+    seq_lens: torch.Tensor,  # [num_seqs] int32, cached tokens including the new ones
+    scale: float,
+) -> torch.Tensor:  # [num_tokens, num_heads, head_dim], query's dtype
+    """Causal attention of a varlen batch of new tokens over the paged cache."""
+    if use_triton(query):
+        return paged_attention_triton(
+            query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale
+        )
+    return paged_attention_reference(
+        query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale
+    )
+
+
+def paged_decode_attention(
+    query: torch.Tensor,  # [num_seqs, num_heads, head_dim]
+    key_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    value_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    block_tables: torch.Tensor,  # [num_seqs, max_blocks_per_seq] int32
+    seq_lens: torch.Tensor,  # [num_seqs] int32
+    scale: float,
+) -> torch.Tensor:  # [num_seqs, num_heads, head_dim], query's dtype
+    """Attention of each sequence's one new token (its last position)."""
+    if use_triton(query):
+        return paged_decode_attention_triton(
+            query, key_cache, value_cache, block_tables, seq_lens, scale
+        )
+    return paged_decode_attention_reference(
+        query, key_cache, value_cache, block_tables, seq_lens, scale
+    )
+
+
+def copy_blocks(
+    pool: torch.Tensor,  # [num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim]
+    src_block_ids: torch.Tensor,  # [num_copies] int64, on the pool's device
+    dst_block_ids: torch.Tensor,  # [num_copies] int64, on the pool's device
+) -> None:
+    """Copy-on-write: pool[:, :, dst[i]] = pool[:, :, src[i]] for all layers, K and V."""
+    if use_triton(pool):
+        copy_blocks_triton(pool, src_block_ids, dst_block_ids)
+    else:
+        copy_blocks_reference(pool, src_block_ids, dst_block_ids)
+
+
+__all__ = [
+    "copy_blocks",
+    "paged_attention",
+    "paged_decode_attention",
+    "swap_blocks",
+    "write_kv_cache",
+]

@@ -1,0 +1,62 @@
+"""Which implementation runs: Triton where it can, the torch reference elsewhere.
+
+Triton is an optional dependency (the `kernels` extra). Where it is missing the
+kernel modules still import, so that their torch references serve the CPU path:
+`triton.jit` becomes the identity and `tl.constexpr` a placeholder annotation.
+"""
+
+import os
+import types
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+except ImportError:  # CPU-only install: references only.
+    HAS_TRITON = False
+    triton = types.SimpleNamespace(jit=lambda fn: fn, cdiv=lambda a, b: -(-a // b))
+    tl = types.SimpleNamespace(constexpr=None)
+
+# "auto" (default): Triton for CUDA tensors, torch otherwise.
+# "triton": always Triton (CPU tensors need TRITON_INTERPRET=1 set before the
+#           kernel modules are imported; the tests do this).
+# "torch": always the reference.
+KERNELS_ENV_VAR = "PAGEDSERVE_KERNELS"
+
+
+def use_triton(tensor: torch.Tensor) -> bool:
+    """True when the op on `tensor` should run the Triton kernel."""
+    mode = os.environ.get(KERNELS_ENV_VAR, "auto")
+    if mode == "torch" or not HAS_TRITON:
+        return False
+    if mode == "triton":
+        return True
+    return tensor.is_cuda
+
+
+def dot_in_fp32(kernel, dtype: torch.dtype) -> bool:
+    """Whether a kernel must upcast bf16 operands before tl.dot.
+
+    Triton's interpreter multiplies bf16 operands of tl.dot as their raw 16-bit
+    patterns (seen with triton 3.9), so under the interpreter, and only there,
+    the kernels take the bf16 dot in fp32. Compiled kernels keep the bf16 dot.
+    """
+    return dtype == torch.bfloat16 and type(kernel).__name__ == "InterpretedFunction"
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+__all__ = [
+    "HAS_TRITON",
+    "KERNELS_ENV_VAR",
+    "dot_in_fp32",
+    "next_power_of_2",
+    "tl",
+    "triton",
+    "use_triton",
+]

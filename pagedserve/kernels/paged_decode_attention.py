@@ -1,0 +1,257 @@
+"""Decode attention: one new query per sequence, at its last position.
+
+The Triton path splits each sequence's keys into partitions processed by
+separate programs (flash-decoding), then merges the partial softmaxes, so that
+a handful of long sequences still fills every multiprocessor.
+"""
+
+import functools
+
+import torch
+
+from pagedserve.kernels._backend import dot_in_fp32, next_power_of_2, tl, triton
+from pagedserve.kernels.paged_attention import (
+    _LOG2_E,
+    _check_shapes,
+    attend_kv_tile,
+    paged_attention_reference,
+)
+
+
+def paged_decode_attention_reference(
+    query: torch.Tensor,  # [num_seqs, num_heads, head_dim]
+    key_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    value_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    block_tables: torch.Tensor,  # [num_seqs, max_blocks_per_seq] int32
+    seq_lens: torch.Tensor,  # [num_seqs] int32
+    scale: float,
+) -> torch.Tensor:  # [num_seqs, num_heads, head_dim], query's dtype
+    """Pure torch: the varlen reference with one query per sequence."""
+    num_seqs = query.shape[0]
+    query_start_loc = torch.arange(num_seqs + 1, dtype=torch.int32, device=query.device)
+    return paged_attention_reference(
+        query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale
+    )
+
+
+@triton.jit
+def _decode_partition_kernel(
+    query_ptr,
+    key_cache_ptr,
+    value_cache_ptr,
+    block_tables_ptr,
+    seq_lens_ptr,
+    out_ptr,  # [num_seqs, num_heads, head_dim]: written when SINGLE_PARTITION
+    partial_out_ptr,  # [num_seqs, num_heads, num_partitions, head_dim] fp32, unnormalised
+    partial_max_ptr,  # [num_seqs, num_heads, num_partitions] fp32
+    partial_sum_ptr,  # [num_seqs, num_heads, num_partitions] fp32
+    scale_log2,
+    partition_tokens,
+    query_stride_seq,
+    query_stride_head,
+    out_stride_seq,
+    out_stride_head,
+    cache_stride_block,
+    cache_stride_slot,
+    cache_stride_head,
+    block_table_stride_seq,
+    num_partitions,
+    BLOCK_SIZE: tl.constexpr,
+    GROUP_SIZE: tl.constexpr,
+    GROUP_BLOCK: tl.constexpr,  # GROUP_SIZE padded to a power of two >= 16 (tl.dot)
+    HEAD_DIM: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    SINGLE_PARTITION: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,
+):
+    # Program (seq, kv_head, partition): the query rows are the group's heads,
+    # so each K/V tile is read once for all of them.
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    partition = tl.program_id(2)
+    seq_len = tl.load(seq_lens_ptr + seq)
+    first_token = partition * partition_tokens
+    if first_token >= seq_len:
+        return  # the merge kernel reads only partitions that hold keys
+    key_limit = tl.minimum(seq_len, first_token + partition_tokens)
+
+    group_rows = tl.arange(0, GROUP_BLOCK)
+    row_mask = group_rows < GROUP_SIZE
+    head = kv_head * GROUP_SIZE + group_rows  # [GROUP_BLOCK]
+    dims = tl.arange(0, HEAD_DIM)
+    q_offsets = seq.to(tl.int64) * query_stride_seq + head * query_stride_head
+    q = tl.load(query_ptr + q_offsets[:, None] + dims[None, :], mask=row_mask[:, None], other=0.0)
+    if DOT_IN_FP32:
+        q = q.to(tl.float32)
+    else:
+        q = q.to(key_cache_ptr.dtype.element_ty)
+
+    row_max = tl.full([GROUP_BLOCK], float("-inf"), dtype=tl.float32)
+    row_sum = tl.zeros([GROUP_BLOCK], dtype=tl.float32)
+    acc = tl.zeros([GROUP_BLOCK, HEAD_DIM], dtype=tl.float32)
+    block_table_row_ptr = block_tables_ptr + seq.to(tl.int64) * block_table_stride_seq
+    row_pos = tl.zeros([GROUP_BLOCK], dtype=tl.int32)  # unused: no causal mask in decode
+    for tile_first in range(first_token, key_limit, BLOCK_N):
+        row_max, row_sum, acc = attend_kv_tile(
+            q, row_max, row_sum, acc, key_cache_ptr, value_cache_ptr, block_table_row_ptr,
+            kv_head * cache_stride_head, tile_first, key_limit, row_pos, scale_log2,
+            cache_stride_block, cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, False,
+            DOT_IN_FP32,
+        )  # fmt: skip
+
+    if SINGLE_PARTITION:
+        out_offsets = seq.to(tl.int64) * out_stride_seq + head * out_stride_head
+        out = acc / row_sum[:, None]
+        tl.store(
+            out_ptr + out_offsets[:, None] + dims[None, :],
+            out.to(out_ptr.dtype.element_ty),
+            mask=row_mask[:, None],
+        )
+    else:
+        # Partial buffers are contiguous [num_seqs, num_heads, num_partitions(, head_dim)].
+        stat_offsets = (
+            seq.to(tl.int64) * (GROUP_SIZE * tl.num_programs(1)) + head
+        ) * num_partitions + partition
+        tl.store(partial_max_ptr + stat_offsets, row_max, mask=row_mask)
+        tl.store(partial_sum_ptr + stat_offsets, row_sum, mask=row_mask)
+        tl.store(
+            partial_out_ptr + stat_offsets[:, None] * HEAD_DIM + dims[None, :],
+            acc,
+            mask=row_mask[:, None],
+        )
+
+
+@triton.jit
+def _decode_merge_kernel(
+    seq_lens_ptr,
+    out_ptr,
+    partial_out_ptr,
+    partial_max_ptr,
+    partial_sum_ptr,
+    partition_tokens,
+    num_partitions,
+    out_stride_seq,
+    out_stride_head,
+    HEAD_DIM: tl.constexpr,
+    PARTITIONS_BLOCK: tl.constexpr,  # num_partitions rounded up to a power of two
+):
+    # Program (seq, head): softmax-weighted sum of the partitions' partial outputs.
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    seq_len = tl.load(seq_lens_ptr + seq)
+    num_used = tl.cdiv(seq_len, partition_tokens)
+    partitions = tl.arange(0, PARTITIONS_BLOCK)
+    used = partitions < num_used
+    stat_offsets = (seq.to(tl.int64) * tl.num_programs(1) + head) * num_partitions + partitions
+    part_max = tl.load(partial_max_ptr + stat_offsets, mask=used, other=float("-inf"))
+    part_sum = tl.load(partial_sum_ptr + stat_offsets, mask=used, other=0.0)
+    weights = tl.exp2(part_max - tl.max(part_max, axis=0))  # [PARTITIONS_BLOCK], 0 if unused
+    dims = tl.arange(0, HEAD_DIM)
+    part_out = tl.load(
+        partial_out_ptr + stat_offsets[:, None] * HEAD_DIM + dims[None, :],
+        mask=used[:, None],
+        other=0.0,
+    )  # [PARTITIONS_BLOCK, HEAD_DIM]
+    out = tl.sum(part_out * weights[:, None], axis=0) / tl.sum(part_sum * weights, axis=0)
+    out_offsets = seq.to(tl.int64) * out_stride_seq + head * out_stride_head + dims
+    tl.store(out_ptr + out_offsets, out.to(out_ptr.dtype.element_ty))
+
+
+# Programs to aim for: enough to fill every multiprocessor several times over.
+_PROGRAMS_PER_SM = 4
+# Below this many keys a partition's fixed costs (query load, merge) dominate.
+_MIN_PARTITION_TOKENS = 256
+# The merge kernel holds [partitions, head_dim] fp32 in registers: keep it small.
+_MAX_PARTITIONS = 64
+
+
+@functools.cache
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4  # interpreter: small, so that tests see several partitions
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def choose_partition_tokens(
+    num_seqs: int, num_kv_heads: int, max_seq_len: int, device: torch.device, block_n: int
+) -> int:
+    """Keys per partition, a multiple of block_n, from shapes alone (no device sync).
+
+    max_seq_len is the block table's capacity, an upper bound on every seq_len.
+    """
+    target_programs = _PROGRAMS_PER_SM * _num_sms(device)
+    wanted = triton.cdiv(target_programs, num_seqs * num_kv_heads)
+    most = max(1, min(_MAX_PARTITIONS, triton.cdiv(max_seq_len, _MIN_PARTITION_TOKENS)))
+    num_partitions = max(1, min(wanted, most))
+    tokens = triton.cdiv(max_seq_len, num_partitions)
+    return triton.cdiv(tokens, block_n) * block_n
+
+
+def _decode_config(head_dim: int) -> dict:
+    if head_dim <= 128:
+        return {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
+    return {"BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
+
+
+def paged_decode_attention_triton(
+    query: torch.Tensor,  # [num_seqs, num_heads, head_dim]
+    key_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    value_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    block_tables: torch.Tensor,  # [num_seqs, max_blocks_per_seq] int32
+    seq_lens: torch.Tensor,  # [num_seqs] int32, each >= 1
+    scale: float,
+    out: torch.Tensor | None = None,  # [num_seqs, num_heads, head_dim], written in full
+    partition_tokens: int | None = None,  # keys per partition; None: choose_partition_tokens
+    config: dict | None = None,  # overrides _decode_config (benchmarks)
+) -> torch.Tensor:  # [num_seqs, num_heads, head_dim], query's dtype
+    """Triton split-K decode: partitions of each sequence's keys, then a merge.
+
+    Never synchronizes with the device (CUDA-graph safe): the partition count
+    comes from the block table's width. Raises ValueError on unsupported shapes
+    (see paged_attention_triton) or a partition_tokens not a multiple of BLOCK_N.
+    """
+    num_seqs, num_heads, head_dim = query.shape
+    _, block_size, num_kv_heads, _ = key_cache.shape
+    _check_shapes(query, key_cache, value_cache)
+    if query.stride(2) != 1:
+        query = query.contiguous()
+    if out is None:
+        out = torch.empty_like(query)
+    if num_seqs == 0:
+        return out
+    config = {**_decode_config(head_dim), **(config or {})}
+    max_seq_len = block_tables.shape[1] * block_size
+    if partition_tokens is None:
+        partition_tokens = choose_partition_tokens(
+            num_seqs, num_kv_heads, max_seq_len, query.device, config["BLOCK_N"]
+        )
+    if partition_tokens % config["BLOCK_N"]:
+        raise ValueError(f"partition_tokens {partition_tokens} % BLOCK_N {config['BLOCK_N']}")
+    num_partitions = triton.cdiv(max_seq_len, partition_tokens)
+    group_size = num_heads // num_kv_heads
+    single = num_partitions == 1
+    stats_shape = (num_seqs, num_heads, num_partitions)
+    # With one partition the kernel writes `out` itself: no partial buffers.
+    partial_shape = (1, 1, 1) if single else stats_shape
+    partial_out = torch.empty(*partial_shape, head_dim, dtype=torch.float32, device=query.device)
+    partial_max = torch.empty(partial_shape, dtype=torch.float32, device=query.device)
+    partial_sum = torch.empty(partial_shape, dtype=torch.float32, device=query.device)
+    _decode_partition_kernel[(num_seqs, num_kv_heads, num_partitions)](
+        query, key_cache, value_cache, block_tables, seq_lens, out,
+        partial_out, partial_max, partial_sum, scale * _LOG2_E, partition_tokens,
+        query.stride(0), query.stride(1), out.stride(0), out.stride(1),
+        key_cache.stride(0), key_cache.stride(1), key_cache.stride(2), block_tables.stride(0),
+        num_partitions,
+        BLOCK_SIZE=block_size, GROUP_SIZE=group_size,
+        GROUP_BLOCK=max(16, next_power_of_2(group_size)), HEAD_DIM=head_dim,
+        SINGLE_PARTITION=single,
+        DOT_IN_FP32=dot_in_fp32(_decode_partition_kernel, key_cache.dtype),
+        **config,
+    )  # fmt: skip
+    if not single:
+        _decode_merge_kernel[(num_seqs, num_heads)](
+            seq_lens, out, partial_out, partial_max, partial_sum, partition_tokens,
+            num_partitions, out.stride(0), out.stride(1),
+            HEAD_DIM=head_dim, PARTITIONS_BLOCK=next_power_of_2(num_partitions),
+        )  # fmt: skip
+    return out

@@ -1,0 +1,96 @@
+"""Write the new tokens' keys and values into their cache slots.
+
+A slot is `block_id * block_size + offset`: the executor computes the slot of
+every new token from the blocks the block manager gave its sequence, and this op
+scatters one row of `num_kv_heads * head_dim` values per token into K and V.
+"""
+
+import torch
+
+from pagedserve.kernels._backend import next_power_of_2, tl, triton
+
+
+def write_kv_cache_reference(
+    key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+    value: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+    key_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    value_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    slot_mapping: torch.Tensor,  # [num_tokens] int64
+) -> None:
+    """Pure torch: one advanced-index assignment per cache, any strides."""
+    block_size = key_cache.shape[1]
+    block_ids = slot_mapping // block_size  # [num_tokens]
+    offsets = slot_mapping % block_size  # [num_tokens]
+    key_cache[block_ids, offsets] = key.to(key_cache.dtype)
+    value_cache[block_ids, offsets] = value.to(value_cache.dtype)
+
+
+@triton.jit
+def _write_kv_cache_kernel(
+    key_ptr,
+    value_ptr,
+    key_cache_ptr,
+    value_cache_ptr,
+    slot_mapping_ptr,
+    key_stride_token,
+    value_stride_token,
+    cache_stride_block,
+    cache_stride_slot,
+    block_size,
+    ROW_NUMEL: tl.constexpr,  # num_kv_heads * head_dim
+    ROW_BLOCK: tl.constexpr,  # ROW_NUMEL rounded up to a power of two
+):
+    # One program per token: its K row and V row are each ROW_NUMEL contiguous
+    # values, in the input and in the cache slot alike.
+    token = tl.program_id(0)
+    slot = tl.load(slot_mapping_ptr + token).to(tl.int64)
+    block_id = slot // block_size
+    offset_in_block = slot % block_size
+    cols = tl.arange(0, ROW_BLOCK)
+    mask = cols < ROW_NUMEL
+    cache_row = block_id * cache_stride_block + offset_in_block * cache_stride_slot
+    token_64 = token.to(tl.int64)
+    k = tl.load(key_ptr + token_64 * key_stride_token + cols, mask=mask)
+    v = tl.load(value_ptr + token_64 * value_stride_token + cols, mask=mask)
+    tl.store(key_cache_ptr + cache_row + cols, k.to(key_cache_ptr.dtype.element_ty), mask=mask)
+    tl.store(value_cache_ptr + cache_row + cols, v.to(value_cache_ptr.dtype.element_ty), mask=mask)
+
+
+def _rows_contiguous(x: torch.Tensor) -> torch.Tensor:
+    """x with each token's [heads, head_dim] row contiguous (token stride free)."""
+    _, num_heads, head_dim = x.shape
+    if x.stride(2) == 1 and x.stride(1) == head_dim:
+        return x
+    return x.contiguous()
+
+
+def write_kv_cache_triton(
+    key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+    value: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+    key_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    value_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    slot_mapping: torch.Tensor,  # [num_tokens] int64
+) -> None:
+    """Triton: one program per token. Raises ValueError on non-contiguous caches."""
+    num_tokens, num_kv_heads, head_dim = key.shape
+    if not (key_cache.is_contiguous() and value_cache.is_contiguous()):
+        raise ValueError("key_cache and value_cache must be contiguous")
+    if num_tokens == 0:
+        return
+    key = _rows_contiguous(key)
+    value = _rows_contiguous(value)
+    row_numel = num_kv_heads * head_dim
+    _write_kv_cache_kernel[(num_tokens,)](
+        key,
+        value,
+        key_cache,
+        value_cache,
+        slot_mapping,
+        key.stride(0),
+        value.stride(0),
+        key_cache.stride(0),
+        key_cache.stride(1),
+        key_cache.shape[1],
+        ROW_NUMEL=row_numel,
+        ROW_BLOCK=next_power_of_2(row_numel),
+    )
