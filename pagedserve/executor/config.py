@@ -1,0 +1,39 @@
+"""Settings of one executor process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pagedserve.common.config import option, require
+
+
+@dataclass
+class ExecutorConfig:
+    blockmgr: str = option("127.0.0.1:50061", "block manager address")
+    pool_id: str = option("", "KV pool to attach to; empty takes the only registered pool")
+    model: str = option(
+        "default", "model folder (HF Llama-family checkpoint); 'default' is SmolLM2-135M-Instruct"
+    )
+    dtype: str = option("auto", "weights dtype: auto (the pool's), float32, bfloat16, float16")
+    host: str = option("127.0.0.1", "address to listen on")
+    port: int = option(50071, "port to listen on (0 picks one)")
+    executor_id: str = option("", "id at the block manager; empty lets it assign one")
+    max_num_seqs: int = option(256, "most sequences in one step")
+    max_num_batched_tokens: int = option(
+        2048, "most tokens in one forward pass (prefill chunk size)"
+    )
+    startup_wait_s: float = option(
+        60.0, "how long to wait for the block manager and the pool at start"
+    )
+    shutdown_grace_s: float = option(30.0, "on SIGTERM, how long in-flight requests may run on")
+
+    def validate(self) -> None:
+        require(
+            self.dtype in ("auto", "float32", "bfloat16", "float16"),
+            "dtype",
+            "must be auto, float32, bfloat16 or float16",
+        )
+        require(self.max_num_seqs >= 1, "max_num_seqs", "must be >= 1")
+        require(self.max_num_batched_tokens >= 16, "max_num_batched_tokens", "must be >= 16")
+        require(self.startup_wait_s > 0, "startup_wait_s", "must be > 0")
+        require(self.shutdown_grace_s >= 0, "shutdown_grace_s", "must be >= 0")

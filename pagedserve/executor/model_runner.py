@@ -1,0 +1,92 @@
+"""Turns a step's chunks into the flat tensors the model takes, and runs it.
+
+A batch becomes: input_ids and positions of every new token back to back, the
+slot of each token in the pool (slot_mapping), each sequence's block table
+(padded), where each sequence's tokens start (query_start_loc), its length after
+the step (seq_lens), and which rows need logits (the last token of each chunk
+that reaches the end of its sequence).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pagedserve import kernels
+from pagedserve.executor.llama import AttentionBatch, LlamaForCausalLM
+from pagedserve.executor.scheduler import ScheduledChunk
+
+
+@dataclass
+class ModelInputs:
+    input_ids: torch.Tensor  # [T] int64
+    positions: torch.Tensor  # [T] int64
+    batch: AttentionBatch
+    logits_indices: torch.Tensor  # [num_sampled] int64
+    sampled_chunks: list[ScheduledChunk]
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaForCausalLM, kv_pool: torch.Tensor, block_size_tokens: int):
+        self.model = model
+        self.kv_pool = kv_pool  # [layers, 2, num_blocks, block_size, Hkv, D]
+        self.block_size = block_size_tokens
+        self.device = kv_pool.device
+
+    def prepare(self, chunks: list[ScheduledChunk]) -> ModelInputs:
+        block_size = self.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slot_mapping: list[int] = []
+        query_start_loc = [0]
+        seq_lens: list[int] = []
+        logits_indices: list[int] = []
+        sampled_chunks: list[ScheduledChunk] = []
+        max_blocks = max(len(chunk.seq.block_ids) for chunk in chunks)
+        block_tables = torch.zeros((len(chunks), max_blocks), dtype=torch.int32)
+        for row, chunk in enumerate(chunks):
+            seq, start, end = chunk.seq, chunk.start, chunk.start + chunk.num_new_tokens
+            table = seq.block_ids
+            input_ids.extend(seq.token_ids[start:end])
+            positions.extend(range(start, end))
+            slot_mapping.extend(
+                table[p // block_size] * block_size + p % block_size for p in range(start, end)
+            )
+            block_tables[row, : len(table)] = torch.tensor(table, dtype=torch.int32)
+            query_start_loc.append(len(input_ids))
+            seq_lens.append(end)
+            if chunk.needs_logits:
+                logits_indices.append(len(input_ids) - 1)
+                sampled_chunks.append(chunk)
+
+        def to_device(values, dtype):
+            return torch.tensor(values, dtype=dtype).to(self.device, non_blocking=True)
+
+        batch = AttentionBatch(
+            slot_mapping=to_device(slot_mapping, torch.int64),
+            block_tables=block_tables.to(self.device, non_blocking=True),
+            query_start_loc=to_device(query_start_loc, torch.int32),
+            seq_lens=to_device(seq_lens, torch.int32),
+            decode_only=len(input_ids) == len(chunks),
+        )
+        return ModelInputs(
+            input_ids=to_device(input_ids, torch.int64),
+            positions=to_device(positions, torch.int64),
+            batch=batch,
+            logits_indices=to_device(logits_indices, torch.int64),
+            sampled_chunks=sampled_chunks,
+        )
+
+    def copy_blocks(self, src_block_ids: list[int], dst_block_ids: list[int]) -> None:
+        """Copy-on-write: duplicates whole blocks (every layer, K and V) inside the pool."""
+        src = torch.tensor(src_block_ids, dtype=torch.int64, device=self.device)
+        dst = torch.tensor(dst_block_ids, dtype=torch.int64, device=self.device)
+        kernels.copy_blocks(self.kv_pool, src, dst)
+
+    def run(self, inputs: ModelInputs) -> torch.Tensor | None:
+        """Runs the forward pass; returns logits [num_sampled, vocab], or None if none are needed."""
+        logits = self.model(
+            inputs.input_ids, inputs.positions, self.kv_pool, inputs.batch, inputs.logits_indices
+        )
+        return logits if inputs.sampled_chunks else None

@@ -1,0 +1,296 @@
+"""Iteration-level scheduling: which tokens of which sequences run in the next forward pass.
+
+Every step, requests may join (first come, first served, while blocks and the
+token budget allow) and finished ones leave. Running decodes go first (one token
+each), then prefill chunks, so a long prompt is spread over several steps
+instead of stalling the decodes (chunked prefill).
+
+All block decisions of a step travel in ONE Step call to the block manager, in
+this order: computed-progress reports and frees (so freed blocks can be reused
+by this same step), appends of running sequences, allocations of new ones.
+Only when an append finds no block does the scheduler preempt the latest
+arrived request (by recomputation: its blocks are freed, it goes back to the
+front of the queue with its output so far) and make one more call.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from dataclasses import dataclass, field
+
+from pagedserve.blockmgr.v1 import blockmgr_pb2 as pb
+from pagedserve.executor.request import FinishReason, Request, Sequence, SequenceStatus
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    block_size_tokens: int
+    num_blocks: int
+    # Blocks kept free when admitting, so running sequences can grow without preemption.
+    watermark_blocks: int
+
+
+@dataclass
+class ScheduledChunk:
+    """Tokens [start, start + num_new_tokens) of seq run this step."""
+
+    seq: Sequence
+    start: int
+    num_new_tokens: int
+
+    @property
+    def needs_logits(self) -> bool:
+        """The chunk reaches the sequence's last token: the next token is sampled from it."""
+        return self.start + self.num_new_tokens == self.seq.num_tokens
+
+
+@dataclass
+class StepPlan:
+    chunks: list[ScheduledChunk] = field(default_factory=list)
+    # Copy-on-write copies to make before the forward pass (device block ids).
+    copy_src_block_ids: list[int] = field(default_factory=list)
+    copy_dst_block_ids: list[int] = field(default_factory=list)
+    num_preempted: int = 0
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, executor_id: str, step_call):
+        """step_call(pb.StepRequest) -> pb.StepResponse reaches the block manager."""
+        self.config = config
+        self.executor_id = executor_id
+        self._step_call = step_call
+        self.waiting: collections.deque[Request] = collections.deque()
+        self.running: list[Request] = []  # in arrival order
+        self._released: list[Sequence] = []  # freed at the next step's call
+        self._free_blocks = config.num_blocks
+        self.num_preemptions_total = 0
+
+    # ---- queries ----
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running or self._released)
+
+    def num_active_requests(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    def blocks_needed(self, num_tokens: int) -> int:
+        return _ceil_div(num_tokens, self.config.block_size_tokens)
+
+    # ---- request lifecycle ----
+
+    def add(self, request: Request) -> None:
+        self.waiting.append(request)
+
+    def finish_request(self, request: Request, reason: FinishReason) -> None:
+        """Ends every unfinished sequence of request (abort, error); blocks go at the next step."""
+        for seq in request.sequences:
+            if not seq.is_finished:
+                self._finish(seq, reason)
+        self._drop(request)
+
+    def _finish(self, seq: Sequence, reason: FinishReason) -> None:
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+        if seq.num_tokens_at_blockmgr:
+            self._released.append(seq)
+
+    def _drop(self, request: Request) -> None:
+        if request in self.running:
+            self.running.remove(request)
+        elif request in self.waiting:
+            self.waiting.remove(request)
+
+    def update(self, seq: Sequence, token_id: int, logprob: float, max_context_tokens: int) -> None:
+        """Appends a sampled token and ends the sequence if it should stop."""
+        seq.token_ids.append(token_id)
+        seq.cumulative_logprob += logprob
+        seq.pending_token_ids.append(token_id)
+        seq.pending_logprobs.append(logprob)
+        options = seq.request.sampling
+        if token_id in options.stop_token_ids:
+            self._finish(seq, FinishReason.STOP)
+        elif seq.num_output_tokens >= options.max_tokens or seq.num_tokens >= max_context_tokens:
+            self._finish(seq, FinishReason.LENGTH)
+        if seq.request.is_finished:
+            self._drop(seq.request)
+
+    # ---- the step ----
+
+    def schedule(self) -> StepPlan:
+        """Decides this step's tokens and makes the block manager calls they need."""
+        plan = StepPlan()
+        request = pb.StepRequest(executor_id=self.executor_id)
+        self._add_releases(request)
+        appends = self._add_appends(request)
+        admitted = self._add_admissions(request)
+        response = self._step_call(request)
+        self._free_blocks = response.num_free_blocks
+        self._collect_copies(response, plan)
+        failed = [
+            seq for index, seq in appends if not self._apply_append(seq, response.results[index])
+        ]
+        for index, waiting_request in admitted:
+            self._apply_allocation(waiting_request, response.results[index])
+        if failed:
+            plan.num_preempted = self._preempt_until_appended(failed, plan)
+        plan.chunks = self._plan_chunks()
+        return plan
+
+    def _add_releases(self, request: pb.StepRequest) -> None:
+        for seq in self._released:
+            self._add_computed(request, seq)
+            request.ops.add().free.seq_id = seq.seq_id
+            seq.forget_blocks()
+        self._released.clear()
+
+    @staticmethod
+    def _add_computed(request: pb.StepRequest, seq: Sequence) -> None:
+        # Reporting progress lets the block manager publish full blocks to the prefix cache.
+        if seq.num_computed_tokens > seq.num_computed_reported:
+            op = request.ops.add().computed
+            op.seq_id = seq.seq_id
+            op.num_computed_tokens = seq.num_computed_tokens
+            seq.num_computed_reported = seq.num_computed_tokens
+
+    def _running_sequences(self):
+        for running_request in self.running:
+            for seq in running_request.sequences:
+                if seq.status is SequenceStatus.RUNNING:
+                    yield seq
+
+    def _add_appends(self, request: pb.StepRequest) -> list[tuple[int, Sequence]]:
+        appends = []
+        for seq in self._running_sequences():
+            self._add_computed(request, seq)
+            if seq.num_tokens > seq.num_tokens_at_blockmgr:
+                appends.append((len(request.ops), seq))
+                op = request.ops.add().append
+                op.seq_id = seq.seq_id
+                op.token_ids.extend(seq.token_ids[seq.num_tokens_at_blockmgr :])
+        return appends
+
+    def _token_demand(self) -> int:
+        return sum(seq.num_tokens - seq.num_computed_tokens for seq in self._running_sequences())
+
+    def _add_admissions(self, request: pb.StepRequest) -> list[tuple[int, Request]]:
+        admitted: list[tuple[int, Request]] = []
+        token_budget = self.config.max_num_batched_tokens - self._token_demand()
+        # Each running sequence may need one more block for this step's append.
+        free_blocks = self._free_blocks - len(self.running)
+        num_running = len(self.running)
+        while (
+            self.waiting
+            and token_budget > 0
+            and num_running + len(admitted) < self.config.max_num_seqs
+        ):
+            candidate = self.waiting[0]
+            seq = candidate.sequences[0]
+            needed = self.blocks_needed(seq.num_tokens)
+            if needed + self.config.watermark_blocks > free_blocks and (self.running or admitted):
+                break  # wait for running requests to free blocks
+            self.waiting.popleft()
+            free_blocks -= needed
+            token_budget -= seq.num_tokens
+            admitted.append((len(request.ops), candidate))
+            op = request.ops.add().allocate
+            op.seq_id = seq.seq_id
+            op.token_ids.extend(seq.token_ids)
+            op.use_prefix_cache = candidate.sampling.use_prefix_cache
+        return admitted
+
+    @staticmethod
+    def _collect_copies(response: pb.StepResponse, plan: StepPlan) -> None:
+        plan.copy_src_block_ids.extend(response.copy_src_block_ids)
+        plan.copy_dst_block_ids.extend(response.copy_dst_block_ids)
+
+    @staticmethod
+    def _apply_append(seq: Sequence, result: pb.OpResult) -> bool:
+        if not result.ok:
+            return False
+        seq.block_ids.extend(result.new_block_ids)
+        for position, block_id in zip(
+            result.replaced_positions, result.replaced_block_ids, strict=True
+        ):
+            seq.block_ids[position] = block_id
+        seq.num_tokens_at_blockmgr = seq.num_tokens
+        return True
+
+    def _apply_allocation(self, request: Request, result: pb.OpResult) -> None:
+        seq = request.sequences[0]
+        if not result.ok:
+            self.waiting.appendleft(request)  # still first in line
+            return
+        seq.block_ids = list(result.new_block_ids)
+        seq.num_tokens_at_blockmgr = seq.num_tokens
+        seq.num_computed_tokens = result.num_cached_tokens
+        seq.num_computed_reported = result.num_cached_tokens
+        seq.status = SequenceStatus.RUNNING
+        if not request.announced:
+            request.cached_prompt_tokens = result.num_cached_tokens
+        self.running.append(request)
+
+    def _preempt_until_appended(self, failed: list[Sequence], plan: StepPlan) -> int:
+        """Preempts the latest arrivals until every failed append has its blocks."""
+        num_preempted = 0
+        while failed:
+            victim = self.running[-1]
+            self._preempt(victim)
+            num_preempted += 1
+            failed = [seq for seq in failed if seq.request is not victim]
+            request = pb.StepRequest(executor_id=self.executor_id)
+            self._add_releases(request)
+            retried = []
+            for seq in failed:
+                retried.append((len(request.ops), seq))
+                op = request.ops.add().append
+                op.seq_id = seq.seq_id
+                op.token_ids.extend(seq.token_ids[seq.num_tokens_at_blockmgr :])
+            response = self._step_call(request)
+            self._free_blocks = response.num_free_blocks
+            self._collect_copies(response, plan)
+            failed = [
+                seq
+                for index, seq in retried
+                if not self._apply_append(seq, response.results[index])
+            ]
+        self.num_preemptions_total += num_preempted
+        return num_preempted
+
+    def _preempt(self, request: Request) -> None:
+        """Recomputation: free the blocks, keep the tokens, requeue at the front."""
+        log.info("preempting request %s (recompute): KV blocks ran out", request.request_id)
+        self.running.remove(request)
+        for seq in request.sequences:
+            if seq.status is SequenceStatus.RUNNING:
+                seq.status = SequenceStatus.WAITING
+                self._released.append(seq)
+        self.waiting.appendleft(request)
+
+    def _plan_chunks(self) -> list[ScheduledChunk]:
+        """Decodes first (one token each), then prefill chunks in arrival order."""
+        chunks = []
+        token_budget = self.config.max_num_batched_tokens
+        prefills = []
+        for seq in self._running_sequences():
+            remaining = seq.num_tokens - seq.num_computed_tokens
+            if remaining == 1 and token_budget > 0:
+                chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, 1))
+                token_budget -= 1
+            elif remaining > 1:
+                prefills.append(seq)
+        for seq in prefills:
+            num_new = min(seq.num_tokens - seq.num_computed_tokens, token_budget)
+            if num_new <= 0:
+                break
+            chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, num_new))
+            token_budget -= num_new
+        return chunks

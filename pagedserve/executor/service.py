@@ -1,0 +1,257 @@
+"""`pagedserve executor`: the Executor gRPC service around the engine.
+
+Start-up: find the KV pool at the block manager, attach to it, load the model,
+take a lease, start the step loop, then listen. Protobufs are converted here
+and nowhere else in the executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import torch
+
+from pagedserve.common.config import ConfigError, log_config, parse_config
+from pagedserve.common.logs import setup_logging
+from pagedserve.common.server import (
+    SERVER_OPTIONS,
+    add_health_and_reflection,
+    bind,
+    serve_until_signal,
+    set_not_serving,
+)
+from pagedserve.executor.blockmgr_link import (
+    BlockManagerLink,
+    PoolNotFoundError,
+    pool_spec_from_info,
+)
+from pagedserve.executor.config import ExecutorConfig
+from pagedserve.executor.engine import Engine, SequenceEvent
+from pagedserve.executor.kv_pool import attach_pool
+from pagedserve.executor.model_config import load_model_config
+from pagedserve.executor.model_loader import load_model
+from pagedserve.executor.model_runner import ModelRunner
+from pagedserve.executor.model_store import resolve_model_path
+from pagedserve.executor.request import FinishReason, SamplingOptions
+from pagedserve.executor.scheduler import Scheduler, SchedulerConfig
+from pagedserve.executor.v1 import executor_pb2 as pb
+from pagedserve.executor.v1 import executor_pb2_grpc as pb_grpc
+from pagedserve.v1 import generation_pb2 as public_pb
+
+SERVICE_NAME = "pagedserve.executor.v1.Executor"
+_FINISH_TO_PB = {
+    None: public_pb.FINISH_REASON_UNSPECIFIED,
+    FinishReason.STOP: public_pb.FINISH_REASON_STOP,
+    FinishReason.LENGTH: public_pb.FINISH_REASON_LENGTH,
+    FinishReason.ABORTED: public_pb.FINISH_REASON_ABORTED,
+}
+
+
+def sampling_from_pb(options: pb.SamplingOptions) -> SamplingOptions:
+    stop_ids = set(options.stop_token_ids)
+    if not options.ignore_eos:
+        stop_ids.update(options.eos_token_ids)
+    return SamplingOptions(
+        max_tokens=options.max_tokens,
+        temperature=options.temperature,
+        top_p=options.top_p,
+        top_k=options.top_k,
+        seed=options.seed,
+        n=options.n or 1,
+        beam_width=options.beam_width or 1,
+        stop_token_ids=frozenset(stop_ids),
+        logprobs=options.logprobs,
+        use_prefix_cache=options.use_prefix_cache,
+    )
+
+
+def event_to_pb(event: SequenceEvent) -> pb.RequestEvent:
+    message = pb.RequestEvent(
+        request_id=event.request_id,
+        index=event.index,
+        token_ids=event.token_ids,
+        logprobs=event.logprobs,
+        finish_reason=_FINISH_TO_PB[event.finish_reason],
+        cumulative_logprob=event.cumulative_logprob,
+        cached_prompt_tokens=event.cached_prompt_tokens,
+    )
+    if event.error_code is not None:
+        message.error.code = event.error_code.value[0]
+        message.error.message = event.error_message
+    return message
+
+
+class StreamSink:
+    """Receives the engine's per-step batches on its thread and queues them for one stream."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self.queue: asyncio.Queue[pb.ConnectResponse | None] = asyncio.Queue()
+
+    def deliver(self, events: list[SequenceEvent]) -> None:
+        response = pb.ConnectResponse(events=[event_to_pb(e) for e in events])
+        self._loop.call_soon_threadsafe(self.queue.put_nowait, response)
+
+
+class ExecutorServicer(pb_grpc.ExecutorServicer):
+    def __init__(self, engine: Engine, info: pb.GetInfoResponse):
+        self.engine = engine
+        self.info = info
+        self.accepting = True
+
+    async def Connect(self, request_iterator, context):
+        sink = StreamSink(asyncio.get_running_loop())
+        reader = asyncio.ensure_future(self._read(request_iterator, sink))
+        try:
+            while True:
+                next_batch = asyncio.ensure_future(sink.queue.get())
+                done, _ = await asyncio.wait(
+                    [next_batch, reader], return_when=asyncio.FIRST_COMPLETED
+                )
+                if next_batch in done:
+                    yield next_batch.result()
+                    continue
+                next_batch.cancel()
+                break  # the gateway closed its side
+        finally:
+            reader.cancel()
+            self.engine.cancel_sink(sink)
+
+    async def _read(self, request_iterator, sink: StreamSink) -> None:
+        async for message in request_iterator:
+            if message.HasField("submit"):
+                submit = message.submit
+                if not self.accepting:
+                    refusal = SequenceEvent(
+                        submit.request_id,
+                        0,
+                        error_code=grpc.StatusCode.UNAVAILABLE,
+                        error_message="executor is shutting down",
+                    )
+                    sink.deliver([refusal])
+                    continue
+                self.engine.submit(
+                    submit.request_id,
+                    list(submit.prompt_token_ids),
+                    sampling_from_pb(submit.sampling),
+                    sink,
+                )
+            elif message.HasField("cancel"):
+                self.engine.cancel(message.cancel.request_id, sink)
+
+    async def GetInfo(self, request, context):
+        info = pb.GetInfoResponse()
+        info.CopyFrom(self.info)
+        info.num_active_requests = self.engine.num_active_requests()
+        return info
+
+
+def _find_pool(link: BlockManagerLink, pool_id: str, wait_s: float, log):
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return link.find_pool(pool_id)
+        except PoolNotFoundError:
+            if time.monotonic() > deadline:
+                raise
+            log.info("waiting for a KV pool to be registered at %s", link.address)
+            time.sleep(0.5)
+
+
+def build_engine(config: ExecutorConfig, link: BlockManagerLink, log):
+    """Attaches to the pool, loads the model, registers; returns (engine, info, executor_id)."""
+    pool_info = _find_pool(link, config.pool_id, config.startup_wait_s, log)
+    device_kind, spec = pool_spec_from_info(pool_info)
+    device = (
+        torch.device(device_kind, pool_info.device_index)
+        if device_kind == "cuda"
+        else torch.device("cpu")
+    )
+    model_path = resolve_model_path(config.model)
+    model_config = load_model_config(model_path)
+    expected = (model_config.num_layers, model_config.num_kv_heads, model_config.head_dim)
+    if (spec.num_layers, spec.num_kv_heads, spec.head_dim) != expected:
+        raise ConfigError(
+            f"--model {model_path}: KV shape {expected} does not match pool {pool_info.pool_id} {tuple(pool_info.shape)}"
+        )
+    dtype = spec.dtype if config.dtype == "auto" else getattr(torch, config.dtype)
+    kv_pool = attach_pool(device_kind, pool_info.device_handle, spec)
+    model = load_model(model_config, model_path, device, dtype)
+    registered = link.register_executor(pool_info.pool_id, config.executor_id)
+    scheduler = Scheduler(
+        SchedulerConfig(
+            max_num_seqs=config.max_num_seqs,
+            max_num_batched_tokens=config.max_num_batched_tokens,
+            block_size_tokens=spec.block_size_tokens,
+            num_blocks=spec.num_blocks,
+            watermark_blocks=max(1, spec.num_blocks // 100),
+        ),
+        registered.executor_id,
+        link.step,
+    )
+    runner = ModelRunner(model, kv_pool, spec.block_size_tokens)
+    engine = Engine(scheduler, runner, model_config.vocab_size, model_config.max_context_tokens)
+    info = pb.GetInfoResponse(
+        model_name=model_config.name,
+        max_context_tokens=model_config.max_context_tokens,
+        vocab_size=model_config.vocab_size,
+        device=str(device),
+        block_size_tokens=spec.block_size_tokens,
+        num_blocks=spec.num_blocks,
+        executor_id=registered.executor_id,
+        pool_id=pool_info.pool_id,
+    )
+    log.info(
+        "executor %s: model %s on %s (%s), pool %s: %d blocks of %d tokens",
+        registered.executor_id,
+        model_config.name,
+        device,
+        dtype,
+        pool_info.pool_id,
+        spec.num_blocks,
+        spec.block_size_tokens,
+    )
+    return engine, info, registered
+
+
+async def _serve(config: ExecutorConfig, log) -> None:
+    link = BlockManagerLink(config.blockmgr)
+    link.wait_ready(timeout_s=config.startup_wait_s)
+    engine, info, registered = build_engine(config, link, log)
+    stop_heartbeat = link.start_heartbeat(registered.executor_id, registered.lease_ms / 3000)
+    engine.start()
+    servicer = ExecutorServicer(engine, info)
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    pb_grpc.add_ExecutorServicer_to_server(servicer, server)
+    health = add_health_and_reflection(server, [SERVICE_NAME])
+    port = bind(server, config.host, config.port)
+    await server.start()
+    log.info("executor listening on %s:%d", config.host, port)
+
+    async def drain() -> None:
+        servicer.accepting = False
+        set_not_serving(health, [SERVICE_NAME])
+        deadline = time.monotonic() + config.shutdown_grace_s
+        while engine.num_active_requests() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    try:
+        await serve_until_signal(server, drain, grace_s=1.0)
+    finally:
+        engine.stop()
+        stop_heartbeat.set()
+        try:
+            link.unregister_executor(registered.executor_id)
+        except grpc.RpcError as error:
+            log.warning("could not unregister from the block manager: %s", error.details())
+        link.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    log = setup_logging("executor")
+    config = parse_config(ExecutorConfig, argv, "pagedserve executor", __doc__.splitlines()[0])
+    log_config(log, config)
+    asyncio.run(_serve(config, log))
+    return 0

@@ -1,0 +1,213 @@
+"""`pagedserve up`: every service as its own OS process, started in order and supervised.
+
+Order of start: block manager, pool keeper, executor(s), gateway; each must
+report SERVING on grpc health before the next starts. If any process exits,
+the others are stopped and `up` exits non-zero. On SIGTERM or Ctrl-C the
+services stop in reverse order (gateway first, so no new request arrives while
+executors drain; block manager and pool keeper last).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from pagedserve.common.config import log_config, option, parse_config, require
+from pagedserve.common.logs import setup_logging
+
+log = logging.getLogger("pagedserve.up")
+
+
+@dataclass
+class UpConfig:
+    host: str = option("127.0.0.1", "address every service binds to")
+    port: int = option(50051, "gateway port")
+    blockmgr_port: int = option(50061, "block manager port")
+    executor_port: int = option(50071, "first executor's port; executor i listens on this + i")
+    kvpool_port: int = option(50081, "pool keeper's health port")
+    num_executors: int = option(1, "executor processes attached to the one pool")
+    model: str = option("default", "model folder; 'default' is SmolLM2-135M-Instruct")
+    device: str = option("auto", "cpu, cuda, cuda:N, or auto")
+    dtype: str = option(
+        "auto", "float32, bfloat16, float16, or auto (float32 on cpu, bfloat16 on cuda)"
+    )
+    block_size: int = option(16, "tokens per KV block")
+    num_blocks: int = option(0, "KV blocks (0: from --kv-cache-gib)")
+    kv_cache_gib: float = option(0.0, "KV pool size in GiB (0: auto)")
+    num_swap_blocks: int = option(0, "host swap blocks for preemption by swapping")
+    max_num_seqs: int = option(256, "most sequences per executor step")
+    max_num_batched_tokens: int = option(2048, "most tokens per executor forward pass")
+    startup_timeout_s: float = option(600.0, "how long each service may take to become healthy")
+    shutdown_grace_s: float = option(30.0, "how long in-flight requests may run on after SIGTERM")
+
+    def validate(self) -> None:
+        require(self.num_executors >= 1, "num_executors", "must be >= 1")
+        require(self.startup_timeout_s > 0, "startup_timeout_s", "must be > 0")
+
+
+def wait_healthy(address: str, process: subprocess.Popen, timeout_s: float) -> None:
+    """Polls grpc health until SERVING; raises RuntimeError if the process dies or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"{' '.join(process.args[3:5])} exited with code {process.returncode}"
+                )
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise RuntimeError(f"{address} not healthy after {timeout_s:.0f} s")
+
+
+class Supervisor:
+    def __init__(self, config: UpConfig):
+        self.config = config
+        self.processes: list[tuple[str, subprocess.Popen]] = []
+        self._stopping = False
+
+    def start(self, name: str, args: list[str], port: int) -> None:
+        command = [sys.executable, "-m", "pagedserve.cli", *args]
+        # Own process group: Ctrl-C reaches `up` alone, which then stops services in order.
+        process = subprocess.Popen(command, start_new_session=True)
+        self.processes.append((name, process))
+        wait_healthy(f"{self.config.host}:{port}", process, self.config.startup_timeout_s)
+        log.info("%s is up on %s:%d (pid %d)", name, self.config.host, port, process.pid)
+
+    def start_all(self) -> None:
+        c = self.config
+        blockmgr = f"{c.host}:{c.blockmgr_port}"
+        self.start(
+            "blockmgr",
+            ["blockmgr", "--host", c.host, "--port", str(c.blockmgr_port)],
+            c.blockmgr_port,
+        )
+        self.start(
+            "kvpool",
+            [
+                "kvpool",
+                "--blockmgr",
+                blockmgr,
+                "--model",
+                c.model,
+                "--device",
+                c.device,
+                "--dtype",
+                c.dtype,
+                "--block-size",
+                str(c.block_size),
+                "--num-blocks",
+                str(c.num_blocks),
+                "--kv-cache-gib",
+                str(c.kv_cache_gib),
+                "--num-swap-blocks",
+                str(c.num_swap_blocks),
+                "--host",
+                c.host,
+                "--port",
+                str(c.kvpool_port),
+            ],
+            c.kvpool_port,
+        )
+        executor_addresses = []
+        for index in range(c.num_executors):
+            port = c.executor_port + index
+            self.start(
+                f"executor-{index}",
+                [
+                    "executor",
+                    "--blockmgr",
+                    blockmgr,
+                    "--model",
+                    c.model,
+                    "--host",
+                    c.host,
+                    "--port",
+                    str(port),
+                    "--max-num-seqs",
+                    str(c.max_num_seqs),
+                    "--max-num-batched-tokens",
+                    str(c.max_num_batched_tokens),
+                    "--shutdown-grace-s",
+                    str(c.shutdown_grace_s),
+                ],
+                port,
+            )
+            executor_addresses.append(f"{c.host}:{port}")
+        self.start(
+            "gateway",
+            [
+                "gateway",
+                "--host",
+                c.host,
+                "--port",
+                str(c.port),
+                "--executors",
+                ",".join(executor_addresses),
+                "--model",
+                c.model,
+                "--shutdown-grace-s",
+                str(c.shutdown_grace_s),
+            ],
+            c.port,
+        )
+
+    def watch(self) -> int:
+        """Returns when a service exits on its own (1) or a stop was asked for (0)."""
+        while not self._stopping:
+            for name, process in self.processes:
+                if process.poll() is not None:
+                    log.error(
+                        "%s exited with code %s; stopping the others", name, process.returncode
+                    )
+                    return 1
+            time.sleep(0.2)
+        return 0
+
+    def request_stop(self, *_args) -> None:
+        self._stopping = True
+
+    def stop_all(self) -> None:
+        """Gateway first, block manager last; each gets the grace period, then SIGKILL."""
+        for name, process in reversed(self.processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(self.config.shutdown_grace_s + 5)
+                except subprocess.TimeoutExpired:
+                    log.warning("%s did not stop in time; killing it", name)
+                    process.kill()
+                    process.wait()
+            log.info("%s stopped", name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging("up")
+    config = parse_config(UpConfig, argv, "pagedserve up", __doc__.splitlines()[0])
+    log_config(log, config)
+    supervisor = Supervisor(config)
+    signal.signal(signal.SIGTERM, supervisor.request_stop)
+    signal.signal(signal.SIGINT, supervisor.request_stop)
+    code = 0
+    try:
+        supervisor.start_all()
+        log.info("serving on %s:%d; Ctrl-C stops every service", config.host, config.port)
+        code = supervisor.watch()
+    except RuntimeError as error:
+        log.error("start failed: %s", error)
+        code = 1
+    finally:
+        supervisor.stop_all()
+    return code
