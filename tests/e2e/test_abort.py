@@ -1,0 +1,84 @@
+"""Abort and cancellation end a request at once and free its blocks."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+
+from pagedserve.v1 import generation_pb2 as pb
+
+LONG_RUN = pb.SamplingParams(max_tokens=400, temperature=0, ignore_eos=True)
+
+
+def test_abort_rpc_ends_a_running_stream_with_aborted(client, stack):
+    request = pb.GenerateRequest(
+        request_id="abort-me", prompt="Tell me a long story.", sampling=LONG_RUN
+    )
+    stream = client.GenerateStream(request, timeout=120)
+    first = next(stream)
+    assert first.request_id == "abort-me"
+    assert client.Abort(pb.AbortRequest(request_id="abort-me")).aborted
+    rest = list(stream)
+    assert rest[-1].finish_reason == pb.FINISH_REASON_ABORTED
+    assert sum(len(m.token_ids) for m in [first, *rest]) < 400
+    assert not client.Abort(pb.AbortRequest(request_id="abort-me")).aborted  # no longer running
+    assert stack.wait_no_blocks_held().used_blocks == 0
+
+
+def test_cancelling_the_call_frees_the_blocks(client, stack):
+    stream = client.GenerateStream(
+        pb.GenerateRequest(prompt="Tell me a long story.", sampling=LONG_RUN), timeout=120
+    )
+    next(stream)
+    assert stack.pool_stats().used_blocks > 0
+    stream.cancel()
+    assert stack.wait_no_blocks_held().used_blocks == 0
+
+
+def test_cancelling_during_prefill_frees_the_blocks(client, stack):
+    long_prompt = "word " * 1500
+    future = client.Generate.future(
+        pb.GenerateRequest(prompt=long_prompt, sampling=LONG_RUN), timeout=120
+    )
+    time.sleep(0.3)  # the 1,500-token prompt is still being prefilled in chunks
+    future.cancel()
+    assert stack.wait_no_blocks_held().used_blocks == 0
+
+
+def test_deadline_passing_aborts_the_request(client, stack):
+    try:
+        client.Generate(
+            pb.GenerateRequest(prompt="Tell me a long story.", sampling=LONG_RUN), timeout=0.5
+        )
+        raise AssertionError("a 400-token request finished within 0.5 s on CPU")
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert stack.wait_no_blocks_held().used_blocks == 0
+
+
+def test_abort_of_unknown_request_says_false(client):
+    assert not client.Abort(pb.AbortRequest(request_id="never-was")).aborted
+
+
+def test_a_client_id_in_use_is_rejected(client):
+    request = pb.GenerateRequest(
+        request_id="twice", prompt="Tell me a long story.", sampling=LONG_RUN
+    )
+    stream = client.GenerateStream(request, timeout=120)
+    next(stream)
+    errors = []
+    thread = threading.Thread(target=lambda: errors.append(_code_of(client, request)))
+    thread.start()
+    thread.join()
+    stream.cancel()
+    assert errors == [grpc.StatusCode.ALREADY_EXISTS]
+
+
+def _code_of(client, request):
+    try:
+        client.Generate(request, timeout=30)
+    except grpc.RpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
