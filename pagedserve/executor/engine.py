@@ -166,10 +166,7 @@ class Engine:
             message.sink,
             next(self._arrivals),
         )
-        seq = Sequence(next(self._seq_ids), request, 0, message.prompt_token_ids)
-        if not message.sampling.greedy:
-            seq.generator = make_generator(message.sampling.seed, self.runner.device)
-        request.sequences.append(seq)
+        self._new_sequence(request, 0, message.prompt_token_ids)
         self._requests[key] = request
         self.scheduler.add(request)
 
@@ -227,32 +224,57 @@ class Engine:
         if not plan.chunks:
             time.sleep(_IDLE_BACKOFF_S)
             return
-        self._forward_and_sample(plan)
-        self._emit(plan)
+        self._emit(self._forward_and_sample(plan))
 
-    def _forward_and_sample(self, plan: StepPlan) -> None:
+    def _forward_and_sample(self, plan: StepPlan) -> list[Sequence]:
+        """Runs the step; returns the sequences that got a token."""
         inputs = self.runner.prepare(plan.chunks)
         logits = self.runner.run(inputs)
         for chunk in plan.chunks:
             chunk.seq.num_computed_tokens += chunk.num_new_tokens
         if logits is None:
-            return
+            return []
         seqs = [chunk.seq for chunk in inputs.sampled_chunks]
+        rows = list(range(len(seqs)))
+        # Parallel sampling: the first token of every sample comes from the prompt's
+        # one prefill; the other samples are forked from it and share its blocks.
+        for row, seq in enumerate(list(seqs)):
+            if seq.request.sampling.n > len(seq.request.sequences):
+                children = self._spawn_samples(seq)
+                seqs.extend(children)
+                rows.extend([row] * len(children))
+        if len(rows) > logits.shape[0]:
+            logits = logits[torch.tensor(rows, device=logits.device)]
         with torch.inference_mode():
             token_ids, logprobs = sample(
                 logits, [seq.request.sampling for seq in seqs], [seq.generator for seq in seqs]
             )
         for seq, token_id, logprob in zip(seqs, token_ids, logprobs, strict=True):
             self.scheduler.update(seq, token_id, logprob, self.max_context_tokens)
+        return seqs
 
-    def _emit(self, plan: StepPlan) -> None:
+    def _new_sequence(self, request: Request, index: int, token_ids: list[int]) -> Sequence:
+        seq = Sequence(next(self._seq_ids), request, index, token_ids)
+        seq.num_prompt_tokens = len(request.prompt_token_ids)
+        if not request.sampling.greedy:
+            seq.generator = make_generator(request.sampling.seed + index, self.runner.device)
+        request.sequences.append(seq)
+        return seq
+
+    def _spawn_samples(self, parent: Sequence) -> list[Sequence]:
+        request = parent.request
+        children = []
+        for index in range(len(request.sequences), request.sampling.n):
+            child = self._new_sequence(request, index, parent.token_ids)
+            self.scheduler.fork(parent, child)
+            children.append(child)
+        return children
+
+    def _emit(self, seqs: list[Sequence]) -> None:
         by_sink: dict[int, tuple[object, list[SequenceEvent]]] = {}
-        seen: set[int] = set()
-        for chunk in plan.chunks:
-            seq = chunk.seq
-            if not seq.pending_token_ids or seq.seq_id in seen:
+        for seq in seqs:
+            if not seq.pending_token_ids:
                 continue
-            seen.add(seq.seq_id)
             request = seq.request
             by_sink.setdefault(id(request.sink), (request.sink, []))[1].append(
                 self._event(request, seq)

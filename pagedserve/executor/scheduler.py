@@ -15,6 +15,7 @@ front of the queue with its output so far) and make one more call.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import logging
 from dataclasses import dataclass, field
@@ -71,13 +72,16 @@ class Scheduler:
         self.waiting: collections.deque[Request] = collections.deque()
         self.running: list[Request] = []  # in arrival order
         self._released: list[Sequence] = []  # freed at the next step's call
+        self._pending_forks: list[
+            tuple[Sequence, Sequence]
+        ] = []  # (parent, child), at the next call
         self._free_blocks = config.num_blocks
         self.num_preemptions_total = 0
 
     # ---- queries ----
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self._released)
+        return bool(self.waiting or self.running or self._released or self._pending_forks)
 
     def num_active_requests(self) -> int:
         return len(self.waiting) + len(self.running)
@@ -96,6 +100,12 @@ class Scheduler:
             if not seq.is_finished:
                 self._finish(seq, reason)
         self._drop(request)
+
+    def fork(self, parent: Sequence, child: Sequence) -> None:
+        """child (already in parent's request) shares parent's blocks from the next step on."""
+        child.status = SequenceStatus.RUNNING
+        child.num_computed_tokens = parent.num_computed_tokens
+        self._pending_forks.append((parent, child))
 
     def _finish(self, seq: Sequence, reason: FinishReason) -> None:
         seq.status = SequenceStatus.FINISHED
@@ -130,16 +140,28 @@ class Scheduler:
         plan = StepPlan()
         request = pb.StepRequest(executor_id=self.executor_id)
         self._add_releases(request)
+        forks = self._add_forks(request)
         appends = self._add_appends(request)
         admitted = self._add_admissions(request)
         response = self._step_call(request)
         self._free_blocks = response.num_free_blocks
         self._collect_copies(response, plan)
+        for index, child, num_parent_tokens in forks:
+            child.block_ids = list(response.results[index].new_block_ids)
+            child.num_tokens_at_blockmgr = num_parent_tokens
         failed = [
             seq for index, seq in appends if not self._apply_append(seq, response.results[index])
         ]
+        not_admitted = []
         for index, waiting_request in admitted:
-            self._apply_allocation(waiting_request, response.results[index])
+            num_seqs = sum(
+                seq.status is SequenceStatus.WAITING for seq in waiting_request.sequences
+            )
+            if not self._apply_allocation(
+                waiting_request, list(response.results[index : index + num_seqs])
+            ):
+                not_admitted.append(waiting_request)
+        self.waiting.extendleft(reversed(not_admitted))  # still first in line, in their order
         if failed:
             plan.num_preempted = self._preempt_until_appended(failed, plan)
         plan.chunks = self._plan_chunks()
@@ -151,6 +173,19 @@ class Scheduler:
             request.ops.add().free.seq_id = seq.seq_id
             seq.forget_blocks()
         self._released.clear()
+
+    def _add_forks(self, request: pb.StepRequest) -> list[tuple[int, Sequence, int]]:
+        # Before any append: a child must not inherit its parent's newest token.
+        forks = []
+        for parent, child in self._pending_forks:
+            if child.is_finished:
+                continue  # aborted before it ever held a block
+            forks.append((len(request.ops), child, parent.num_tokens_at_blockmgr))
+            op = request.ops.add().fork
+            op.parent_seq_id = parent.seq_id
+            op.child_seq_id = child.seq_id
+        self._pending_forks.clear()
+        return forks
 
     @staticmethod
     def _add_computed(request: pb.StepRequest, seq: Sequence) -> None:
@@ -193,18 +228,19 @@ class Scheduler:
             and num_running + len(admitted) < self.config.max_num_seqs
         ):
             candidate = self.waiting[0]
-            seq = candidate.sequences[0]
-            needed = self.blocks_needed(seq.num_tokens)
+            seqs = [seq for seq in candidate.sequences if seq.status is SequenceStatus.WAITING]
+            needed = sum(self.blocks_needed(seq.num_tokens) for seq in seqs)
             if needed + self.config.watermark_blocks > free_blocks and (self.running or admitted):
                 break  # wait for running requests to free blocks
             self.waiting.popleft()
             free_blocks -= needed
-            token_budget -= seq.num_tokens
+            token_budget -= sum(seq.num_tokens for seq in seqs)
             admitted.append((len(request.ops), candidate))
-            op = request.ops.add().allocate
-            op.seq_id = seq.seq_id
-            op.token_ids.extend(seq.token_ids)
-            op.use_prefix_cache = candidate.sampling.use_prefix_cache
+            for seq in seqs:
+                op = request.ops.add().allocate
+                op.seq_id = seq.seq_id
+                op.token_ids.extend(seq.token_ids)
+                op.use_prefix_cache = candidate.sampling.use_prefix_cache
         return admitted
 
     @staticmethod
@@ -224,19 +260,26 @@ class Scheduler:
         seq.num_tokens_at_blockmgr = seq.num_tokens
         return True
 
-    def _apply_allocation(self, request: Request, result: pb.OpResult) -> None:
-        seq = request.sequences[0]
-        if not result.ok:
-            self.waiting.appendleft(request)  # still first in line
-            return
-        seq.block_ids = list(result.new_block_ids)
-        seq.num_tokens_at_blockmgr = seq.num_tokens
-        seq.num_computed_tokens = result.num_cached_tokens
-        seq.num_computed_reported = result.num_cached_tokens
-        seq.status = SequenceStatus.RUNNING
+    def _apply_allocation(self, request: Request, results: list[pb.OpResult]) -> bool:
+        """All of a request's waiting sequences get blocks, or none keeps any; False if none."""
+        seqs = [seq for seq in request.sequences if seq.status is SequenceStatus.WAITING]
+        if not all(result.ok for result in results):
+            for seq, result in zip(seqs, results, strict=True):
+                if result.ok:  # give back what the others' failure made useless
+                    seq.num_tokens_at_blockmgr = seq.num_tokens
+                    self._released.append(seq)
+            return False
+        for seq, result in zip(seqs, results, strict=True):
+            seq.block_ids = list(result.new_block_ids)
+            seq.num_tokens_at_blockmgr = seq.num_tokens
+            seq.num_computed_tokens = result.num_cached_tokens
+            seq.num_computed_reported = result.num_cached_tokens
+            seq.status = SequenceStatus.RUNNING
         if not request.announced:
-            request.cached_prompt_tokens = result.num_cached_tokens
-        self.running.append(request)
+            request.cached_prompt_tokens = results[0].num_cached_tokens
+        # Arrival order, so that preemption always picks the latest arrival.
+        bisect.insort(self.running, request, key=lambda r: r.arrival_index)
+        return True
 
     def _preempt_until_appended(self, failed: list[Sequence], plan: StepPlan) -> int:
         """Preempts the latest arrivals until every failed append has its blocks."""
