@@ -7,17 +7,27 @@ Each step's output goes to each sink (one per gateway stream) as ONE batch.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 import torch
 
+from pagedserve.executor.admission_check import RequestRejected, check_request
+from pagedserve.executor.beam_search import BeamSearch
 from pagedserve.executor.model_runner import ModelRunner
+from pagedserve.executor.outputs import (
+    SequenceEvent,
+    aborted_events,
+    beam_events,
+    error_event,
+    sequence_event,
+)
 from pagedserve.executor.request import FinishReason, Request, SamplingOptions, Sequence
 from pagedserve.executor.sampler import make_generator, sample
 from pagedserve.executor.scheduler import Scheduler, StepPlan
@@ -27,29 +37,6 @@ log = logging.getLogger(__name__)
 # How long the loop sleeps when a step could place nothing (the pool is full of
 # other executors' blocks), so it does not spin on the block manager.
 _IDLE_BACKOFF_S = 0.005
-
-
-@dataclass
-class SequenceEvent:
-    """What one step produced for one completion (plain type; the service converts it)."""
-
-    request_id: str
-    index: int
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    finish_reason: FinishReason | None = None
-    cumulative_logprob: float = 0.0
-    cached_prompt_tokens: int = 0
-    error_code: grpc.StatusCode | None = None
-    error_message: str = ""
-
-
-class RequestRejected(ValueError):
-    """A request the executor can never serve; carries the gRPC status for the client."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass
@@ -73,11 +60,7 @@ class _CancelSink:
 
 class Engine:
     def __init__(
-        self,
-        scheduler: Scheduler,
-        runner: ModelRunner,
-        vocab_size: int,
-        max_context_tokens: int,
+        self, scheduler: Scheduler, runner: ModelRunner, vocab_size: int, max_context_tokens: int
     ):
         self.scheduler = scheduler
         self.runner = runner
@@ -104,6 +87,7 @@ class Engine:
     def submit(
         self, request_id: str, prompt_token_ids: list[int], sampling: SamplingOptions, sink
     ) -> None:
+        """sink.deliver(list[SequenceEvent]) is called from the engine thread, once per step at most."""
         self._inbox.put(_Submit(request_id, prompt_token_ids, sampling, sink))
 
     def cancel(self, request_id: str, sink) -> None:
@@ -144,77 +128,61 @@ class Engine:
         elif isinstance(message, _Cancel):
             request = self._requests.get((id(message.sink), message.request_id))
             if request is not None:
-                self._end(request, FinishReason.ABORTED)
+                self._abort(request, notify=True)
         elif isinstance(message, _CancelSink):
             for request in [r for r in self._requests.values() if r.sink is message.sink]:
-                self._end(request, FinishReason.ABORTED, notify=False)
+                self._abort(request, notify=False)
 
     def _admit(self, message: _Submit) -> None:
         key = (id(message.sink), message.request_id)
+        config = self.scheduler.config
         try:
-            self._check(message, key)
-        except RequestRejected as rejected:
-            event = SequenceEvent(
-                message.request_id, 0, error_code=rejected.code, error_message=str(rejected)
+            if key in self._requests:
+                raise RequestRejected(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"request_id: {message.request_id!r} is already running",
+                )
+            check_request(
+                message.prompt_token_ids,
+                message.sampling,
+                self.vocab_size,
+                self.max_context_tokens,
+                config.block_size_tokens,
+                config.num_blocks,
             )
-            message.sink.deliver([event])
+        except RequestRejected as rejected:
+            message.sink.deliver([error_event(message.request_id, rejected.code, str(rejected))])
             return
+        sampling = message.sampling
         request = Request(
             message.request_id,
             message.prompt_token_ids,
-            message.sampling,
+            sampling,
             message.sink,
             next(self._arrivals),
         )
+        if sampling.beam_width > 1:
+            request.beam_search = BeamSearch(
+                sampling.beam_width,
+                len(message.prompt_token_ids),
+                sampling.max_tokens,
+                sampling.stop_token_ids,
+            )
         self._new_sequence(request, 0, message.prompt_token_ids)
         self._requests[key] = request
         self.scheduler.add(request)
 
-    def _check(self, message: _Submit, key) -> None:
-        """Raises RequestRejected for a request that can never run here."""
-        sampling, prompt = message.sampling, message.prompt_token_ids
-        if key in self._requests:
-            raise RequestRejected(
-                grpc.StatusCode.ALREADY_EXISTS,
-                f"request_id {message.request_id!r} is already running",
-            )
-        if sampling.n != 1 or sampling.beam_width != 1:
-            raise RequestRejected(
-                grpc.StatusCode.UNIMPLEMENTED,
-                "sampling.n and sampling.beam_width above 1 are not served yet",
-            )
-        if not prompt:
-            raise RequestRejected(grpc.StatusCode.INVALID_ARGUMENT, "prompt_token_ids is empty")
-        if max(prompt) >= self.vocab_size:
-            raise RequestRejected(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"prompt_token_ids: {max(prompt)} is outside the vocabulary of {self.vocab_size}",
-            )
-        total_tokens = len(prompt) + sampling.max_tokens
-        if total_tokens > self.max_context_tokens:
-            raise RequestRejected(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"prompt ({len(prompt)} tokens) plus max_tokens ({sampling.max_tokens}) exceeds the model's context of {self.max_context_tokens}",
-            )
-        if self.scheduler.blocks_needed(total_tokens) > self.scheduler.config.num_blocks:
-            raise RequestRejected(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"prompt plus max_tokens needs {self.scheduler.blocks_needed(total_tokens)} KV blocks; the whole pool has {self.scheduler.config.num_blocks}",
-            )
-
-    def _end(self, request: Request, reason: FinishReason, notify: bool = True) -> None:
-        self.scheduler.finish_request(request, reason)
+    def _abort(self, request: Request, notify: bool) -> None:
+        self.scheduler.finish_request(request, FinishReason.ABORTED)
         self._requests.pop(request.key, None)
         if notify:
-            request.sink.deliver([self._event(request, seq) for seq in request.sequences])
+            request.sink.deliver(aborted_events(request))
 
     def _fail_all(self, code: grpc.StatusCode, message: str) -> None:
         for request in list(self._requests.values()):
             self.scheduler.finish_request(request, FinishReason.ABORTED)
             self._requests.pop(request.key, None)
-            request.sink.deliver(
-                [SequenceEvent(request.request_id, 0, error_code=code, error_message=message)]
-            )
+            request.sink.deliver([error_event(request.request_id, code, message)])
 
     def _step(self) -> None:
         plan = self.scheduler.schedule()
@@ -224,39 +192,89 @@ class Engine:
         if not plan.chunks:
             time.sleep(_IDLE_BACKOFF_S)
             return
-        self._emit(self._forward_and_sample(plan))
+        events = self._forward_and_sample(plan)
+        self._deliver(events)
 
-    def _forward_and_sample(self, plan: StepPlan) -> list[Sequence]:
-        """Runs the step; returns the sequences that got a token."""
+    def _forward_and_sample(self, plan: StepPlan) -> list[tuple[Request, SequenceEvent]]:
+        """Runs the step and returns its events."""
         inputs = self.runner.prepare(plan.chunks)
-        logits = self.runner.run(inputs)
+        logits = self.runner.run(inputs)  # [num_sampled, vocab]
         for chunk in plan.chunks:
             chunk.seq.num_computed_tokens += chunk.num_new_tokens
         if logits is None:
             return []
-        seqs = [chunk.seq for chunk in inputs.sampled_chunks]
-        rows = list(range(len(seqs)))
-        # Parallel sampling: the first token of every sample comes from the prompt's
-        # one prefill; the other samples are forked from it and share its blocks.
-        for row, seq in enumerate(list(seqs)):
+        sampled = [chunk.seq for chunk in inputs.sampled_chunks]
+        beam_rows: dict[Request, list[int]] = collections.defaultdict(list)
+        rows, seqs = [], []
+        for row, seq in enumerate(sampled):
+            if seq.request.beam_search is not None:
+                beam_rows[seq.request].append(row)
+                continue
+            rows.append(row)
+            seqs.append(seq)
+            # Parallel sampling: every sample's first token comes from the prompt's one
+            # prefill; the other samples are forked from it and share its blocks.
             if seq.request.sampling.n > len(seq.request.sequences):
                 children = self._spawn_samples(seq)
                 seqs.extend(children)
                 rows.extend([row] * len(children))
-        if len(rows) > logits.shape[0]:
-            logits = logits[torch.tensor(rows, device=logits.device)]
-        with torch.inference_mode():
-            token_ids, logprobs = sample(
-                logits, [seq.request.sampling for seq in seqs], [seq.generator for seq in seqs]
+        events = self._sample_independent(logits, rows, seqs)
+        for request, request_rows in beam_rows.items():
+            events.extend(
+                self._advance_beam_search(
+                    request, [sampled[r] for r in request_rows], logits[request_rows]
+                )
             )
+        return events
+
+    def _sample_independent(self, logits: torch.Tensor, rows: list[int], seqs: list[Sequence]):
+        if not seqs:
+            return []
+        row_index = torch.tensor(rows, device=logits.device)
+        token_ids, logprobs = sample(
+            logits[row_index],
+            [seq.request.sampling for seq in seqs],
+            [seq.generator for seq in seqs],
+        )
         for seq, token_id, logprob in zip(seqs, token_ids, logprobs, strict=True):
             self.scheduler.update(seq, token_id, logprob, self.max_context_tokens)
-        return seqs
+        events = []
+        for seq in seqs:
+            events.append((seq.request, sequence_event(seq.request, seq)))
+            if seq.request.is_finished:
+                self._requests.pop(seq.request.key, None)
+        return events
+
+    def _advance_beam_search(self, request: Request, beams: list[Sequence], logits: torch.Tensor):
+        """One beam-search step: beams continue, fork or end; events only when the search is done."""
+        search = request.beam_search
+        continuations = search.step(beams, torch.log_softmax(logits, dim=-1))
+        by_parent: dict[int, list] = collections.defaultdict(list)
+        for continuation in continuations:
+            by_parent[continuation.parent.seq_id].append(continuation)
+        for beam in beams:
+            mine = by_parent.get(beam.seq_id, [])
+            if not mine:
+                self.scheduler.finish_sequence(
+                    beam, FinishReason.STOP
+                )  # pruned (or the search ended)
+                continue
+            for continuation in mine[1:]:
+                child = self._new_sequence(request, len(request.sequences), beam.token_ids)
+                self.scheduler.fork(beam, child)
+                self.scheduler.extend_beam(
+                    child, continuation.token_id, continuation.cumulative_logprob
+                )
+            self.scheduler.extend_beam(beam, mine[0].token_id, mine[0].cumulative_logprob)
+        if not search.done:
+            return []
+        self._requests.pop(request.key, None)
+        return [(request, event) for event in beam_events(request, search)]
 
     def _new_sequence(self, request: Request, index: int, token_ids: list[int]) -> Sequence:
         seq = Sequence(next(self._seq_ids), request, index, token_ids)
         seq.num_prompt_tokens = len(request.prompt_token_ids)
-        if not request.sampling.greedy:
+        if not request.sampling.greedy and request.beam_search is None:
             seq.generator = make_generator(request.sampling.seed + index, self.runner.device)
         request.sequences.append(seq)
         return seq
@@ -270,32 +288,11 @@ class Engine:
             children.append(child)
         return children
 
-    def _emit(self, seqs: list[Sequence]) -> None:
-        by_sink: dict[int, tuple[object, list[SequenceEvent]]] = {}
-        for seq in seqs:
-            if not seq.pending_token_ids:
-                continue
-            request = seq.request
-            by_sink.setdefault(id(request.sink), (request.sink, []))[1].append(
-                self._event(request, seq)
-            )
-            if request.is_finished:
-                self._requests.pop(request.key, None)
-        for sink, events in by_sink.values():
-            sink.deliver(events)
-
     @staticmethod
-    def _event(request: Request, seq: Sequence) -> SequenceEvent:
-        event = SequenceEvent(
-            request.request_id,
-            seq.index,
-            token_ids=seq.pending_token_ids,
-            logprobs=seq.pending_logprobs if request.sampling.logprobs else [],
-            finish_reason=seq.finish_reason,
-            cumulative_logprob=seq.cumulative_logprob,
-        )
-        if not request.announced:
-            event.cached_prompt_tokens = request.cached_prompt_tokens
-            request.announced = True
-        seq.pending_token_ids, seq.pending_logprobs = [], []
-        return event
+    def _deliver(events: list[tuple[Request, SequenceEvent]]) -> None:
+        """One batch per sink for the whole step."""
+        by_sink: dict[int, tuple[object, list[SequenceEvent]]] = {}
+        for request, event in events:
+            by_sink.setdefault(id(request.sink), (request.sink, []))[1].append(event)
+        for sink, sink_events in by_sink.values():
+            sink.deliver(sink_events)

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from pagedserve.executor.beam_search import BeamSearch
 
 
 class FinishReason(enum.Enum):
@@ -126,6 +130,8 @@ class Request:
     cached_prompt_tokens: int = 0
     # Whether the first event (which carries cached_prompt_tokens) was sent.
     announced: bool = False
+    # Set when sampling.beam_width > 1: the search's state; its beams are `sequences`.
+    beam_search: BeamSearch | None = None
 
     @property
     def key(self) -> tuple[int, str]:

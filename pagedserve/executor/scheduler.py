@@ -119,6 +119,18 @@ class Scheduler:
         elif request in self.waiting:
             self.waiting.remove(request)
 
+    def finish_sequence(self, seq: Sequence, reason: FinishReason) -> None:
+        """Ends one sequence (a pruned beam); the request ends with its last sequence."""
+        self._finish(seq, reason)
+        if seq.request.is_finished:
+            self._drop(seq.request)
+
+    @staticmethod
+    def extend_beam(seq: Sequence, token_id: int, cumulative_logprob: float) -> None:
+        """A beam goes on with token_id; beam search, not the stop rules, decides when it ends."""
+        seq.token_ids.append(token_id)
+        seq.cumulative_logprob = cumulative_logprob
+
     def update(self, seq: Sequence, token_id: int, logprob: float, max_context_tokens: int) -> None:
         """Appends a sampled token and ends the sequence if it should stop."""
         seq.token_ids.append(token_id)

@@ -28,12 +28,13 @@ from pagedserve.executor.blockmgr_link import (
     pool_spec_from_info,
 )
 from pagedserve.executor.config import ExecutorConfig
-from pagedserve.executor.engine import Engine, SequenceEvent
+from pagedserve.executor.engine import Engine
 from pagedserve.executor.kv_pool import attach_pool
 from pagedserve.executor.model_config import load_model_config
 from pagedserve.executor.model_loader import load_model
 from pagedserve.executor.model_runner import ModelRunner
 from pagedserve.executor.model_store import resolve_model_path
+from pagedserve.executor.outputs import SequenceEvent, error_event
 from pagedserve.executor.request import FinishReason, SamplingOptions
 from pagedserve.executor.scheduler import Scheduler, SchedulerConfig
 from pagedserve.executor.v1 import executor_pb2 as pb
@@ -76,6 +77,7 @@ def event_to_pb(event: SequenceEvent) -> pb.RequestEvent:
         finish_reason=_FINISH_TO_PB[event.finish_reason],
         cumulative_logprob=event.cumulative_logprob,
         cached_prompt_tokens=event.cached_prompt_tokens,
+        replaces_previous=event.replaces_previous,
     )
     if event.error_code is not None:
         message.error.code = event.error_code.value[0]
@@ -124,11 +126,8 @@ class ExecutorServicer(pb_grpc.ExecutorServicer):
             if message.HasField("submit"):
                 submit = message.submit
                 if not self.accepting:
-                    refusal = SequenceEvent(
-                        submit.request_id,
-                        0,
-                        error_code=grpc.StatusCode.UNAVAILABLE,
-                        error_message="executor is shutting down",
+                    refusal = error_event(
+                        submit.request_id, grpc.StatusCode.UNAVAILABLE, "executor is shutting down"
                     )
                     sink.deliver([refusal])
                     continue

@@ -188,7 +188,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
                 )
             cached_prompt_tokens = max(cached_prompt_tokens, event.cached_prompt_tokens)
             completion = completions.get(event.index)
-            if completion is None:
+            if completion is None or event.replaces_previous:
                 completion = _Completion(
                     CompletionText(self.tokenizer, validated.prompt_token_ids, list(sampling.stop)),
                     [],
