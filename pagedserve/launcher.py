@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from pagedserve.common.config import log_config, option, parse_config, require
+from pagedserve.common.config import flag_name, log_config, option, parse_config, require
 from pagedserve.common.logs import setup_logging
 
 log = logging.getLogger("pagedserve.up")
@@ -42,6 +42,7 @@ class UpConfig:
     num_blocks: int = option(0, "KV blocks (0: from --kv-cache-gib)")
     kv_cache_gib: float = option(0.0, "KV pool size in GiB (0: auto)")
     num_swap_blocks: int = option(0, "host swap blocks for preemption by swapping")
+    preemption_mode: str = option("recompute", "when KV blocks run out: recompute or swap")
     max_num_seqs: int = option(256, "most sequences per executor step")
     max_num_batched_tokens: int = option(2048, "most tokens per executor forward pass")
     startup_timeout_s: float = option(600.0, "how long each service may take to become healthy")
@@ -72,6 +73,11 @@ def wait_healthy(address: str, process: subprocess.Popen, timeout_s: float) -> N
     raise RuntimeError(f"{address} not healthy after {timeout_s:.0f} s")
 
 
+def flags(**settings) -> list[str]:
+    """flags(max_num_seqs=8) -> ["--max-num-seqs", "8"]: the services' own flag names."""
+    return [item for name, value in settings.items() for item in (flag_name(name), str(value))]
+
+
 class Supervisor:
     def __init__(self, config: UpConfig):
         self.config = config
@@ -90,79 +96,44 @@ class Supervisor:
         c = self.config
         blockmgr = f"{c.host}:{c.blockmgr_port}"
         self.start(
-            "blockmgr",
-            ["blockmgr", "--host", c.host, "--port", str(c.blockmgr_port)],
-            c.blockmgr_port,
+            "blockmgr", ["blockmgr", *flags(host=c.host, port=c.blockmgr_port)], c.blockmgr_port
         )
-        self.start(
-            "kvpool",
-            [
-                "kvpool",
-                "--blockmgr",
-                blockmgr,
-                "--model",
-                c.model,
-                "--device",
-                c.device,
-                "--dtype",
-                c.dtype,
-                "--block-size",
-                str(c.block_size),
-                "--num-blocks",
-                str(c.num_blocks),
-                "--kv-cache-gib",
-                str(c.kv_cache_gib),
-                "--num-swap-blocks",
-                str(c.num_swap_blocks),
-                "--host",
-                c.host,
-                "--port",
-                str(c.kvpool_port),
-            ],
-            c.kvpool_port,
+        kvpool_flags = flags(
+            blockmgr=blockmgr,
+            model=c.model,
+            device=c.device,
+            dtype=c.dtype,
+            block_size=c.block_size,
+            num_blocks=c.num_blocks,
+            kv_cache_gib=c.kv_cache_gib,
+            num_swap_blocks=c.num_swap_blocks,
+            host=c.host,
+            port=c.kvpool_port,
         )
+        self.start("kvpool", ["kvpool", *kvpool_flags], c.kvpool_port)
         executor_addresses = []
         for index in range(c.num_executors):
             port = c.executor_port + index
-            self.start(
-                f"executor-{index}",
-                [
-                    "executor",
-                    "--blockmgr",
-                    blockmgr,
-                    "--model",
-                    c.model,
-                    "--host",
-                    c.host,
-                    "--port",
-                    str(port),
-                    "--max-num-seqs",
-                    str(c.max_num_seqs),
-                    "--max-num-batched-tokens",
-                    str(c.max_num_batched_tokens),
-                    "--shutdown-grace-s",
-                    str(c.shutdown_grace_s),
-                ],
-                port,
+            executor_flags = flags(
+                blockmgr=blockmgr,
+                model=c.model,
+                host=c.host,
+                port=port,
+                max_num_seqs=c.max_num_seqs,
+                max_num_batched_tokens=c.max_num_batched_tokens,
+                preemption_mode=c.preemption_mode,
+                shutdown_grace_s=c.shutdown_grace_s,
             )
+            self.start(f"executor-{index}", ["executor", *executor_flags], port)
             executor_addresses.append(f"{c.host}:{port}")
-        self.start(
-            "gateway",
-            [
-                "gateway",
-                "--host",
-                c.host,
-                "--port",
-                str(c.port),
-                "--executors",
-                ",".join(executor_addresses),
-                "--model",
-                c.model,
-                "--shutdown-grace-s",
-                str(c.shutdown_grace_s),
-            ],
-            c.port,
+        gateway_flags = flags(
+            host=c.host,
+            port=c.port,
+            executors=",".join(executor_addresses),
+            model=c.model,
+            shutdown_grace_s=c.shutdown_grace_s,
         )
+        self.start("gateway", ["gateway", *gateway_flags], c.port)
 
     def watch(self) -> int:
         """Returns when a service exits on its own (1) or a stop was asked for (0)."""

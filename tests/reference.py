@@ -39,3 +39,23 @@ def hf_encode_chat(messages: list[dict[str, str]]) -> list[int]:
     _, tokenizer = hf_model_and_tokenizer()
     encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)
     return list(encoded["input_ids"])
+
+
+def hf_beams(prompt_token_ids: list[int], num_beams: int, max_new_tokens: int) -> list[list[int]]:
+    """transformers' beam search (its defaults), all num_beams results best first, each cut after EOS."""
+    model, tokenizer = hf_model_and_tokenizer()
+    with torch.inference_mode():
+        output = model.generate(
+            torch.tensor([prompt_token_ids]),
+            attention_mask=torch.ones(1, len(prompt_token_ids), dtype=torch.long),
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            num_return_sequences=num_beams,
+            do_sample=False,
+        )
+    beams = []
+    eos = tokenizer.eos_token_id
+    for row in output[:, len(prompt_token_ids) :].tolist():
+        # Shorter beams are padded with the pad token, which is EOS for this model.
+        beams.append(row[: row.index(eos) + 1] if eos in row else row)
+    return beams

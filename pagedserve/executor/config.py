@@ -22,6 +22,9 @@ class ExecutorConfig:
     max_num_batched_tokens: int = option(
         2048, "most tokens in one forward pass (prefill chunk size)"
     )
+    preemption_mode: str = option(
+        "recompute", "when KV blocks run out: recompute or swap (needs kvpool --num-swap-blocks)"
+    )
     startup_wait_s: float = option(
         60.0, "how long to wait for the block manager and the pool at start"
     )
@@ -35,5 +38,15 @@ class ExecutorConfig:
         )
         require(self.max_num_seqs >= 1, "max_num_seqs", "must be >= 1")
         require(self.max_num_batched_tokens >= 16, "max_num_batched_tokens", "must be >= 16")
+        require(
+            self.preemption_mode in ("recompute", "swap"),
+            "preemption_mode",
+            "must be recompute or swap",
+        )
+        require(
+            self.max_num_batched_tokens >= self.max_num_seqs,
+            "max_num_batched_tokens",
+            "must be >= --max-num-seqs, so every running sequence can decode each step",
+        )
         require(self.startup_wait_s > 0, "startup_wait_s", "must be > 0")
         require(self.shutdown_grace_s >= 0, "shutdown_grace_s", "must be >= 0")

@@ -30,7 +30,8 @@ from pagedserve.executor.outputs import (
 )
 from pagedserve.executor.request import FinishReason, Request, SamplingOptions, Sequence
 from pagedserve.executor.sampler import make_generator, sample
-from pagedserve.executor.scheduler import Scheduler, StepPlan
+from pagedserve.executor.scheduler import Scheduler
+from pagedserve.executor.step_plan import StepPlan
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +188,9 @@ class Engine:
     def _step(self) -> None:
         plan = self.scheduler.schedule()
         self.num_steps += 1
-        if plan.copy_src_block_ids:
-            self.runner.copy_blocks(plan.copy_src_block_ids, plan.copy_dst_block_ids)
+        for copies in plan.copies:
+            if copies:
+                self.runner.apply_copies(copies)
         if not plan.chunks:
             time.sleep(_IDLE_BACKOFF_S)
             return

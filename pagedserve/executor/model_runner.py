@@ -15,7 +15,7 @@ import torch
 
 from pagedserve import kernels
 from pagedserve.executor.llama import AttentionBatch, LlamaForCausalLM
-from pagedserve.executor.scheduler import ScheduledChunk
+from pagedserve.executor.step_plan import BlockCopies, ScheduledChunk
 
 
 @dataclass
@@ -28,9 +28,16 @@ class ModelInputs:
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaForCausalLM, kv_pool: torch.Tensor, block_size_tokens: int):
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        kv_pool: torch.Tensor,
+        block_size_tokens: int,
+        swap_pool: torch.Tensor | None = None,
+    ):
         self.model = model
         self.kv_pool = kv_pool  # [layers, 2, num_blocks, block_size, Hkv, D]
+        self.swap_pool = swap_pool  # the same on the host, with num_swap_blocks
         self.block_size = block_size_tokens
         self.device = kv_pool.device
 
@@ -78,11 +85,31 @@ class ModelRunner:
             sampled_chunks=sampled_chunks,
         )
 
-    def copy_blocks(self, src_block_ids: list[int], dst_block_ids: list[int]) -> None:
-        """Copy-on-write: duplicates whole blocks (every layer, K and V) inside the pool."""
-        src = torch.tensor(src_block_ids, dtype=torch.int64, device=self.device)
-        dst = torch.tensor(dst_block_ids, dtype=torch.int64, device=self.device)
-        kernels.copy_blocks(self.kv_pool, src, dst)
+    def _ids(self, block_ids: list[int], device: torch.device) -> torch.Tensor:
+        return torch.tensor(block_ids, dtype=torch.int64, device=device)
+
+    def apply_copies(self, copies: BlockCopies) -> None:
+        """Makes one Step call's copies, in the order BlockCopies documents."""
+        if copies.swap_out_device_block_ids:
+            kernels.swap_blocks(
+                self.kv_pool,
+                self.swap_pool,
+                self._ids(copies.swap_out_device_block_ids, self.device),
+                self._ids(copies.swap_out_host_block_ids, torch.device("cpu")),
+            )
+        if copies.copy_src_block_ids:
+            kernels.copy_blocks(
+                self.kv_pool,
+                self._ids(copies.copy_src_block_ids, self.device),
+                self._ids(copies.copy_dst_block_ids, self.device),
+            )
+        if copies.swap_in_host_block_ids:
+            kernels.swap_blocks(
+                self.swap_pool,
+                self.kv_pool,
+                self._ids(copies.swap_in_host_block_ids, torch.device("cpu")),
+                self._ids(copies.swap_in_device_block_ids, self.device),
+            )
 
     def run(self, inputs: ModelInputs) -> torch.Tensor | None:
         """Runs the forward pass; returns logits [num_sampled, vocab], or None if none are needed."""

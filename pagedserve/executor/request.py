@@ -27,6 +27,7 @@ class FinishReason(enum.Enum):
 class SequenceStatus(enum.Enum):
     WAITING = "waiting"  # no blocks yet (new, or preempted by recomputation)
     RUNNING = "running"  # has blocks; computes this step or the next
+    SWAPPED = "swapped"  # preempted by swapping: its blocks are in the host swap pool
     FINISHED = "finished"
 
 

@@ -7,10 +7,12 @@ instead of stalling the decodes (chunked prefill).
 
 All block decisions of a step travel in ONE Step call to the block manager, in
 this order: computed-progress reports and frees (so freed blocks can be reused
-by this same step), appends of running sequences, allocations of new ones.
-Only when an append finds no block does the scheduler preempt the latest
-arrived request (by recomputation: its blocks are freed, it goes back to the
-front of the queue with its output so far) and make one more call.
+by this same step), forks, appends of running sequences, admissions (new
+allocations and swap-ins). Only when an append finds no block does the
+scheduler preempt the latest arrived request and make one more call. A
+preempted request goes back to the front of the queue, either without blocks
+(recompute: its tokens are computed again on resumption; the default) or with
+its blocks copied to the host swap pool (swap).
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ from dataclasses import dataclass, field
 
 from pagedserve.blockmgr.v1 import blockmgr_pb2 as pb
 from pagedserve.executor.request import FinishReason, Request, Sequence, SequenceStatus
+from pagedserve.executor.step_plan import BlockCopies, ScheduledChunk, StepPlan
 
 log = logging.getLogger(__name__)
+
+PREEMPTION_MODES = ("recompute", "swap")
 
 
 @dataclass(frozen=True)
@@ -34,33 +39,28 @@ class SchedulerConfig:
     num_blocks: int
     # Blocks kept free when admitting, so running sequences can grow without preemption.
     watermark_blocks: int
-
-
-@dataclass
-class ScheduledChunk:
-    """Tokens [start, start + num_new_tokens) of seq run this step."""
-
-    seq: Sequence
-    start: int
-    num_new_tokens: int
-
-    @property
-    def needs_logits(self) -> bool:
-        """The chunk reaches the sequence's last token: the next token is sampled from it."""
-        return self.start + self.num_new_tokens == self.seq.num_tokens
-
-
-@dataclass
-class StepPlan:
-    chunks: list[ScheduledChunk] = field(default_factory=list)
-    # Copy-on-write copies to make before the forward pass (device block ids).
-    copy_src_block_ids: list[int] = field(default_factory=list)
-    copy_dst_block_ids: list[int] = field(default_factory=list)
-    num_preempted: int = 0
+    preemption_mode: str = "recompute"
 
 
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
+
+
+@dataclass
+class _Call:
+    """One Step call being built, and what to do with each op's result."""
+
+    request: pb.StepRequest
+    appends: list[tuple[int, Sequence]] = field(default_factory=list)
+    forks: list[tuple[int, Sequence, int]] = field(default_factory=list)
+    admissions: list[tuple[int, Request, list[Sequence]]] = field(default_factory=list)
+    swap_outs: list[tuple[int, Sequence]] = field(default_factory=list)
+
+    def add_append(self, seq: Sequence) -> None:
+        self.appends.append((len(self.request.ops), seq))
+        op = self.request.ops.add().append
+        op.seq_id = seq.seq_id
+        op.token_ids.extend(seq.token_ids[seq.num_tokens_at_blockmgr :])
 
 
 class Scheduler:
@@ -71,7 +71,7 @@ class Scheduler:
         self._step_call = step_call
         self.waiting: collections.deque[Request] = collections.deque()
         self.running: list[Request] = []  # in arrival order
-        self._released: list[Sequence] = []  # freed at the next step's call
+        self._released: list[Sequence] = []  # freed at the next call
         self._pending_forks: list[
             tuple[Sequence, Sequence]
         ] = []  # (parent, child), at the next call
@@ -95,35 +95,23 @@ class Scheduler:
         self.waiting.append(request)
 
     def finish_request(self, request: Request, reason: FinishReason) -> None:
-        """Ends every unfinished sequence of request (abort, error); blocks go at the next step."""
+        """Ends every unfinished sequence of request (abort, error); blocks go at the next call."""
         for seq in request.sequences:
             if not seq.is_finished:
                 self._finish(seq, reason)
         self._drop(request)
-
-    def fork(self, parent: Sequence, child: Sequence) -> None:
-        """child (already in parent's request) shares parent's blocks from the next step on."""
-        child.status = SequenceStatus.RUNNING
-        child.num_computed_tokens = parent.num_computed_tokens
-        self._pending_forks.append((parent, child))
-
-    def _finish(self, seq: Sequence, reason: FinishReason) -> None:
-        seq.status = SequenceStatus.FINISHED
-        seq.finish_reason = reason
-        if seq.num_tokens_at_blockmgr:
-            self._released.append(seq)
-
-    def _drop(self, request: Request) -> None:
-        if request in self.running:
-            self.running.remove(request)
-        elif request in self.waiting:
-            self.waiting.remove(request)
 
     def finish_sequence(self, seq: Sequence, reason: FinishReason) -> None:
         """Ends one sequence (a pruned beam); the request ends with its last sequence."""
         self._finish(seq, reason)
         if seq.request.is_finished:
             self._drop(seq.request)
+
+    def fork(self, parent: Sequence, child: Sequence) -> None:
+        """child (already in parent's request) shares parent's blocks from the next call on."""
+        child.status = SequenceStatus.RUNNING
+        child.num_computed_tokens = parent.num_computed_tokens
+        self._pending_forks.append((parent, child))
 
     @staticmethod
     def extend_beam(seq: Sequence, token_id: int, cumulative_logprob: float) -> None:
@@ -145,59 +133,70 @@ class Scheduler:
         if seq.request.is_finished:
             self._drop(seq.request)
 
+    def _finish(self, seq: Sequence, reason: FinishReason) -> None:
+        holds_blocks = seq.num_tokens_at_blockmgr > 0
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+        if holds_blocks:
+            self._released.append(seq)
+
+    def _drop(self, request: Request) -> None:
+        if request in self.running:
+            self.running.remove(request)
+        elif request in self.waiting:
+            self.waiting.remove(request)
+
     # ---- the step ----
 
     def schedule(self) -> StepPlan:
-        """Decides this step's tokens and makes the block manager calls they need."""
+        """Decides this step's tokens and makes the block-manager calls they need."""
         plan = StepPlan()
-        request = pb.StepRequest(executor_id=self.executor_id)
-        self._add_releases(request)
-        forks = self._add_forks(request)
-        appends = self._add_appends(request)
-        admitted = self._add_admissions(request)
-        response = self._step_call(request)
-        self._free_blocks = response.num_free_blocks
-        self._collect_copies(response, plan)
-        for index, child, num_parent_tokens in forks:
-            child.block_ids = list(response.results[index].new_block_ids)
-            child.num_tokens_at_blockmgr = num_parent_tokens
-        failed = [
-            seq for index, seq in appends if not self._apply_append(seq, response.results[index])
-        ]
-        not_admitted = []
-        for index, waiting_request in admitted:
-            num_seqs = sum(
-                seq.status is SequenceStatus.WAITING for seq in waiting_request.sequences
-            )
-            if not self._apply_allocation(
-                waiting_request, list(response.results[index : index + num_seqs])
-            ):
-                not_admitted.append(waiting_request)
-        self.waiting.extendleft(reversed(not_admitted))  # still first in line, in their order
+        call = self._new_call()
+        self._add_forks(call)
+        for seq in self._running_sequences():
+            self._add_computed(call.request, seq)
+            if seq.num_tokens > seq.num_tokens_at_blockmgr:
+                call.add_append(seq)
+        self._add_admissions(call)
+        failed = self._send(call, plan)
         if failed:
             plan.num_preempted = self._preempt_until_appended(failed, plan)
         plan.chunks = self._plan_chunks()
         return plan
 
-    def _add_releases(self, request: pb.StepRequest) -> None:
+    def _new_call(self) -> _Call:
+        """A call that starts with the pending frees (after their final progress report)."""
+        call = _Call(pb.StepRequest(executor_id=self.executor_id))
         for seq in self._released:
-            self._add_computed(request, seq)
-            request.ops.add().free.seq_id = seq.seq_id
+            self._add_computed(call.request, seq)
+            call.request.ops.add().free.seq_id = seq.seq_id
             seq.forget_blocks()
         self._released.clear()
+        return call
 
-    def _add_forks(self, request: pb.StepRequest) -> list[tuple[int, Sequence, int]]:
-        # Before any append: a child must not inherit its parent's newest token.
-        forks = []
-        for parent, child in self._pending_forks:
-            if child.is_finished:
-                continue  # aborted before it ever held a block
-            forks.append((len(request.ops), child, parent.num_tokens_at_blockmgr))
-            op = request.ops.add().fork
-            op.parent_seq_id = parent.seq_id
-            op.child_seq_id = child.seq_id
-        self._pending_forks.clear()
-        return forks
+    def _send(self, call: _Call, plan: StepPlan) -> list[Sequence]:
+        """Makes the call, applies its results; returns the sequences whose append found no block."""
+        response = self._step_call(call.request)
+        results = response.results
+        self._free_blocks = response.num_free_blocks
+        plan.copies.append(BlockCopies.from_response(response))
+        for index, child, num_parent_tokens in call.forks:
+            child.block_ids = list(results[index].new_block_ids)
+            child.num_tokens_at_blockmgr = num_parent_tokens
+        for index, seq in call.swap_outs:
+            if results[index].ok:
+                seq.block_ids = []
+            else:  # no room on the host: fall back to recomputation
+                seq.status = SequenceStatus.WAITING
+                self._released.append(seq)
+        failed = [seq for index, seq in call.appends if not self._apply_append(seq, results[index])]
+        not_admitted = [
+            request
+            for index, request, seqs in call.admissions
+            if not self._apply_admission(request, seqs, results[index:])
+        ]
+        self.waiting.extendleft(reversed(not_admitted))  # still first in line, in their order
+        return failed
 
     @staticmethod
     def _add_computed(request: pb.StepRequest, seq: Sequence) -> None:
@@ -208,57 +207,67 @@ class Scheduler:
             op.num_computed_tokens = seq.num_computed_tokens
             seq.num_computed_reported = seq.num_computed_tokens
 
+    def _add_forks(self, call: _Call) -> None:
+        # Before any append: a child must not inherit its parent's newest token.
+        for parent, child in self._pending_forks:
+            if child.is_finished:
+                continue  # aborted before it ever held a block
+            call.forks.append((len(call.request.ops), child, parent.num_tokens_at_blockmgr))
+            op = call.request.ops.add().fork
+            op.parent_seq_id = parent.seq_id
+            op.child_seq_id = child.seq_id
+        self._pending_forks.clear()
+
     def _running_sequences(self):
         for running_request in self.running:
             for seq in running_request.sequences:
                 if seq.status is SequenceStatus.RUNNING:
                     yield seq
 
-    def _add_appends(self, request: pb.StepRequest) -> list[tuple[int, Sequence]]:
-        appends = []
-        for seq in self._running_sequences():
-            self._add_computed(request, seq)
-            if seq.num_tokens > seq.num_tokens_at_blockmgr:
-                appends.append((len(request.ops), seq))
-                op = request.ops.add().append
-                op.seq_id = seq.seq_id
-                op.token_ids.extend(seq.token_ids[seq.num_tokens_at_blockmgr :])
-        return appends
-
     def _token_demand(self) -> int:
         return sum(seq.num_tokens - seq.num_computed_tokens for seq in self._running_sequences())
 
-    def _add_admissions(self, request: pb.StepRequest) -> list[tuple[int, Request]]:
-        admitted: list[tuple[int, Request]] = []
+    def _blocks_to_admit(self, seqs: list[Sequence]) -> int:
+        return sum(
+            len(seq.block_ids)
+            if seq.status is SequenceStatus.SWAPPED
+            else self.blocks_needed(seq.num_tokens)
+            for seq in seqs
+        )
+
+    def _add_admissions(self, call: _Call) -> None:
         token_budget = self.config.max_num_batched_tokens - self._token_demand()
         # Each running sequence may need one more block for this step's append.
-        free_blocks = self._free_blocks - len(self.running)
+        free_blocks = self._free_blocks - sum(1 for _ in self._running_sequences())
         num_running = len(self.running)
         while (
             self.waiting
             and token_budget > 0
-            and num_running + len(admitted) < self.config.max_num_seqs
+            and num_running + len(call.admissions) < self.config.max_num_seqs
         ):
             candidate = self.waiting[0]
-            seqs = [seq for seq in candidate.sequences if seq.status is SequenceStatus.WAITING]
-            needed = sum(self.blocks_needed(seq.num_tokens) for seq in seqs)
-            if needed + self.config.watermark_blocks > free_blocks and (self.running or admitted):
+            seqs = [
+                s
+                for s in candidate.sequences
+                if s.status in (SequenceStatus.WAITING, SequenceStatus.SWAPPED)
+            ]
+            needed = self._blocks_to_admit(seqs)
+            if needed + self.config.watermark_blocks > free_blocks and (
+                self.running or call.admissions
+            ):
                 break  # wait for running requests to free blocks
             self.waiting.popleft()
             free_blocks -= needed
-            token_budget -= sum(seq.num_tokens for seq in seqs)
-            admitted.append((len(request.ops), candidate))
+            token_budget -= sum(seq.num_tokens - seq.num_computed_tokens for seq in seqs)
+            call.admissions.append((len(call.request.ops), candidate, seqs))
             for seq in seqs:
-                op = request.ops.add().allocate
+                if seq.status is SequenceStatus.SWAPPED:
+                    call.request.ops.add().swap_in.seq_id = seq.seq_id
+                    continue
+                op = call.request.ops.add().allocate
                 op.seq_id = seq.seq_id
                 op.token_ids.extend(seq.token_ids)
                 op.use_prefix_cache = candidate.sampling.use_prefix_cache
-        return admitted
-
-    @staticmethod
-    def _collect_copies(response: pb.StepResponse, plan: StepPlan) -> None:
-        plan.copy_src_block_ids.extend(response.copy_src_block_ids)
-        plan.copy_dst_block_ids.extend(response.copy_dst_block_ids)
 
     @staticmethod
     def _apply_append(seq: Sequence, result: pb.OpResult) -> bool:
@@ -272,20 +281,26 @@ class Scheduler:
         seq.num_tokens_at_blockmgr = seq.num_tokens
         return True
 
-    def _apply_allocation(self, request: Request, results: list[pb.OpResult]) -> bool:
-        """All of a request's waiting sequences get blocks, or none keeps any; False if none."""
-        seqs = [seq for seq in request.sequences if seq.status is SequenceStatus.WAITING]
+    def _apply_admission(self, request: Request, seqs: list[Sequence], results) -> bool:
+        """All of the request's sequences get blocks, or none keeps any (they recompute); False if none."""
+        results = list(results[: len(seqs)])
         if not all(result.ok for result in results):
             for seq, result in zip(seqs, results, strict=True):
-                if result.ok:  # give back what the others' failure made useless
+                if result.ok:  # what the others' failure made useless goes back
                     seq.num_tokens_at_blockmgr = seq.num_tokens
                     self._released.append(seq)
+                seq.status = SequenceStatus.WAITING
+                seq.block_ids = []
+                seq.num_computed_tokens = 0
             return False
         for seq, result in zip(seqs, results, strict=True):
             seq.block_ids = list(result.new_block_ids)
-            seq.num_tokens_at_blockmgr = seq.num_tokens
-            seq.num_computed_tokens = result.num_cached_tokens
-            seq.num_computed_reported = result.num_cached_tokens
+            if (
+                seq.status is SequenceStatus.WAITING
+            ):  # a fresh allocation; a swap-in keeps its progress
+                seq.num_tokens_at_blockmgr = seq.num_tokens
+                seq.num_computed_tokens = result.num_cached_tokens
+                seq.num_computed_reported = result.num_cached_tokens
             seq.status = SequenceStatus.RUNNING
         if not request.announced:
             request.cached_prompt_tokens = results[0].num_cached_tokens
@@ -298,36 +313,32 @@ class Scheduler:
         num_preempted = 0
         while failed:
             victim = self.running[-1]
-            self._preempt(victim)
             num_preempted += 1
             failed = [seq for seq in failed if seq.request is not victim]
-            request = pb.StepRequest(executor_id=self.executor_id)
-            self._add_releases(request)
-            retried = []
+            call = self._new_call()
+            self._preempt(victim, call)
             for seq in failed:
-                retried.append((len(request.ops), seq))
-                op = request.ops.add().append
-                op.seq_id = seq.seq_id
-                op.token_ids.extend(seq.token_ids[seq.num_tokens_at_blockmgr :])
-            response = self._step_call(request)
-            self._free_blocks = response.num_free_blocks
-            self._collect_copies(response, plan)
-            failed = [
-                seq
-                for index, seq in retried
-                if not self._apply_append(seq, response.results[index])
-            ]
+                call.add_append(seq)
+            failed = self._send(call, plan)
         self.num_preemptions_total += num_preempted
         return num_preempted
 
-    def _preempt(self, request: Request) -> None:
-        """Recomputation: free the blocks, keep the tokens, requeue at the front."""
-        log.info("preempting request %s (recompute): KV blocks ran out", request.request_id)
+    def _preempt(self, request: Request, call: _Call) -> None:
+        mode = self.config.preemption_mode
+        log.info("preempting request %s (%s): KV blocks ran out", request.request_id, mode)
         self.running.remove(request)
         for seq in request.sequences:
-            if seq.status is SequenceStatus.RUNNING:
+            if seq.status is not SequenceStatus.RUNNING:
+                continue
+            if mode == "swap" and seq.num_tokens_at_blockmgr:
+                seq.status = SequenceStatus.SWAPPED
+                call.swap_outs.append((len(call.request.ops), seq))
+                call.request.ops.add().swap_out.seq_id = seq.seq_id
+            else:
                 seq.status = SequenceStatus.WAITING
-                self._released.append(seq)
+                self._add_computed(call.request, seq)  # computed blocks stay in the prefix cache
+                call.request.ops.add().free.seq_id = seq.seq_id
+                seq.forget_blocks()
         self.waiting.appendleft(request)
 
     def _plan_chunks(self) -> list[ScheduledChunk]:

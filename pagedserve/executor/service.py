@@ -144,6 +144,7 @@ class ExecutorServicer(pb_grpc.ExecutorServicer):
         info = pb.GetInfoResponse()
         info.CopyFrom(self.info)
         info.num_active_requests = self.engine.num_active_requests()
+        info.num_preemptions_total = self.engine.scheduler.num_preemptions_total
         return info
 
 
@@ -177,6 +178,14 @@ def build_engine(config: ExecutorConfig, link: BlockManagerLink, log):
         )
     dtype = spec.dtype if config.dtype == "auto" else getattr(torch, config.dtype)
     kv_pool = attach_pool(device_kind, pool_info.device_handle, spec)
+    swap_pool = None
+    if pool_info.num_swap_blocks:
+        swap_spec = spec.with_num_blocks(pool_info.num_swap_blocks)
+        swap_pool = attach_pool("cpu", pool_info.swap_handle, swap_spec)
+    elif config.preemption_mode == "swap":
+        raise ConfigError(
+            f"--preemption-mode swap: pool {pool_info.pool_id} has no swap blocks (kvpool --num-swap-blocks)"
+        )
     model = load_model(model_config, model_path, device, dtype)
     registered = link.register_executor(pool_info.pool_id, config.executor_id)
     scheduler = Scheduler(
@@ -186,11 +195,12 @@ def build_engine(config: ExecutorConfig, link: BlockManagerLink, log):
             block_size_tokens=spec.block_size_tokens,
             num_blocks=spec.num_blocks,
             watermark_blocks=max(1, spec.num_blocks // 100),
+            preemption_mode=config.preemption_mode,
         ),
         registered.executor_id,
         link.step,
     )
-    runner = ModelRunner(model, kv_pool, spec.block_size_tokens)
+    runner = ModelRunner(model, kv_pool, spec.block_size_tokens, swap_pool)
     engine = Engine(scheduler, runner, model_config.vocab_size, model_config.max_context_tokens)
     info = pb.GetInfoResponse(
         model_name=model_config.name,

@@ -1,0 +1,67 @@
+"""A pool too small for the load: requests are preempted and resumed, never dropped or changed."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import random
+
+import grpc
+import pytest
+
+from pagedserve.v1 import generation_pb2 as pb
+from tests.reference import hf_encode
+from tests.stack import start_stack
+
+NUM_REQUESTS = 32
+SMALL_POOL_BLOCKS = 64  # 1,024 token slots for 32 requests of 100 to 300 tokens
+
+
+def _workload() -> list[pb.GenerateRequest]:
+    rng = random.Random(0)
+    words = hf_encode(
+        "Paging splits memory into fixed-size pages that are mapped to frames through a table, "
+        "so that a process sees contiguous memory while its frames are scattered. " * 8
+    )
+    requests = []
+    for index in range(NUM_REQUESTS):
+        prompt_len = rng.randint(60, 200)
+        start = rng.randint(0, len(words) - prompt_len)
+        sampling = pb.SamplingParams(max_tokens=rng.randint(40, 100), temperature=0, ignore_eos=True)
+        requests.append(
+            pb.GenerateRequest(request_id=f"load-{index}", prompt_token_ids=pb.TokenIds(ids=words[start : start + prompt_len]), sampling=sampling)
+        )
+    return requests
+
+
+def _run_all(client, requests) -> list[list[int]]:
+    def run(request):
+        return list(client.Generate(request, timeout=600).completions[0].token_ids)
+
+    with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+        return list(pool.map(run, requests))
+
+
+@pytest.fixture(scope="module")
+def unconstrained_outputs(client):
+    return _run_all(client, _workload())
+
+
+@pytest.mark.parametrize("mode", ["recompute", "swap"])
+def test_small_pool_completes_everything_with_the_same_tokens(unconstrained_outputs, mode):
+    flags = ["--num-blocks", str(SMALL_POOL_BLOCKS), "--preemption-mode", mode]
+    if mode == "swap":
+        flags += ["--num-swap-blocks", "512"]
+    stack = start_stack(*flags)
+    try:
+        client = stack.generation_stub()
+        outputs = _run_all(client, _workload())
+        stats = stack.wait_no_blocks_held()
+        assert outputs == unconstrained_outputs
+        assert stats.used_blocks == 0 and stats.num_sequences == 0 and stats.swapped_blocks == 0
+        # A request larger than the whole pool can never run: refused at once.
+        too_big = pb.GenerateRequest(prompt="hello", sampling=pb.SamplingParams(max_tokens=SMALL_POOL_BLOCKS * 16))
+        with pytest.raises(grpc.RpcError) as raised:
+            client.Generate(too_big, timeout=30)
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        assert stack.stop() == 0
