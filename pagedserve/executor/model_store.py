@@ -51,14 +51,13 @@ def _gguf_source() -> tuple[Path, str]:
     return folder, _GGUF_FILE
 
 
-def convert_default_model(force: bool = False) -> Path:
-    """Converts the packaged GGUF into a safetensors checkpoint; returns its folder.
+def convert_gguf(gguf_path: Path, target: Path, force: bool = False) -> Path:
+    """Converts a GGUF file into a float32 safetensors checkpoint folder; returns the folder.
 
     Idempotent: an existing, complete conversion is reused unless force is set.
     The conversion writes into a temporary folder and renames it when complete,
     so an interrupted run never leaves a half-written checkpoint behind.
     """
-    target = default_model_path()
     if (target / _READY_MARKER).is_file() and not force:
         return target
     import shutil
@@ -67,8 +66,8 @@ def convert_default_model(force: bool = False) -> Path:
     from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder, filename = _gguf_source()
-    log.info("converting %s/%s into %s (once)", folder, filename, target)
+    log.info("converting %s into %s (once)", gguf_path, target)
+    folder, filename = gguf_path.parent, gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
     staging = target.with_name(target.name + ".partial")
@@ -81,23 +80,35 @@ def convert_default_model(force: bool = False) -> Path:
     config.save_pretrained(staging)
     model.generation_config.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    (staging / _READY_MARKER).write_text(f"{folder / filename}\n")
+    (staging / _READY_MARKER).write_text(f"{gguf_path}\n")
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
-    log.info("default model ready at %s", target)
+    log.info("model ready at %s", target)
     return target
+
+
+def convert_default_model(force: bool = False) -> Path:
+    """The packaged default model as a safetensors checkpoint (converted on first use)."""
+    target = default_model_path()
+    if (target / _READY_MARKER).is_file() and not force:
+        return target
+    folder, filename = _gguf_source()
+    return convert_gguf(folder / filename, target, force=force)
 
 
 def resolve_model_path(model: str | os.PathLike | None) -> Path:
     """Maps a --model value to a local checkpoint folder.
 
     None, "" or "default" mean the embedded default model (converted on first
-    use). Anything else must be a folder with config.json and safetensors
-    weights; raises ModelNotFoundError otherwise.
+    use). A .gguf file is converted once into the cache. Anything else must be a
+    folder with config.json and safetensors weights; raises ModelNotFoundError otherwise.
     """
     if model in (None, "", DEFAULT_MODEL_ALIAS, DEFAULT_MODEL_NAME):
         return convert_default_model()
     path = Path(model).expanduser()
+    if path.suffix == ".gguf" and path.is_file():
+        # The converted folder is named after the file, so the model keeps its name.
+        return convert_gguf(path, cache_dir() / path.name.split(".")[0])
     if not (path / "config.json").is_file():
         raise ModelNotFoundError(f"--model {path}: no config.json there")
     if not any(path.glob("*.safetensors")):
