@@ -94,7 +94,10 @@ async function checkUnary(client, model, prompt) {
   const numTokens = completion.token_ids.length;
   console.log(`text: ${JSON.stringify(completion.text)}`);
   console.log(`tokens: ${numTokens}  finish_reason: ${completion.finish_reason}`);
-  requireThat(numTokens >= 1 && numTokens <= SHORT_MAX_TOKENS, `${numTokens} tokens for max_tokens ${SHORT_MAX_TOKENS}`);
+  requireThat(
+    numTokens >= 1 && numTokens <= SHORT_MAX_TOKENS,
+    `${numTokens} tokens for max_tokens ${SHORT_MAX_TOKENS}`
+  );
   requireThat(
     ["FINISH_REASON_STOP", "FINISH_REASON_LENGTH"].includes(completion.finish_reason),
     `unexpected finish_reason ${completion.finish_reason}`
@@ -177,8 +180,14 @@ async function checkInvalidArgument(client, model, prompt) {
   }
   requireThat(error !== null, "top_p 1.5 was accepted");
   const codeName = grpc.status[error.code];
-  requireThat(error.code === grpc.status.INVALID_ARGUMENT, `expected INVALID_ARGUMENT, got ${codeName}: ${error.details}`);
-  requireThat(error.details.includes("sampling.top_p"), `the message does not name sampling.top_p: ${error.details}`);
+  requireThat(
+    error.code === grpc.status.INVALID_ARGUMENT,
+    `expected INVALID_ARGUMENT, got ${codeName}: ${error.details}`
+  );
+  requireThat(
+    error.details.includes("sampling.top_p"),
+    `the message does not name sampling.top_p: ${error.details}`
+  );
   reportOk("invalid_argument", { code: codeName, message: error.details });
 }
 
