@@ -26,9 +26,15 @@ def _workload() -> list[pb.GenerateRequest]:
     for index in range(NUM_REQUESTS):
         prompt_len = rng.randint(60, 200)
         start = rng.randint(0, len(words) - prompt_len)
-        sampling = pb.SamplingParams(max_tokens=rng.randint(40, 100), temperature=0, ignore_eos=True)
+        sampling = pb.SamplingParams(
+            max_tokens=rng.randint(40, 100), temperature=0, ignore_eos=True
+        )
         requests.append(
-            pb.GenerateRequest(request_id=f"load-{index}", prompt_token_ids=pb.TokenIds(ids=words[start : start + prompt_len]), sampling=sampling)
+            pb.GenerateRequest(
+                request_id=f"load-{index}",
+                prompt_token_ids=pb.TokenIds(ids=words[start : start + prompt_len]),
+                sampling=sampling,
+            )
         )
     return requests
 
@@ -59,7 +65,9 @@ def test_small_pool_completes_everything_with_the_same_tokens(unconstrained_outp
         assert outputs == unconstrained_outputs
         assert stats.used_blocks == 0 and stats.num_sequences == 0 and stats.swapped_blocks == 0
         # A request larger than the whole pool can never run: refused at once.
-        too_big = pb.GenerateRequest(prompt="hello", sampling=pb.SamplingParams(max_tokens=SMALL_POOL_BLOCKS * 16))
+        too_big = pb.GenerateRequest(
+            prompt="hello", sampling=pb.SamplingParams(max_tokens=SMALL_POOL_BLOCKS * 16)
+        )
         with pytest.raises(grpc.RpcError) as raised:
             client.Generate(too_big, timeout=30)
         assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

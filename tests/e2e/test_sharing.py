@@ -12,7 +12,9 @@ BLOCK_SIZE = 16
 
 
 def test_parallel_samples_are_reproducible_and_share_the_prompt_blocks(client, stack):
-    prompt_ids = hf_encode("Write a short poem about the sea, the wind and the old lighthouse keeper:")
+    prompt_ids = hf_encode(
+        "Write a short poem about the sea, the wind and the old lighthouse keeper:"
+    )
     full_blocks = len(prompt_ids) // BLOCK_SIZE
     assert full_blocks >= 1
     request = pb.GenerateRequest(
@@ -62,7 +64,8 @@ def test_beam_search_matches_hf(client, prompt):
 def test_beam_search_best_beam_alone(client):
     prompt_ids = hf_encode(BEAM_PROMPTS[2])
     request = pb.GenerateRequest(
-        prompt_token_ids=pb.TokenIds(ids=prompt_ids), sampling=pb.SamplingParams(beam_width=4, max_tokens=24, temperature=0)
+        prompt_token_ids=pb.TokenIds(ids=prompt_ids),
+        sampling=pb.SamplingParams(beam_width=4, max_tokens=24, temperature=0),
     )
     (completion,) = client.Generate(request, timeout=300).completions
     assert list(completion.token_ids) == hf_beams(prompt_ids, 4, 24)[0]
@@ -76,7 +79,10 @@ PREFIX = hf_encode(
 
 
 def _greedy(client, prompt_ids, max_tokens=12):
-    request = pb.GenerateRequest(prompt_token_ids=pb.TokenIds(ids=prompt_ids), sampling=pb.SamplingParams(max_tokens=max_tokens, temperature=0))
+    request = pb.GenerateRequest(
+        prompt_token_ids=pb.TokenIds(ids=prompt_ids),
+        sampling=pb.SamplingParams(max_tokens=max_tokens, temperature=0),
+    )
     return client.Generate(request, timeout=120)
 
 
@@ -87,7 +93,9 @@ def test_prefix_cache_reuses_whole_blocks_of_a_shared_prefix(client):
     second = _greedy(client, second_ids)
     assert first.usage.cached_prompt_tokens % BLOCK_SIZE == 0
     assert second.usage.cached_prompt_tokens == (100 // BLOCK_SIZE) * BLOCK_SIZE
-    assert list(second.completions[0].token_ids) == hf_greedy(second_ids, 12)  # as if nothing were cached
+    assert list(second.completions[0].token_ids) == hf_greedy(
+        second_ids, 12
+    )  # as if nothing were cached
 
 
 def test_prefix_computed_by_one_executor_is_reused_by_the_other(stack):
@@ -96,10 +104,22 @@ def test_prefix_computed_by_one_executor_is_reused_by_the_other(stack):
     for index, address in enumerate(stack.executors):
         prompt = prefix + hf_encode(f" Variant {index}: say hello.")
         stub = executor_pb2_grpc.ExecutorStub(stack.channel(address))
-        sampling = executor_pb2.SamplingOptions(max_tokens=8, temperature=0, top_p=1, n=1, beam_width=1, eos_token_ids=[2], use_prefix_cache=True)
-        submit = executor_pb2.SubmitRequest(request_id=f"prefix-{index}", prompt_token_ids=prompt, sampling=sampling)
+        sampling = executor_pb2.SamplingOptions(
+            max_tokens=8,
+            temperature=0,
+            top_p=1,
+            n=1,
+            beam_width=1,
+            eos_token_ids=[2],
+            use_prefix_cache=True,
+        )
+        submit = executor_pb2.SubmitRequest(
+            request_id=f"prefix-{index}", prompt_token_ids=prompt, sampling=sampling
+        )
         cached, tokens = None, []
-        for response in stub.Connect(iter([executor_pb2.ConnectRequest(submit=submit)]), timeout=120):
+        for response in stub.Connect(
+            iter([executor_pb2.ConnectRequest(submit=submit)]), timeout=120
+        ):
             for event in response.events:
                 assert not event.HasField("error"), event.error.message
                 cached = event.cached_prompt_tokens if cached is None else cached
