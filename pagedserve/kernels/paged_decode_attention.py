@@ -91,11 +91,20 @@ def _decode_partition_kernel(
     acc = tl.zeros([GROUP_BLOCK, HEAD_DIM], dtype=tl.float32)
     block_table_row_ptr = block_tables_ptr + seq.to(tl.int64) * block_table_stride_seq
     row_pos = tl.zeros([GROUP_BLOCK], dtype=tl.int32)  # unused: no causal mask in decode
-    for tile_first in range(first_token, key_limit, BLOCK_N):
+    # Whole tiles without masks, then at most one tile that crosses key_limit.
+    full_end = first_token + ((key_limit - first_token) // BLOCK_N) * BLOCK_N
+    for tile_first in range(first_token, full_end, BLOCK_N):
         row_max, row_sum, acc = attend_kv_tile(
             q, row_max, row_sum, acc, key_cache_ptr, value_cache_ptr, block_table_row_ptr,
             kv_head * cache_stride_head, tile_first, key_limit, row_pos, scale_log2,
-            cache_stride_block, cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, False,
+            cache_stride_block, cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, False, False,
+            DOT_IN_FP32,
+        )  # fmt: skip
+    if full_end < key_limit:
+        row_max, row_sum, acc = attend_kv_tile(
+            q, row_max, row_sum, acc, key_cache_ptr, value_cache_ptr, block_table_row_ptr,
+            kv_head * cache_stride_head, full_end, key_limit, row_pos, scale_log2,
+            cache_stride_block, cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, True, False,
             DOT_IN_FP32,
         )  # fmt: skip
 
