@@ -344,25 +344,20 @@ def bench_write_kv_cache(copy_gbps) -> None:
 
 DECODE_DEFAULT = [("default", None, None)]
 DECODE_SWEEP = [
-    ("n64 w4 s3", {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}, None),
-    ("n64 w4 s2", {"BLOCK_N": 64, "num_warps": 4, "num_stages": 2}, None),
-    ("n64 w4 s4", {"BLOCK_N": 64, "num_warps": 4, "num_stages": 4}, None),
-    ("n128 w4 s3", {"BLOCK_N": 128, "num_warps": 4, "num_stages": 3}, None),
-    ("n128 w8 s3", {"BLOCK_N": 128, "num_warps": 8, "num_stages": 3}, None),
-    ("n32 w4 s4", {"BLOCK_N": 32, "num_warps": 4, "num_stages": 4}, None),
-    ("n64 w2 s4", {"BLOCK_N": 64, "num_warps": 2, "num_stages": 4}, None),
+    ("heads-fastest", {"HEADS_FASTEST": True}, None),
+    ("v2 n64 w4 s3", {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}, None),
+    ("n128 w2 s4", {"BLOCK_N": 128, "num_warps": 2, "num_stages": 4}, None),
+    ("n32 w2 s4", {"BLOCK_N": 32, "num_warps": 2, "num_stages": 4}, None),
+    ("n64 w2 s3", {"BLOCK_N": 64, "num_warps": 2, "num_stages": 3}, None),
 ]
-PARTITION_SWEEP = [(f"part{p}", None, p) for p in (128, 256, 512, 1024, 2048)]
+PARTITION_SWEEP = [(f"part{p}", None, p) for p in (256, 512, 1024, 2048)]
 PREFILL_DEFAULT = [("default", None)]
 PREFILL_SWEEP = [
-    ("m128 n64 w8 s2", {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}),
-    ("m128 n64 w8 s3", {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}),
-    ("m128 n128 w8 s2", {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2}),
+    ("v1 m128 n64 w8 s2", {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}),
     ("m128 n64 w4 s3", {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}),
     ("m64 n64 w4 s3", {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}),
-    ("m128 n64 w8 s4", {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 4}),
-    ("m64 n128 w4 s3", {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3}),
 ]
+DECODE_SWEEP_SHAPES = {(1, 32768), (32, 1024), (32, 2048), (128, 1024), (256, 2048), (128, 8192)}
 
 
 def guarded(fn, *args) -> None:
@@ -412,12 +407,7 @@ def main() -> None:
     for batch in (1, 32, 128, 256):
         for context in (1024, 2048, 8192, 32768):
             configs = DECODE_DEFAULT
-            if args.sweep and (batch, context) in {
-                (1, 32768),
-                (32, 2048),
-                (256, 2048),
-                (128, 1024),
-            }:
+            if args.sweep and (batch, context) in DECODE_SWEEP_SHAPES:
                 configs = DECODE_DEFAULT + DECODE_SWEEP + (PARTITION_SWEEP if batch <= 32 else [])
             guarded(bench_decode, batch, context, copy_gbps, configs)
     for batch, length in ((1, 2048), (1, 8192), (4, 4096), (16, 1024)):
