@@ -19,6 +19,18 @@ from pagedserve.kernels.paged_decode_attention import (
     paged_decode_attention_reference,
     paged_decode_attention_triton,
 )
+from pagedserve.kernels.rms_norm import (
+    add_rms_norm_reference,
+    add_rms_norm_triton,
+    rms_norm_reference,
+    rms_norm_triton,
+)
+from pagedserve.kernels.rotary_embedding import (
+    rope_cos_sin_cache,
+    rotary_embedding_reference,
+    rotary_embedding_triton,
+)
+from pagedserve.kernels.silu_and_mul import silu_and_mul_reference, silu_and_mul_triton
 from pagedserve.kernels.swap_blocks import swap_blocks
 from pagedserve.kernels.write_kv_cache import write_kv_cache_reference, write_kv_cache_triton
 
@@ -86,10 +98,60 @@ def copy_blocks(
         copy_blocks_reference(pool, src_block_ids, dst_block_ids)
 
 
+def rms_norm(
+    x: torch.Tensor,  # [num_tokens, hidden_size]
+    weight: torch.Tensor,  # [hidden_size]
+    eps: float,
+) -> torch.Tensor:  # [num_tokens, hidden_size], x's dtype
+    """RMSNorm with fp32 statistics."""
+    if use_triton(x):
+        return rms_norm_triton(x, weight, eps)
+    return rms_norm_reference(x, weight, eps)
+
+
+def add_rms_norm(
+    x: torch.Tensor,  # [num_tokens, hidden_size]
+    residual: torch.Tensor,  # [num_tokens, hidden_size]
+    weight: torch.Tensor,  # [hidden_size]
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:  # (rms_norm(x + residual), x + residual)
+    """The residual add and the RMSNorm after it, in one pass on CUDA."""
+    if use_triton(x):
+        return add_rms_norm_triton(x, residual, weight, eps)
+    return add_rms_norm_reference(x, residual, weight, eps)
+
+
+def rotary_embedding(
+    positions: torch.Tensor,  # [num_tokens] int64
+    query: torch.Tensor,  # [num_tokens, num_heads, head_dim], rotated in place
+    key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim], rotated in place
+    cos_sin_cache: torch.Tensor,  # [max_position, rotary_dim] fp32, from rope_cos_sin_cache
+) -> None:
+    """Rotate-half rotary embedding of the new tokens' queries and keys, in place."""
+    if use_triton(query):
+        rotary_embedding_triton(positions, query, key, cos_sin_cache)
+    else:
+        rotary_embedding_reference(positions, query, key, cos_sin_cache)
+
+
+def silu_and_mul(
+    x: torch.Tensor,  # [num_tokens, 2 * intermediate_size]: gate then up
+) -> torch.Tensor:  # [num_tokens, intermediate_size], x's dtype
+    """silu(gate) * up."""
+    if use_triton(x):
+        return silu_and_mul_triton(x)
+    return silu_and_mul_reference(x)
+
+
 __all__ = [
+    "add_rms_norm",
     "copy_blocks",
     "paged_attention",
     "paged_decode_attention",
+    "rms_norm",
+    "rope_cos_sin_cache",
+    "rotary_embedding",
+    "silu_and_mul",
     "swap_blocks",
     "write_kv_cache",
 ]
