@@ -42,7 +42,11 @@ def write_kv_cache(
     value_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
     slot_mapping: torch.Tensor,  # [num_tokens] int64, block_id * block_size + offset
 ) -> None:
-    """Write each token's K and V into its slot, in place."""
+    """Write each token's K and V into its slot, in place.
+
+    Every slot must lie inside the cache (no sentinel for padding tokens); the
+    Triton path raises ValueError on non-contiguous caches.
+    """
     if use_triton(key_cache):
         write_kv_cache_triton(key, value, key_cache, value_cache, slot_mapping)
     else:
@@ -58,7 +62,13 @@ def paged_attention(
     seq_lens: torch.Tensor,  # [num_seqs] int32, cached tokens including the new ones
     scale: float,
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim], query's dtype
-    """Causal attention of a varlen batch of new tokens over the paged cache."""
+    """Causal attention of a varlen batch of new tokens over the paged cache.
+
+    Raises ValueError on unsupported shapes (Triton: head_dim not a power of
+    two >= 16, num_heads not a multiple of num_kv_heads; reference: a sequence
+    with more new tokens than seq_len). The Triton path never syncs with the
+    device; the reference reads query_start_loc and seq_lens on the host.
+    """
     if use_triton(query):
         return paged_attention_triton(
             query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale
@@ -76,7 +86,11 @@ def paged_decode_attention(
     seq_lens: torch.Tensor,  # [num_seqs] int32
     scale: float,
 ) -> torch.Tensor:  # [num_seqs, num_heads, head_dim], query's dtype
-    """Attention of each sequence's one new token (its last position)."""
+    """Attention of each sequence's one new token (its last position).
+
+    Split-K on CUDA, CUDA-graph safe. seq_lens must be >= 1 (a sequence with no
+    keys leaves its output rows unwritten). Raises ValueError as paged_attention.
+    """
     if use_triton(query):
         return paged_decode_attention_triton(
             query, key_cache, value_cache, block_tables, seq_lens, scale
@@ -91,7 +105,11 @@ def copy_blocks(
     src_block_ids: torch.Tensor,  # [num_copies] int64, on the pool's device
     dst_block_ids: torch.Tensor,  # [num_copies] int64, on the pool's device
 ) -> None:
-    """Copy-on-write: pool[:, :, dst[i]] = pool[:, :, src[i]] for all layers, K and V."""
+    """Copy-on-write: pool[:, :, dst[i]] = pool[:, :, src[i]] for all layers, K and V.
+
+    Destinations must be distinct and not among the sources. Raises ValueError
+    on a non-contiguous pool or id tensors of different lengths (Triton path).
+    """
     if use_triton(pool):
         copy_blocks_triton(pool, src_block_ids, dst_block_ids)
     else:
