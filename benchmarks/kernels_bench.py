@@ -390,7 +390,7 @@ def print_table(copy_gbps) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    parser.add_argument("--out", default=".", help="folder for the table and the JSON")
     parser.add_argument("--sweep", action="store_true", help="also time tile/partition variants")
     parser.add_argument("--skip-checks", action="store_true")
     args = parser.parse_args()
