@@ -19,6 +19,18 @@ from pagedserve.kernels.paged_decode_attention import (
     paged_decode_attention_reference,
     paged_decode_attention_triton,
 )
+from pagedserve.kernels.rms_norm import (
+    add_rms_norm_reference,
+    add_rms_norm_triton,
+    rms_norm_reference,
+    rms_norm_triton,
+)
+from pagedserve.kernels.rotary_embedding import (
+    rope_cos_sin_cache,
+    rotary_embedding_reference,
+    rotary_embedding_triton,
+)
+from pagedserve.kernels.silu_and_mul import silu_and_mul_reference, silu_and_mul_triton
 from pagedserve.kernels.swap_blocks import swap_blocks
 from pagedserve.kernels.write_kv_cache import write_kv_cache_reference, write_kv_cache_triton
 
@@ -30,7 +42,11 @@ def write_kv_cache(
     value_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
     slot_mapping: torch.Tensor,  # [num_tokens] int64, block_id * block_size + offset
 ) -> None:
-    """Write each token's K and V into its slot, in place."""
+    """Write each token's K and V into its slot, in place.
+
+    Every slot must lie inside the cache (no sentinel for padding tokens); the
+    Triton path raises ValueError on non-contiguous caches.
+    """
     if use_triton(key_cache):
         write_kv_cache_triton(key, value, key_cache, value_cache, slot_mapping)
     else:
@@ -46,7 +62,13 @@ def paged_attention(
     seq_lens: torch.Tensor,  # [num_seqs] int32, cached tokens including the new ones
     scale: float,
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim], query's dtype
-    """Causal attention of a varlen batch of new tokens over the paged cache."""
+    """Causal attention of a varlen batch of new tokens over the paged cache.
+
+    Raises ValueError on unsupported shapes (Triton: head_dim not a power of
+    two >= 16, num_heads not a multiple of num_kv_heads; reference: a sequence
+    with more new tokens than seq_len). The Triton path never syncs with the
+    device; the reference reads query_start_loc and seq_lens on the host.
+    """
     if use_triton(query):
         return paged_attention_triton(
             query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale
@@ -64,7 +86,11 @@ def paged_decode_attention(
     seq_lens: torch.Tensor,  # [num_seqs] int32
     scale: float,
 ) -> torch.Tensor:  # [num_seqs, num_heads, head_dim], query's dtype
-    """Attention of each sequence's one new token (its last position)."""
+    """Attention of each sequence's one new token (its last position).
+
+    Split-K on CUDA, CUDA-graph safe. seq_lens must be >= 1 (a sequence with no
+    keys leaves its output rows unwritten). Raises ValueError as paged_attention.
+    """
     if use_triton(query):
         return paged_decode_attention_triton(
             query, key_cache, value_cache, block_tables, seq_lens, scale
@@ -79,17 +105,71 @@ def copy_blocks(
     src_block_ids: torch.Tensor,  # [num_copies] int64, on the pool's device
     dst_block_ids: torch.Tensor,  # [num_copies] int64, on the pool's device
 ) -> None:
-    """Copy-on-write: pool[:, :, dst[i]] = pool[:, :, src[i]] for all layers, K and V."""
+    """Copy-on-write: pool[:, :, dst[i]] = pool[:, :, src[i]] for all layers, K and V.
+
+    Destinations must be distinct and not among the sources. Raises ValueError
+    on a non-contiguous pool or id tensors of different lengths (Triton path).
+    """
     if use_triton(pool):
         copy_blocks_triton(pool, src_block_ids, dst_block_ids)
     else:
         copy_blocks_reference(pool, src_block_ids, dst_block_ids)
 
 
+def rms_norm(
+    x: torch.Tensor,  # [num_tokens, hidden_size]
+    weight: torch.Tensor,  # [hidden_size]
+    eps: float,
+) -> torch.Tensor:  # [num_tokens, hidden_size], x's dtype
+    """RMSNorm with fp32 statistics."""
+    if use_triton(x):
+        return rms_norm_triton(x, weight, eps)
+    return rms_norm_reference(x, weight, eps)
+
+
+def add_rms_norm(
+    x: torch.Tensor,  # [num_tokens, hidden_size]
+    residual: torch.Tensor,  # [num_tokens, hidden_size]
+    weight: torch.Tensor,  # [hidden_size]
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:  # (rms_norm(x + residual), x + residual)
+    """The residual add and the RMSNorm after it, in one pass on CUDA."""
+    if use_triton(x):
+        return add_rms_norm_triton(x, residual, weight, eps)
+    return add_rms_norm_reference(x, residual, weight, eps)
+
+
+def rotary_embedding(
+    positions: torch.Tensor,  # [num_tokens] int64
+    query: torch.Tensor,  # [num_tokens, num_heads, head_dim], rotated in place
+    key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim], rotated in place
+    cos_sin_cache: torch.Tensor,  # [max_position, rotary_dim] fp32, from rope_cos_sin_cache
+) -> None:
+    """Rotate-half rotary embedding of the new tokens' queries and keys, in place."""
+    if use_triton(query):
+        rotary_embedding_triton(positions, query, key, cos_sin_cache)
+    else:
+        rotary_embedding_reference(positions, query, key, cos_sin_cache)
+
+
+def silu_and_mul(
+    x: torch.Tensor,  # [num_tokens, 2 * intermediate_size]: gate then up
+) -> torch.Tensor:  # [num_tokens, intermediate_size], x's dtype
+    """silu(gate) * up."""
+    if use_triton(x):
+        return silu_and_mul_triton(x)
+    return silu_and_mul_reference(x)
+
+
 __all__ = [
+    "add_rms_norm",
     "copy_blocks",
     "paged_attention",
     "paged_decode_attention",
+    "rms_norm",
+    "rope_cos_sin_cache",
+    "rotary_embedding",
+    "silu_and_mul",
     "swap_blocks",
     "write_kv_cache",
 ]

@@ -10,6 +10,15 @@ import types
 
 import torch
 
+# Without CUDA, Triton can only run through its interpreter, and the
+# interpreter must be chosen before triton is first imported (its standard
+# library is decorated at import time). So a CUDA-less process that imports
+# these kernels gets interpreter mode unless it set TRITON_INTERPRET itself.
+# The torch references stay the default there; this only makes the Triton
+# path (PAGEDSERVE_KERNELS=triton, the tests) work whatever imported us first.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 try:
     import triton
     import triton.language as tl

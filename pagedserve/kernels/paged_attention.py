@@ -26,7 +26,9 @@ def gather_sequence_kv(
     block_size = cache.shape[1]
     num_seq_blocks = -(-seq_len // block_size)
     block_ids = block_table_row[:num_seq_blocks].long()
-    return cache[block_ids].flatten(0, 1)[:seq_len]
+    # index_select, not cache[block_ids]: on CPU advanced indexing of a 4-d
+    # tensor took ~150x longer (2.4 ms against 15 us for 64 blocks of 12 KiB).
+    return cache.index_select(0, block_ids).flatten(0, 1)[:seq_len]
 
 
 def _attend_one_sequence(
@@ -42,8 +44,9 @@ def _attend_one_sequence(
     # (rows ordered head-major, so row r is head r // q_len, query r % q_len).
     grouped_query = query.view(q_len, num_kv_heads, group_size, head_dim)
     grouped_query = grouped_query.permute(1, 2, 0, 3).reshape(num_kv_heads, -1, head_dim)
-    key_t = key.permute(1, 2, 0)  # [num_kv_heads, head_dim, seq_len]
-    value_h = value.permute(1, 0, 2)  # [num_kv_heads, seq_len, head_dim]
+    # Heads first, contiguous: BLAS on the strided permutation ran ~20x slower.
+    key_t = key.permute(1, 0, 2).contiguous().transpose(1, 2)  # [num_kv_heads, head_dim, seq_len]
+    value_h = value.permute(1, 0, 2).contiguous()  # [num_kv_heads, seq_len, head_dim]
     query_pos = torch.arange(seq_len - q_len, seq_len, device=query.device)  # [q_len]
     key_pos = torch.arange(seq_len, device=query.device)  # [seq_len]
     rows = group_size * q_len
@@ -100,7 +103,7 @@ def attend_kv_tile(
     block_table_row_ptr,  # this sequence's row of block_tables
     kv_head_offset,  # kv_head * cache_stride_head
     first_token,  # position of the tile's first key
-    key_limit,  # keys at or past this position are masked (and never read)
+    key_limit,  # when BOUNDED, keys at or past this position are masked and never read
     row_pos,  # [ROWS] int32 position of each query row (used when CAUSAL)
     scale_log2,  # softmax scale * log2(e): exp2 of scaled scores = exp of scores
     cache_stride_block,
@@ -108,38 +111,49 @@ def attend_kv_tile(
     BLOCK_SIZE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr,
+    BOUNDED: tl.constexpr,  # the tile may cross key_limit
+    CAUSAL: tl.constexpr,  # the tile may hold keys after some row's position
     DOT_IN_FP32: tl.constexpr,  # see _backend.dot_in_fp32
 ):
-    """One online-softmax step over BLOCK_N keys gathered through the block table."""
+    """One online-softmax step over BLOCK_N keys gathered through the block table.
+
+    Tiles wholly inside the visible keys (BOUNDED and CAUSAL false) take no
+    masks at all: no predicated loads, no selects on the scores.
+    """
     tokens = first_token + tl.arange(0, BLOCK_N)  # [BLOCK_N]
     token_mask = tokens < key_limit
-    # Padding entries of the block table are never read: masked tokens load 0.
-    block_ids = tl.load(block_table_row_ptr + tokens // BLOCK_SIZE, mask=token_mask, other=0)
+    dims = tl.arange(0, HEAD_DIM)
+    if BOUNDED:
+        # Padding entries of the block table are never read: masked tokens load 0.
+        block_ids = tl.load(block_table_row_ptr + tokens // BLOCK_SIZE, mask=token_mask, other=0)
+    else:
+        block_ids = tl.load(block_table_row_ptr + tokens // BLOCK_SIZE)
     kv_offsets = (
         block_ids.to(tl.int64) * cache_stride_block
         + (tokens % BLOCK_SIZE) * cache_stride_slot
         + kv_head_offset
     )  # [BLOCK_N]
-    dims = tl.arange(0, HEAD_DIM)
     kv_ptrs = kv_offsets[:, None] + dims[None, :]  # [BLOCK_N, HEAD_DIM]
-    k = tl.load(key_cache_ptr + kv_ptrs, mask=token_mask[:, None], other=0.0)
+    if BOUNDED:
+        k = tl.load(key_cache_ptr + kv_ptrs, mask=token_mask[:, None], other=0.0)
+        v = tl.load(value_cache_ptr + kv_ptrs, mask=token_mask[:, None], other=0.0)
+    else:
+        k = tl.load(key_cache_ptr + kv_ptrs)
+        v = tl.load(value_cache_ptr + kv_ptrs)
     if DOT_IN_FP32:
         k = k.to(tl.float32)
-    scores = tl.dot(q, tl.trans(k)) * scale_log2  # [ROWS, BLOCK_N] fp32
+        v = v.to(tl.float32)
+    scores = tl.dot(q, tl.trans(k))  # [ROWS, BLOCK_N] fp32, unscaled
     if CAUSAL:
         visible = token_mask[None, :] & (tokens[None, :] <= row_pos[:, None])
-    else:
-        visible = token_mask[None, :]
-    scores = tl.where(visible, scores, float("-inf"))
+        scores = tl.where(visible, scores, float("-inf"))
+    elif BOUNDED:
+        scores = tl.where(token_mask[None, :], scores, float("-inf"))
     # Every row has seen at least one key by its first tile, so new_max is finite.
-    new_max = tl.maximum(row_max, tl.max(scores, axis=1))
-    weights = tl.exp2(scores - new_max[:, None])  # [ROWS, BLOCK_N]
+    new_max = tl.maximum(row_max, tl.max(scores, axis=1) * scale_log2)
+    weights = tl.exp2(scores * scale_log2 - new_max[:, None])  # [ROWS, BLOCK_N], one FMA
     rescale = tl.exp2(row_max - new_max)  # [ROWS]
     row_sum = row_sum * rescale + tl.sum(weights, axis=1)
-    v = tl.load(value_cache_ptr + kv_ptrs, mask=token_mask[:, None], other=0.0)
-    if DOT_IN_FP32:
-        v = v.to(tl.float32)
     acc = acc * rescale[:, None] + tl.dot(weights.to(v.dtype), v)
     return new_max, row_sum, acc
 
@@ -215,19 +229,21 @@ def _paged_attention_kernel(
     # Keys before the tile's first query position are visible to every row:
     # those tiles skip the causal mask. The rest, up to the last row, use it.
     first_pos = context_len + q_tile * BLOCK_Q
-    unmasked_end = ((first_pos + 1) // BLOCK_N) * BLOCK_N
+    unmasked_end = ((first_pos + 1) // BLOCK_N) * BLOCK_N  # <= seq_len
     kv_end = tl.minimum(seq_len, first_pos + BLOCK_Q)
     for first_token in range(0, unmasked_end, BLOCK_N):
         row_max, row_sum, acc = attend_kv_tile(
             q, row_max, row_sum, acc, key_cache_ptr, value_cache_ptr, block_table_row_ptr,
             kv_head_offset, first_token, seq_len, row_pos, scale_log2,
-            cache_stride_block, cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, False, DOT_IN_FP32,
+            cache_stride_block, cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, False, False,
+            DOT_IN_FP32,
         )  # fmt: skip
     for first_token in range(unmasked_end, kv_end, BLOCK_N):
         row_max, row_sum, acc = attend_kv_tile(
             q, row_max, row_sum, acc, key_cache_ptr, value_cache_ptr, block_table_row_ptr,
             kv_head_offset, first_token, seq_len, row_pos, scale_log2,
-            cache_stride_block, cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, True, DOT_IN_FP32,
+            cache_stride_block, cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, True, True,
+            DOT_IN_FP32,
         )  # fmt: skip
 
     out = acc / row_sum[:, None]
@@ -240,9 +256,10 @@ def _paged_attention_kernel(
 
 
 def _prefill_config(head_dim: int) -> dict:
-    """Tile sizes and launch options; BLOCK_M=128 x BLOCK_N=64 feeds the tensor cores."""
+    """Tile sizes and launch options, from a sweep on an H100 (docs/kernels-notes.md v2):
+    128 rows x 64 keys, 8 warps, 3 stages was best or near best at 2k to 8k tokens."""
     if head_dim <= 128:
-        return {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}
+        return {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}
     return {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
 
 

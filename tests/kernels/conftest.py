@@ -1,26 +1,21 @@
 """Kernel tests run the Triton kernels through Triton's interpreter on CPU.
 
-triton.jit reads TRITON_INTERPRET when a kernel is decorated, that is when its
-module is imported, so the variable is set here before the test modules import
-pagedserve.kernels; if another test folder imported them first, they are
-reloaded so that their kernels are decorated again in interpreter mode.
+Triton reads TRITON_INTERPRET when triton is first imported (its standard
+library) and when each kernel is decorated. pagedserve.kernels._backend sets it
+before importing triton on a machine without CUDA, so the order in which test
+folders import things does not matter; this file sets it too, for the case
+where nothing imported the kernels yet, and checks that it took effect.
 """
 
-import importlib
 import os
-import sys
 
 import torch
 
 if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"
-    _KERNEL_MODULES = [
-        "pagedserve.kernels.write_kv_cache",
-        "pagedserve.kernels.copy_blocks",
-        "pagedserve.kernels.paged_attention",
-        "pagedserve.kernels.paged_decode_attention",
-        "pagedserve.kernels",
-    ]
-    for name in _KERNEL_MODULES:
-        if name in sys.modules:
-            importlib.reload(sys.modules[name])
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+    import triton.language.standard as _triton_standard
+
+    assert type(_triton_standard.zeros).__name__ == "InterpretedFunction", (
+        "triton was imported before TRITON_INTERPRET=1 was set; import pagedserve.kernels "
+        "(or set TRITON_INTERPRET=1) before anything imports triton"
+    )

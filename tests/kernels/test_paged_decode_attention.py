@@ -74,3 +74,16 @@ def test_dispatchers_use_triton_when_asked(monkeypatch):
     query, key_cache, value_cache, block_tables, lens, scale = args
     out = paged_attention(query, key_cache, value_cache, block_tables, query_start_loc, lens, scale)
     assert_close(out, expected)
+
+
+def test_triton_heads_fastest_grid():
+    """The grid order that puts the kv heads of one block side by side."""
+    seq_lens = lengths_around(16)
+    args, _, _ = make_inputs(seq_lens, 8, 2, 64, 16, torch.float32)
+    expected = paged_decode_attention_reference(*args)
+    for partition_tokens in (64, None):
+        out = torch.full_like(args[0], float("nan"))
+        paged_decode_attention_triton(
+            *args, out=out, partition_tokens=partition_tokens, config={"HEADS_FASTEST": True}
+        )
+        assert_close(out, expected)

@@ -64,3 +64,14 @@ def test_dispatcher_uses_triton_when_asked(monkeypatch):
     write_kv_cache(key, value, key_cache, value_cache, slot_mapping)
     torch.testing.assert_close(key_cache, key_expected, equal_nan=True, atol=0, rtol=0)
     torch.testing.assert_close(value_cache, value_expected, equal_nan=True, atol=0, rtol=0)
+
+
+def test_reference_non_contiguous_cache():
+    """A cache that is a strided view (e.g. one head of a larger cache) still works."""
+    key, value, _, _, slot_mapping = make_inputs(9, 2, 64, 16, torch.float32)
+    big = torch.full((7, 16, 4, 64), float("nan"), device=DEVICE)
+    key_cache, value_cache = big[:, :, :2], big[:, :, 2:]
+    key_expected, value_expected = expected_caches(key, value, key_cache, value_cache, slot_mapping)
+    write_kv_cache_reference(key, value, key_cache, value_cache, slot_mapping)
+    torch.testing.assert_close(key_cache, key_expected, equal_nan=True, atol=0, rtol=0)
+    torch.testing.assert_close(value_cache, value_expected, equal_nan=True, atol=0, rtol=0)

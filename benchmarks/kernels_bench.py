@@ -1,0 +1,440 @@
+"""Kernel benchmark on one CUDA GPU: full-size correctness checks, then timings.
+
+Run from the repository root: `python3 benchmarks/kernels_bench.py [--out DIR] [--sweep]`.
+Order: (1) each Triton kernel against its torch reference at full size;
+(2) the card's copy bandwidth (device-to-device copy, bytes read + written);
+(3) paged decode against torch SDPA on a contiguous cache at the same shapes;
+(4) paged prefill against SDPA causal on the same lengths stored contiguously;
+(5) copy_blocks and write_kv_cache against the copy bandwidth. The table is
+printed last and written, with every figure, to --out.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+import triton
+from triton.testing import do_bench
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pagedserve.kernels.copy_blocks import copy_blocks_reference, copy_blocks_triton  # noqa: E402
+from pagedserve.kernels.paged_attention import (  # noqa: E402
+    paged_attention_reference,
+    paged_attention_triton,
+)
+from pagedserve.kernels.paged_decode_attention import (  # noqa: E402
+    paged_decode_attention_reference,
+    paged_decode_attention_triton,
+)
+from pagedserve.kernels.swap_blocks import swap_blocks  # noqa: E402
+from pagedserve.kernels.write_kv_cache import (  # noqa: E402
+    write_kv_cache_reference,
+    write_kv_cache_triton,
+)
+
+DEVICE = torch.device("cuda")
+NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, DTYPE = 32, 8, 128, 16, torch.bfloat16
+# Rotate among copies of the inputs until they span this many bytes (L2 is 50 MB).
+ROTATE_BYTES = 512 * 1024 * 1024
+MAX_COPIES = 64
+MAX_KV_BYTES = 18e9  # per layout: the paged pool and the SDPA copy must both fit
+ROWS: list[dict] = []  # the table
+FAILURES: list[str] = []
+
+
+def bench_ms(fn) -> float:
+    """Median time of fn in ms (do_bench flushes L2 before each call)."""
+    return do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def bench_graph_ms(fn, calls: int) -> float:
+    """Median ms per call of `calls` calls captured in one CUDA graph.
+
+    Decode runs as replayed CUDA graphs in production, so this leaves out the
+    host's launch overhead; each captured call takes the next rotated input.
+    """
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):  # compile and warm up outside the capture
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                fn()
+    except RuntimeError as error:
+        print(f"graph capture failed ({error}); timing eagerly", flush=True)
+        FAILURES.append("graph capture")
+        return bench_ms(fn)
+    return do_bench(graph.replay, warmup=25, rep=100, return_mode="median") / calls
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    if not torch.isfinite(actual).all():
+        return float("nan")
+    diff = (actual.double() - expected.double()).norm()
+    return (diff / expected.double().norm()).item()
+
+
+def check(name: str, err: float, tol: float) -> None:
+    ok = err <= tol  # NaN fails
+    print(f"check {name}: rel_err={err:.2e} (tol {tol:.0e}) {'OK' if ok else 'FAIL'}", flush=True)
+    if not ok:
+        FAILURES.append(name)
+
+
+def make_paged(seq_lens, num_kv_heads, head_dim, dtype, copies=1, spare_blocks=7):
+    """Random caches; `copies` block tables over disjoint shuffled blocks."""
+    blocks_per_seq = [triton.cdiv(n, BLOCK_SIZE) for n in seq_lens]
+    needed = sum(blocks_per_seq)
+    num_blocks = needed * copies + spare_blocks
+    shape = (num_blocks, BLOCK_SIZE, num_kv_heads, head_dim)
+    key_cache = torch.randn(shape, device=DEVICE, dtype=dtype)
+    value_cache = torch.randn(shape, device=DEVICE, dtype=dtype)
+    order = torch.randperm(num_blocks, device=DEVICE).to(torch.int32)
+    width = max(blocks_per_seq) + 3
+    tables = []
+    for copy in range(copies):
+        table = torch.full((len(seq_lens), width), 1 << 28, dtype=torch.int32, device=DEVICE)
+        used = order[copy * needed : (copy + 1) * needed].split(blocks_per_seq)
+        for seq, ids in enumerate(used):
+            table[seq, : len(ids)] = ids
+        tables.append(table)
+    lens = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
+    return key_cache, value_cache, tables, lens
+
+
+def run_checks() -> None:
+    """Each Triton kernel against its reference at serving sizes."""
+    for num_heads, num_kv_heads, head_dim, dtype, tol in [
+        (32, 8, 128, torch.bfloat16, 1e-2),
+        (9, 3, 64, torch.float16, 2e-3),
+        (16, 4, 256, torch.bfloat16, 1e-2),
+    ]:
+        tag = f"h{num_heads}/{num_kv_heads} d{head_dim} {str(dtype)[6:]}"
+        seq_lens = [1, 15, 16, 17, 1000, 4099, 32768]
+        key_cache, value_cache, tables, lens = make_paged(seq_lens, num_kv_heads, head_dim, dtype)
+        query = torch.randn(len(seq_lens), num_heads, head_dim, device=DEVICE, dtype=dtype)
+        args = (query, key_cache, value_cache, tables[0], lens, head_dim**-0.5)
+        expected = paged_decode_attention_reference(*args)
+        check(f"decode {tag}", rel_err(paged_decode_attention_triton(*args), expected), tol)
+        qsl = torch.arange(len(seq_lens) + 1, dtype=torch.int32, device=DEVICE)
+        out = paged_attention_triton(query, key_cache, value_cache, tables[0], qsl, lens, args[-1])
+        check(f"varlen-as-decode {tag}", rel_err(out, expected), tol)
+        # Mixed batch: decode, chunked prefill (cached context), full prefill.
+        seqs = [(1, 1), (17, 17), (1000, 1000), (3000, 500), (4099, 1), (16, 16), (2048, 2048)]
+        key_cache, value_cache, tables, lens = make_paged(
+            [n for n, _ in seqs], num_kv_heads, head_dim, dtype
+        )
+        q_lens = torch.tensor([0] + [q for _, q in seqs], device=DEVICE)
+        qsl = q_lens.cumsum(0).to(torch.int32)
+        query = torch.randn(int(qsl[-1]), num_heads, head_dim, device=DEVICE, dtype=dtype)
+        args = (query, key_cache, value_cache, tables[0], qsl, lens, head_dim**-0.5)
+        expected = paged_attention_reference(*args)
+        out = torch.full_like(query, float("nan"))
+        check(
+            f"prefill mixed {tag}", rel_err(paged_attention_triton(*args, out=out), expected), tol
+        )
+
+    pool_shape = (4, 2, 600, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM)
+    pool = torch.randn(pool_shape, device=DEVICE, dtype=DTYPE)
+    order = torch.randperm(600, device=DEVICE)
+    src, dst = order[:250], order[250:500]
+    expected = pool.clone()
+    copy_blocks_reference(expected, src, dst)
+    copy_blocks_triton(pool, src, dst)
+    check("copy_blocks", 0.0 if torch.equal(pool, expected) else float("nan"), 0.0)
+
+    slots = torch.randperm(600 * BLOCK_SIZE, device=DEVICE)[:3000]
+    key = torch.randn(3000, NUM_KV_HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE)
+    value = torch.randn_like(key)
+    caches = [pool[0, 0], pool[0, 1]]
+    expected = [c.clone() for c in caches]
+    write_kv_cache_reference(key, value, *expected, slots)
+    write_kv_cache_triton(key, value, *caches, slots)
+    same = all(torch.equal(a, b) for a, b in zip(caches, expected, strict=True))
+    check("write_kv_cache", 0.0 if same else float("nan"), 0.0)
+
+    host_pool = torch.randn((4, 2, 300, *pool_shape[3:]), dtype=DTYPE).pin_memory()
+    host_ids = torch.randperm(300)[:100]
+    device_ids = torch.randperm(600, device=DEVICE)[:100]
+    swap_blocks(pool, host_pool, device_ids, host_ids)
+    ok_out = torch.equal(host_pool[:, :, host_ids], pool[:, :, device_ids].cpu())
+    pool[:, :, device_ids] = 0
+    swap_blocks(host_pool, pool, host_ids, device_ids)
+    torch.cuda.synchronize()
+    ok_in = torch.equal(host_pool[:, :, host_ids], pool[:, :, device_ids].cpu())
+    check("swap_blocks out+in", 0.0 if ok_out and ok_in else float("nan"), 0.0)
+
+
+def measure_copy_bandwidth() -> float:
+    """GB/s of a 4 GiB device-to-device copy, bytes read plus written."""
+    src = torch.randint(0, 255, (4 << 30,), dtype=torch.uint8, device=DEVICE)
+    dst = torch.empty_like(src)
+    ms = bench_ms(lambda: dst.copy_(src))
+    return 2 * (4 << 30) / ms / 1e6
+
+
+def add_row(kind, shape, ms, bytes_moved, copy_gbps, baseline_ms=None, note=""):
+    gbps = bytes_moved / ms / 1e6
+    row = {"kernel": kind, "shape": shape, "ms": ms, "GB/s": gbps, "frac_copy_bw": gbps / copy_gbps}
+    if baseline_ms is not None:
+        row["vs_sdpa"] = ms / baseline_ms
+        row["sdpa_ms"] = baseline_ms
+    row["note"] = note
+    ROWS.append(row)
+    print(json.dumps(row), flush=True)
+
+
+def rotating(items):
+    """A callable's argument source that cycles through `items`."""
+    state = {"i": 0}
+
+    def next_item():
+        state["i"] = (state["i"] + 1) % len(items)
+        return items[state["i"]]
+
+    return next_item
+
+
+def bench_decode(batch, context, copy_gbps, configs) -> None:
+    kv_bytes = 2 * batch * context * NUM_KV_HEADS * HEAD_DIM * 2
+    if kv_bytes > MAX_KV_BYTES:
+        print(f"decode b{batch} ctx{context}: skipped, {kv_bytes / 1e9:.0f} GB of KV", flush=True)
+        return
+    copies = max(1, min(MAX_COPIES, ROTATE_BYTES // kv_bytes))
+    calls = 20 if kv_bytes < 1e9 else 3  # per graph replay
+    key_cache, value_cache, tables, lens = make_paged(
+        [context] * batch, NUM_KV_HEADS, HEAD_DIM, DTYPE, copies
+    )
+    queries = [
+        torch.randn(batch, NUM_HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE) for _ in range(copies)
+    ]
+    scale = HEAD_DIM**-0.5
+
+    # The same K/V, contiguous [batch, kv_heads, context, head_dim], for SDPA.
+    def contiguous(cache, table):
+        blocks = cache[table[:, : context // BLOCK_SIZE].long()]  # [b, blocks, bs, h, d]
+        return blocks.flatten(1, 2).transpose(1, 2).contiguous()
+
+    dense = [(contiguous(key_cache, t), contiguous(value_cache, t)) for t in tables]
+    pick = rotating(list(range(copies)))
+
+    def sdpa():
+        i = pick()
+        return F.scaled_dot_product_attention(
+            queries[i][:, :, None], dense[i][0], dense[i][1], scale=scale, enable_gqa=True
+        )
+
+    sdpa_ms = bench_graph_ms(sdpa, calls)
+    sdpa_eager_ms = bench_ms(sdpa)
+    ours = paged_decode_attention_triton(queries[0], key_cache, value_cache, tables[0], lens, scale)
+    theirs = F.scaled_dot_product_attention(
+        queries[0][:, :, None], *dense[0], scale=scale, enable_gqa=True
+    )
+    check(f"decode b{batch} ctx{context} vs sdpa", rel_err(ours, theirs[:, :, 0]), 1e-2)
+    shape = f"b{batch} ctx{context}"
+    for name, config, partition in configs:
+
+        def ours_fn(config=config, partition=partition):
+            i = pick()
+            return paged_decode_attention_triton(
+                queries[i], key_cache, value_cache, tables[i], lens, scale,
+                partition_tokens=partition, config=config,
+            )  # fmt: skip
+
+        eager = f"eager (do_bench, L2 flushed): ours {bench_ms(ours_fn):.4f} ms, sdpa {sdpa_eager_ms:.4f} ms"
+        ms = bench_graph_ms(ours_fn, calls)
+        add_row(f"decode {name}", shape, ms, kv_bytes, copy_gbps, sdpa_ms, eager)
+
+
+def bench_prefill(batch, length, configs) -> None:
+    key_cache, value_cache, tables, lens = make_paged(
+        [length] * batch, NUM_KV_HEADS, HEAD_DIM, DTYPE
+    )
+    query = torch.randn(batch * length, NUM_HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE)
+    qsl = torch.arange(batch + 1, dtype=torch.int32, device=DEVICE) * length
+    scale = HEAD_DIM**-0.5
+    q4 = query.view(batch, length, NUM_HEADS, HEAD_DIM).transpose(1, 2).contiguous()
+
+    def contiguous(cache):
+        blocks = cache[tables[0][:, : triton.cdiv(length, BLOCK_SIZE)].long()]
+        return blocks.flatten(1, 2)[:, :length].transpose(1, 2).contiguous()
+
+    k4, v4 = contiguous(key_cache), contiguous(value_cache)
+    group = NUM_HEADS // NUM_KV_HEADS
+    k4x, v4x = k4.repeat_interleave(group, 1), v4.repeat_interleave(group, 1)
+    gqa_ms = bench_ms(
+        lambda: F.scaled_dot_product_attention(
+            q4, k4, v4, is_causal=True, scale=scale, enable_gqa=True
+        )
+    )
+    mha_ms = bench_ms(
+        lambda: F.scaled_dot_product_attention(q4, k4x, v4x, is_causal=True, scale=scale)
+    )
+    sdpa_ms = min(gqa_ms, mha_ms)
+    theirs = F.scaled_dot_product_attention(q4, k4x, v4x, is_causal=True, scale=scale)
+    ours = paged_attention_triton(query, key_cache, value_cache, tables[0], qsl, lens, scale)
+    check(
+        f"prefill b{batch} L{length} vs sdpa",
+        rel_err(ours, theirs.transpose(1, 2).flatten(0, 1)),
+        1e-2,
+    )
+    flops = 4 * batch * NUM_HEADS * HEAD_DIM * length * (length + 1) / 2
+    for name, config in configs:
+        ms = bench_ms(
+            lambda config=config: paged_attention_triton(
+                query, key_cache, value_cache, tables[0], qsl, lens, scale, config=config
+            )
+        )
+        row = {"kernel": f"prefill {name}", "shape": f"b{batch} L{length}", "ms": ms,
+               "TFLOP/s": flops / ms / 1e9, "sdpa_ms": sdpa_ms, "vs_sdpa": ms / sdpa_ms,
+               "note": f"sdpa gqa {gqa_ms:.3f} ms, mha-expanded {mha_ms:.3f} ms"}  # fmt: skip
+        ROWS.append(row)
+        print(json.dumps(row), flush=True)
+
+
+def bench_copy_blocks(copy_gbps) -> None:
+    num_layers, num_blocks = 32, 4096
+    pool = torch.randn(
+        num_layers, 2, num_blocks, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE
+    )
+    block_bytes = BLOCK_SIZE * NUM_KV_HEADS * HEAD_DIM * 2
+    for num_copies in (1024, 2048):
+        order = torch.randperm(num_blocks, device=DEVICE)
+        src, dst = order[:num_copies], order[num_copies : 2 * num_copies]
+        moved = 2 * num_copies * num_layers * 2 * block_bytes
+        shape = f"{num_copies} blocks x {num_layers} layers"
+        add_row(
+            "copy_blocks triton",
+            shape,
+            bench_ms(lambda src=src, dst=dst: copy_blocks_triton(pool, src, dst)),
+            moved,
+            copy_gbps,
+        )
+        add_row(
+            "copy_blocks torch",
+            shape,
+            bench_ms(lambda src=src, dst=dst: copy_blocks_reference(pool, src, dst)),
+            moved,
+            copy_gbps,
+        )
+
+
+def bench_write_kv_cache(copy_gbps) -> None:
+    num_blocks = 65536
+    caches = [
+        torch.randn(num_blocks, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE)
+        for _ in range(2)
+    ]
+    for num_tokens in (256, 16384):
+        key = torch.randn(num_tokens, NUM_KV_HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE)
+        value = torch.randn_like(key)
+        slots = torch.randperm(num_blocks * BLOCK_SIZE, device=DEVICE)[:num_tokens]
+        moved = 2 * 2 * key.numel() * 2
+        ms = bench_ms(lambda k=key, v=value, s=slots: write_kv_cache_triton(k, v, *caches, s))
+        add_row("write_kv_cache triton", f"{num_tokens} tokens", ms, moved, copy_gbps)
+
+
+DECODE_DEFAULT = [("default", None, None)]
+DECODE_SWEEP = [
+    ("heads-fastest", {"HEADS_FASTEST": True}, None),
+    ("v2 n64 w4 s3", {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}, None),
+    ("n128 w2 s4", {"BLOCK_N": 128, "num_warps": 2, "num_stages": 4}, None),
+    ("n32 w2 s4", {"BLOCK_N": 32, "num_warps": 2, "num_stages": 4}, None),
+    ("n64 w2 s3", {"BLOCK_N": 64, "num_warps": 2, "num_stages": 3}, None),
+]
+PARTITION_SWEEP = [(f"part{p}", None, p) for p in (256, 512, 1024, 2048)]
+PREFILL_DEFAULT = [("default", None)]
+PREFILL_SWEEP = [
+    ("v1 m128 n64 w8 s2", {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}),
+    ("m128 n64 w4 s3", {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}),
+    ("m64 n64 w4 s3", {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}),
+]
+DECODE_SWEEP_SHAPES = {(1, 32768), (32, 1024), (32, 2048), (128, 1024), (256, 2048), (128, 8192)}
+
+
+def guarded(fn, *args) -> None:
+    """Run one benchmark; a failure is recorded and the run goes on."""
+    try:
+        fn(*args)
+    except Exception as error:  # noqa: BLE001 - report and keep measuring the rest
+        print(f"{fn.__name__}{args[:2]}: {type(error).__name__}: {error}", flush=True)
+        FAILURES.append(f"{fn.__name__}{args[:2]}")
+    torch.cuda.empty_cache()
+
+
+def print_table(copy_gbps) -> str:
+    lines = [
+        f"Copy bandwidth: {copy_gbps:.0f} GB/s (4 GiB device-to-device copy, read + written)",
+        "",
+        "| kernel | shape | time ms | GB/s or TFLOP/s | of copy BW | SDPA ms | ours / SDPA |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in ROWS:
+        rate = f"{r['GB/s']:.0f} GB/s" if "GB/s" in r else f"{r['TFLOP/s']:.0f} TFLOP/s"
+        frac = f"{r['frac_copy_bw']:.0%}" if "frac_copy_bw" in r else "-"
+        sdpa = f"{r['sdpa_ms']:.4f}" if "sdpa_ms" in r else "-"
+        ratio = f"{r['vs_sdpa']:.2f}" if "vs_sdpa" in r else "-"
+        lines.append(
+            f"| {r['kernel']} | {r['shape']} | {r['ms']:.4f} | {rate} | {frac} | {sdpa} | {ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default=".", help="folder for the table and the JSON")
+    parser.add_argument("--sweep", action="store_true", help="also time tile/partition variants")
+    parser.add_argument("--skip-checks", action="store_true")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    device_name = torch.cuda.get_device_name()
+    versions = (
+        f"torch {torch.__version__}, triton {triton.__version__}, Python {sys.version.split()[0]}"
+    )
+    print(f"{device_name}; {versions}", flush=True)
+    if not args.skip_checks:
+        guarded(run_checks)
+    copy_gbps = measure_copy_bandwidth()
+    print(f"copy bandwidth {copy_gbps:.0f} GB/s", flush=True)
+    for batch in (1, 32, 128, 256):
+        for context in (1024, 2048, 8192, 32768):
+            configs = DECODE_DEFAULT
+            if args.sweep and (batch, context) in DECODE_SWEEP_SHAPES:
+                configs = DECODE_DEFAULT + DECODE_SWEEP + (PARTITION_SWEEP if batch <= 32 else [])
+            guarded(bench_decode, batch, context, copy_gbps, configs)
+    for batch, length in ((1, 2048), (1, 8192), (4, 4096), (16, 1024)):
+        configs = PREFILL_DEFAULT + (PREFILL_SWEEP if args.sweep else [])
+        guarded(bench_prefill, batch, length, configs)
+    guarded(bench_copy_blocks, copy_gbps)
+    guarded(bench_write_kv_cache, copy_gbps)
+    table = print_table(copy_gbps)
+    header = f"{device_name}, 2026-11-26, {versions}"
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "kernels_table.md"), "w") as f:
+        f.write(header + "\n\n" + table + "\n")
+    with open(os.path.join(args.out, "kernels_bench.json"), "w") as f:
+        json.dump(
+            {
+                "device": device_name,
+                "versions": versions,
+                "copy_gbps": copy_gbps,
+                "rows": ROWS,
+                "failures": FAILURES,
+            },
+            f,
+            indent=1,
+        )
+    print("\n" + header + "\n" + table)
+    print("FAILED CHECKS: " + ", ".join(FAILURES) if FAILURES else "all checks passed")
+
+
+if __name__ == "__main__":
+    main()
