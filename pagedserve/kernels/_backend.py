@@ -56,6 +56,13 @@ def dot_in_fp32(kernel, dtype: torch.dtype) -> bool:
     return dtype == torch.bfloat16 and type(kernel).__name__ == "InterpretedFunction"
 
 
+def dot_precision(dtype: torch.dtype) -> str:
+    """tl.dot's input precision: full fp32 ("ieee") for float32 caches, so that a
+    float32 model gives the same tokens on the GPU as on the CPU; tf32 would
+    round operands to 10 mantissa bits. 16-bit operands are exact either way."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
 def next_power_of_2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
@@ -64,6 +71,7 @@ __all__ = [
     "HAS_TRITON",
     "KERNELS_ENV_VAR",
     "dot_in_fp32",
+    "dot_precision",
     "next_power_of_2",
     "tl",
     "triton",

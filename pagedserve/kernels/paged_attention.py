@@ -10,7 +10,7 @@ seq_len - q_len + i and attends to positions 0..that position.
 
 import torch
 
-from pagedserve.kernels._backend import dot_in_fp32, tl, triton
+from pagedserve.kernels._backend import dot_in_fp32, dot_precision, tl, triton
 
 # The reference bounds its fp32 score matrix to this many values (64 MiB) by
 # taking a sequence's queries in chunks.
@@ -114,6 +114,7 @@ def attend_kv_tile(
     BOUNDED: tl.constexpr,  # the tile may cross key_limit
     CAUSAL: tl.constexpr,  # the tile may hold keys after some row's position
     DOT_IN_FP32: tl.constexpr,  # see _backend.dot_in_fp32
+    DOT_PRECISION: tl.constexpr,  # see _backend.dot_precision
 ):
     """One online-softmax step over BLOCK_N keys gathered through the block table.
 
@@ -143,7 +144,7 @@ def attend_kv_tile(
     if DOT_IN_FP32:
         k = k.to(tl.float32)
         v = v.to(tl.float32)
-    scores = tl.dot(q, tl.trans(k))  # [ROWS, BLOCK_N] fp32, unscaled
+    scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # [ROWS, BLOCK_N] fp32, unscaled
     if CAUSAL:
         visible = token_mask[None, :] & (tokens[None, :] <= row_pos[:, None])
         scores = tl.where(visible, scores, float("-inf"))
@@ -154,7 +155,7 @@ def attend_kv_tile(
     weights = tl.exp2(scores * scale_log2 - new_max[:, None])  # [ROWS, BLOCK_N], one FMA
     rescale = tl.exp2(row_max - new_max)  # [ROWS]
     row_sum = row_sum * rescale + tl.sum(weights, axis=1)
-    acc = acc * rescale[:, None] + tl.dot(weights.to(v.dtype), v)
+    acc = acc * rescale[:, None] + tl.dot(weights.to(v.dtype), v, input_precision=DOT_PRECISION)
     return new_max, row_sum, acc
 
 
@@ -184,6 +185,7 @@ def _paged_attention_kernel(
     BLOCK_Q: tl.constexpr,  # BLOCK_M // GROUP_SIZE
     BLOCK_N: tl.constexpr,  # keys per step
     DOT_IN_FP32: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     # Program (tile_index, kv_head) handles BLOCK_Q new tokens of one sequence
     # and all query heads of one kv head, so each K/V tile is loaded once for
@@ -236,14 +238,14 @@ def _paged_attention_kernel(
             q, row_max, row_sum, acc, key_cache_ptr, value_cache_ptr, block_table_row_ptr,
             kv_head_offset, first_token, seq_len, row_pos, scale_log2,
             cache_stride_block, cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, False, False,
-            DOT_IN_FP32,
+            DOT_IN_FP32, DOT_PRECISION,
         )  # fmt: skip
     for first_token in range(unmasked_end, kv_end, BLOCK_N):
         row_max, row_sum, acc = attend_kv_tile(
             q, row_max, row_sum, acc, key_cache_ptr, value_cache_ptr, block_table_row_ptr,
             kv_head_offset, first_token, seq_len, row_pos, scale_log2,
             cache_stride_block, cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, True, True,
-            DOT_IN_FP32,
+            DOT_IN_FP32, DOT_PRECISION,
         )  # fmt: skip
 
     out = acc / row_sum[:, None]
@@ -303,6 +305,7 @@ def paged_attention_triton(
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2), block_tables.stride(0),
         BLOCK_SIZE=block_size, GROUP_SIZE=group_size, HEAD_DIM=head_dim, BLOCK_Q=block_q,
         DOT_IN_FP32=dot_in_fp32(_paged_attention_kernel, key_cache.dtype),
+        DOT_PRECISION=dot_precision(key_cache.dtype),
         **config,
     )  # fmt: skip
     return out

@@ -9,7 +9,7 @@ import functools
 
 import torch
 
-from pagedserve.kernels._backend import dot_in_fp32, next_power_of_2, tl, triton
+from pagedserve.kernels._backend import dot_in_fp32, dot_precision, next_power_of_2, tl, triton
 from pagedserve.kernels.paged_attention import (
     _LOG2_E,
     _check_shapes,
@@ -63,6 +63,7 @@ def _decode_partition_kernel(
     BLOCK_N: tl.constexpr,
     SINGLE_PARTITION: tl.constexpr,
     DOT_IN_FP32: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,  # see _backend.dot_precision
     HEADS_FASTEST: tl.constexpr,  # grid axis 0 is the kv head, not the sequence
 ):
     # Program (seq, kv_head, partition): the query rows are the group's heads,
@@ -107,14 +108,14 @@ def _decode_partition_kernel(
             q, row_max, row_sum, acc, key_cache_ptr, value_cache_ptr, block_table_row_ptr,
             kv_head * cache_stride_head, tile_first, key_limit, row_pos, scale_log2,
             cache_stride_block, cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, False, False,
-            DOT_IN_FP32,
+            DOT_IN_FP32, DOT_PRECISION,
         )  # fmt: skip
     if full_end < key_limit:
         row_max, row_sum, acc = attend_kv_tile(
             q, row_max, row_sum, acc, key_cache_ptr, value_cache_ptr, block_table_row_ptr,
             kv_head * cache_stride_head, full_end, key_limit, row_pos, scale_log2,
             cache_stride_block, cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, True, False,
-            DOT_IN_FP32,
+            DOT_IN_FP32, DOT_PRECISION,
         )  # fmt: skip
 
     if SINGLE_PARTITION:
@@ -271,6 +272,7 @@ def paged_decode_attention_triton(
         GROUP_BLOCK=max(16, next_power_of_2(group_size)), HEAD_DIM=head_dim,
         SINGLE_PARTITION=single,
         DOT_IN_FP32=dot_in_fp32(_decode_partition_kernel, key_cache.dtype),
+        DOT_PRECISION=dot_precision(key_cache.dtype),
         **config,
     )  # fmt: skip
     if not single:
