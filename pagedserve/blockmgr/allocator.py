@@ -1,0 +1,296 @@
+"""Sequence-level block operations of one pool: the paper's verbs.
+
+The allocator turns allocate / append / computed / fork / free / swap into
+block-pool calls, records the copies the executor must perform, and logs every
+change in the pool's Journal. It assumes its inputs were validated (see
+step_ops.py); it only decides whether enough blocks exist, and when they do
+not it returns NO_ROOM before changing anything.
+"""
+
+from __future__ import annotations
+
+from pagedserve.blockmgr.block import Block
+from pagedserve.blockmgr.block_pool import BlockPool
+from pagedserve.blockmgr.journal import Journal
+from pagedserve.blockmgr.ops import NO_ROOM, OK_EMPTY, OpResult, StepResult
+from pagedserve.blockmgr.prefix_hash import ChainHashFn, extra_key_for
+from pagedserve.blockmgr.sequence import HashState, Sequence
+from pagedserve.blockmgr.swap_pool import HostSwapPool
+
+Sequences = dict[int, Sequence]
+
+
+class SequenceAllocator:
+    """Block tables of every sequence in one pool, over its device and host pools."""
+
+    def __init__(
+        self,
+        num_blocks: int,
+        num_swap_blocks: int,
+        block_size_tokens: int,
+        model_key: str,
+        hash_fn: ChainHashFn,
+    ) -> None:
+        self.journal = Journal()
+        self.block_pool = BlockPool(num_blocks, self.journal)
+        self.swap_pool = HostSwapPool(num_swap_blocks, self.journal)
+        self.block_size_tokens = block_size_tokens
+        self.model_key = model_key
+        self._hash_fn = hash_fn
+        # Prefix-cache hit statistics, committed with each step.
+        self.prompt_tokens_looked_up = 0
+        self.prompt_tokens_hit = 0
+        # Step-scoped state, replaced by begin_step.
+        self._step = StepResult()
+        self._copied_into: set[Block] = set()
+        self._step_tokens_looked_up = 0
+        self._step_tokens_hit = 0
+
+    # ---- step boundary ---------------------------------------------------
+
+    def begin_step(self, step: StepResult) -> None:
+        """Starts collecting copies into `step`; every change is logged until commit."""
+        self._step = step
+        self._copied_into = set()
+        self._step_tokens_looked_up = 0
+        self._step_tokens_hit = 0
+
+    def commit(self) -> None:
+        """Makes the step's changes permanent."""
+        self.journal.commit()
+        self.prompt_tokens_looked_up += self._step_tokens_looked_up
+        self.prompt_tokens_hit += self._step_tokens_hit
+        self._finish_step()
+
+    def rollback(self) -> None:
+        """Undoes every change since begin_step."""
+        self.journal.rollback()
+        self._finish_step()
+
+    def _finish_step(self) -> None:
+        self.block_pool.finish_step()
+        self.swap_pool.finish_step()
+        self._copied_into = set()
+
+    # ---- queries -----------------------------------------------------------
+
+    def extra_key(self, cache_salt: str) -> str:
+        """Extra hash key of a sequence with this salt."""
+        return extra_key_for(self.model_key, cache_salt)
+
+    def was_copied_into(self, seq: Sequence) -> bool:
+        """True when a block of `seq` is the destination of a copy in this step."""
+        copied_into = self._copied_into
+        return any(block in copied_into for block in seq.block_table)
+
+    def match_prefix(
+        self, token_ids: list[int], extra_key: str
+    ) -> tuple[list[Block], bytes | None]:
+        """Cached blocks holding the prompt's leading full blocks, and the hash of
+        the last one matched (None when none).
+
+        Never matches the block holding the prompt's last token, so at least one
+        token is left for the executor to compute logits from.
+        """
+        block_size = self.block_size_tokens
+        matched: list[Block] = []
+        parent_hash: bytes | None = None
+        for index in range((len(token_ids) - 1) // block_size):
+            block_tokens = tuple(token_ids[index * block_size : (index + 1) * block_size])
+            block_hash = self._hash_fn(parent_hash, block_tokens, extra_key)
+            block = self.block_pool.lookup(block_hash, parent_hash, block_tokens, extra_key)
+            if block is None:
+                break
+            matched.append(block)
+            parent_hash = block_hash
+        return matched, parent_hash
+
+    # ---- mutations -----------------------------------------------------------
+
+    def allocate(
+        self,
+        sequences: Sequences,
+        seq_id: int,
+        token_ids: list[int],
+        cache_salt: str,
+        use_prefix_cache: bool,
+    ) -> OpResult:
+        """Creates a sequence: cached prefix blocks plus fresh ones for the rest.
+        Returns NO_ROOM (nothing changed) when the fresh blocks are not available."""
+        pool = self.block_pool
+        extra_key = self.extra_key(cache_salt)
+        matched: list[Block] = []
+        last_hash: bytes | None = None
+        if use_prefix_cache:
+            matched, last_hash = self.match_prefix(token_ids, extra_key)
+        num_blocks = -(-len(token_ids) // self.block_size_tokens)
+        # Matched blocks that sit in the free queue stop being allocatable once taken.
+        num_revived = sum(1 for block in matched if block.ref_count == 0)
+        if num_blocks - len(matched) > pool.num_allocatable - num_revived:
+            return NO_ROOM
+        for block in matched:
+            pool.touch(block)
+        table = matched + [pool.take() for _ in range(num_blocks - len(matched))]
+        seq = Sequence(seq_id, list(token_ids), extra_key, table)
+        num_cached_tokens = len(matched) * self.block_size_tokens
+        seq.num_computed_tokens = num_cached_tokens
+        seq.num_hashed_blocks = len(matched)
+        seq.last_block_hash = last_hash
+        self._add_sequence(sequences, seq)
+        if use_prefix_cache:
+            self._step_tokens_looked_up += len(token_ids)
+            self._step_tokens_hit += num_cached_tokens
+        return OpResult(True, tuple(seq.block_ids()), num_cached_tokens=num_cached_tokens)
+
+    def append(self, seq: Sequence, token_ids: list[int]) -> OpResult:
+        """Adds tokens, taking new blocks as needed and copying a shared, partly
+        filled last block on write. Returns NO_ROOM (nothing changed) when short."""
+        pool = self.block_pool
+        table = seq.block_table
+        num_old_tokens = len(seq.token_ids)
+        num_new_blocks = -(-(num_old_tokens + len(token_ids)) // self.block_size_tokens) - len(
+            table
+        )
+        # Only a partly filled block gets written; a full shared block never is.
+        copy_last = num_old_tokens % self.block_size_tokens != 0 and table[-1].ref_count > 1
+        if num_new_blocks + copy_last > pool.num_allocatable:
+            return NO_ROOM
+        self.journal.record(self._undo_append, seq, (num_old_tokens, len(table)))
+        seq.token_ids.extend(token_ids)
+        if not copy_last and not num_new_blocks:
+            return OK_EMPTY
+        replaced: tuple[int, ...] = ()
+        replaced_ids: tuple[int, ...] = ()
+        if copy_last:
+            replaced, replaced_ids = self._copy_last_block(seq)
+        new_blocks = [pool.take() for _ in range(num_new_blocks)]
+        table.extend(new_blocks)
+        return OpResult(True, tuple(block.block_id for block in new_blocks), replaced, replaced_ids)
+
+    def _copy_last_block(self, seq: Sequence) -> tuple[tuple[int], tuple[int]]:
+        pool = self.block_pool
+        position = len(seq.block_table) - 1
+        source = seq.block_table[position]
+        target = pool.take()
+        seq.block_table[position] = target
+        self.journal.record(self._undo_replace, seq, (position, source))
+        pool.release(source)
+        pool.pin(source)
+        pool.pin(target)
+        self._copied_into.add(target)
+        self._step.copy_src_block_ids.append(source.block_id)
+        self._step.copy_dst_block_ids.append(target.block_id)
+        return (position,), (target.block_id,)
+
+    def computed(self, seq: Sequence, num_computed_tokens: int) -> OpResult:
+        """Records computed tokens and registers newly computed full blocks in the
+        prefix cache (the first registration of identical content is kept)."""
+        self.journal.record(self._undo_hash_state, seq, seq.hash_state())
+        seq.num_computed_tokens = num_computed_tokens
+        block_size = self.block_size_tokens
+        register = self.block_pool.register
+        for index in range(seq.num_hashed_blocks, num_computed_tokens // block_size):
+            block_tokens = tuple(seq.token_ids[index * block_size : (index + 1) * block_size])
+            block_hash = self._hash_fn(seq.last_block_hash, block_tokens, seq.extra_key)
+            block = seq.block_table[index]
+            # A block that already has an entry was matched or shared through a
+            # fork: its content is this prefix. Otherwise register it, unless
+            # the hash is taken (then the first registration is kept).
+            if block.cache_entry is None:
+                register(block, block_hash, seq.last_block_hash, block_tokens, seq.extra_key)
+            seq.num_hashed_blocks = index + 1
+            seq.last_block_hash = block_hash
+        return OK_EMPTY
+
+    def fork(self, sequences: Sequences, parent: Sequence, child_seq_id: int) -> OpResult:
+        """Creates a child sharing every block of the parent (never short of blocks)."""
+        child = parent.fork(child_seq_id)
+        for block in child.block_table:
+            self.block_pool.touch(block)
+        self._add_sequence(sequences, child)
+        return OpResult(True, tuple(child.block_ids()))
+
+    def free(self, sequences: Sequences, seq: Sequence) -> OpResult:
+        """Releases the sequence; its blocks go back tail first, so that the
+        sequence's last blocks are evicted before its first (shared-prefix) ones."""
+        self._remove_sequence(sequences, seq)
+        if seq.host_block_ids is not None:
+            self.swap_pool.release(seq.host_block_ids)
+        else:
+            release = self.block_pool.release
+            for block in reversed(seq.block_table):
+                release(block)
+        return OK_EMPTY
+
+    def swap_out(self, seq: Sequence) -> OpResult:
+        """Copies the sequence's blocks to host blocks and releases the device
+        blocks. Returns NO_ROOM (nothing changed) when the host pool is short."""
+        table = seq.block_table
+        host_block_ids = self.swap_pool.allocate(len(table))
+        if host_block_ids is None:
+            return NO_ROOM
+        self._step.swap_out_device_block_ids.extend(block.block_id for block in table)
+        self._step.swap_out_host_block_ids.extend(host_block_ids)
+        for block in reversed(table):
+            self.block_pool.release(block)
+        self.journal.record(self._undo_swap_out, seq, table)
+        seq.block_table = []
+        seq.host_block_ids = host_block_ids
+        return OK_EMPTY
+
+    def swap_in(self, seq: Sequence) -> OpResult:
+        """Copies a swapped-out sequence back into fresh device blocks. Returns
+        NO_ROOM (nothing changed) when the device pool is short."""
+        host_block_ids = seq.host_block_ids
+        table = self.block_pool.allocate(len(host_block_ids))
+        if table is None:
+            return NO_ROOM
+        self._step.swap_in_host_block_ids.extend(host_block_ids)
+        self._step.swap_in_device_block_ids.extend(block.block_id for block in table)
+        self._copied_into.update(table)
+        self.swap_pool.release_after_step(host_block_ids)
+        self.journal.record(self._undo_swap_in, seq, (host_block_ids, seq.hash_state()))
+        seq.block_table = table
+        seq.host_block_ids = None
+        # Fresh blocks carry no cache entries; the next computed op registers them
+        # again, once the executor has copied the KV back.
+        seq.reset_hash_progress()
+        return OpResult(True, tuple(seq.block_ids()))
+
+    def _add_sequence(self, sequences: Sequences, seq: Sequence) -> None:
+        sequences[seq.seq_id] = seq
+        self.journal.record(self._undo_add_sequence, sequences, seq)
+
+    def _remove_sequence(self, sequences: Sequences, seq: Sequence) -> None:
+        del sequences[seq.seq_id]
+        self.journal.record(self._undo_remove_sequence, sequences, seq)
+
+    # ---- undo ----------------------------------------------------------------
+
+    def _undo_append(self, seq: Sequence, lengths: tuple[int, int]) -> None:
+        num_tokens, num_blocks = lengths
+        del seq.token_ids[num_tokens:]
+        del seq.block_table[num_blocks:]
+
+    def _undo_replace(self, seq: Sequence, replaced: tuple[int, Block]) -> None:
+        position, block = replaced
+        seq.block_table[position] = block
+
+    def _undo_hash_state(self, seq: Sequence, state: HashState) -> None:
+        seq.restore_hash_state(state)
+
+    def _undo_swap_out(self, seq: Sequence, table: list[Block]) -> None:
+        seq.block_table = table
+        seq.host_block_ids = None
+
+    def _undo_swap_in(self, seq: Sequence, swapped: tuple[list[int], HashState]) -> None:
+        host_block_ids, state = swapped
+        seq.host_block_ids = host_block_ids
+        seq.block_table = []
+        seq.restore_hash_state(state)
+
+    def _undo_add_sequence(self, sequences: Sequences, seq: Sequence) -> None:
+        del sequences[seq.seq_id]
+
+    def _undo_remove_sequence(self, sequences: Sequences, seq: Sequence) -> None:
+        sequences[seq.seq_id] = seq

@@ -1,0 +1,173 @@
+"""Device block allocation: ref counts, the free queue, and the prefix-cache index.
+
+Invariants (checked by the property tests):
+- a block is in the free queue exactly when its ref count is 0 (except blocks
+  whose release is deferred to the end of a step, see `pin`);
+- a block has a cache entry exactly when the index maps that entry's hash to it;
+- free + used + cached == num_blocks, where "cached" blocks are the queued
+  ones with a cache entry (evictable, still findable) and "free" the rest.
+
+Every mutation is logged in the shared Journal so a failed step can undo it.
+"""
+
+from __future__ import annotations
+
+from pagedserve.blockmgr.block import Block, FreeBlockQueue
+from pagedserve.blockmgr.journal import Journal
+from pagedserve.blockmgr.prefix_hash import CacheEntry
+
+
+class BlockPool:
+    """The device blocks of one pool."""
+
+    def __init__(self, num_blocks: int, journal: Journal) -> None:
+        self.num_blocks = num_blocks
+        self.blocks = [Block(block_id) for block_id in range(num_blocks)]
+        self._free = FreeBlockQueue(self.blocks)
+        self._cache_index: dict[bytes, Block] = {}
+        self._journal = journal
+        # Step-scoped: blocks read or written by a copy-on-write copy of the
+        # step in progress must not be handed out again before the step ends,
+        # or the executor's copy order (swap-ins before copies) would clobber them.
+        self._pinned: set[Block] = set()
+        self._deferred: list[Block] = []
+
+    # ---- queries -------------------------------------------------------
+
+    @property
+    def num_allocatable(self) -> int:
+        """Blocks an allocation could take now: free plus evictable cached."""
+        return self._free.num_blocks
+
+    def can_allocate(self, num_blocks: int) -> bool:
+        """True when `num_blocks` blocks can be allocated right now."""
+        return num_blocks <= self._free.num_blocks
+
+    def lookup(
+        self,
+        block_hash: bytes,
+        parent_hash: bytes | None,
+        token_ids: tuple[int, ...],
+        extra_key: str,
+    ) -> Block | None:
+        """The cached block holding exactly these tokens after this parent, or
+        None (nothing under this hash, or a colliding entry with other content)."""
+        block = self._cache_index.get(block_hash)
+        if block is None or not block.cache_entry.matches(parent_hash, token_ids, extra_key):
+            return None
+        return block
+
+    def num_cached_free(self) -> int:
+        """Unreferenced blocks that the prefix cache can still serve."""
+        return sum(1 for block in self._cache_index.values() if block.ref_count == 0)
+
+    def free_block_ids(self) -> list[int]:
+        """Queued block ids in eviction order, head (next taken) first."""
+        return self._free.block_ids()
+
+    def cache_index(self) -> dict[bytes, Block]:
+        """A copy of hash -> block for every registered block (for stats and tests)."""
+        return dict(self._cache_index)
+
+    # ---- mutations -----------------------------------------------------
+
+    def allocate(self, num_blocks: int) -> list[Block] | None:
+        """Takes `num_blocks` blocks from the head of the free queue, evicting
+        their cache entries; None (and nothing taken) when too few are free."""
+        if num_blocks > self._free.num_blocks:
+            return None
+        return [self.take() for _ in range(num_blocks)]
+
+    def take(self) -> Block:
+        """Takes one block; the caller has checked that one is free."""
+        block = self._free.popleft()
+        entry = block.cache_entry
+        if entry is not None:
+            del self._cache_index[entry.block_hash]
+            block.cache_entry = None
+        block.ref_count = 1
+        self._journal.record(self._undo_take, block, entry)
+        return block
+
+    def touch(self, block: Block) -> None:
+        """Adds a reference: a prefix-cache hit or a fork. An unreferenced
+        (cached) block leaves the free queue in O(1)."""
+        previous = None
+        if block.ref_count == 0:
+            previous = block.prev_free
+            self._free.remove(block)
+        block.ref_count += 1
+        self._journal.record(self._undo_touch, block, previous)
+
+    def release(self, block: Block) -> None:
+        """Drops a reference; at zero the block joins the tail of the free queue
+        (keeping its cache entry, so it stays findable until reused)."""
+        block.ref_count -= 1
+        if block.ref_count:
+            self._journal.record(self._undo_release, block)
+        elif block in self._pinned:
+            self._deferred.append(block)
+            self._journal.record(self._undo_defer, block)
+        else:
+            self._free.append(block)
+            self._journal.record(self._undo_release_to_queue, block)
+
+    def register(
+        self,
+        block: Block,
+        block_hash: bytes,
+        parent_hash: bytes | None,
+        token_ids: tuple[int, ...],
+        extra_key: str,
+    ) -> bool:
+        """Makes a computed full block findable by the prefix cache. Returns False
+        (block left unregistered) when the hash is already taken: by identical
+        content computed concurrently by another block (the first is kept), or
+        by different content (a collision, which must not be served)."""
+        if block_hash in self._cache_index:
+            return False
+        block.cache_entry = CacheEntry(block_hash, parent_hash, token_ids, extra_key)
+        self._cache_index[block_hash] = block
+        self._journal.record(self._undo_register, block)
+        return True
+
+    def pin(self, block: Block) -> None:
+        """Defers the block's return to the free queue until `finish_step`
+        should its ref count reach zero during this step."""
+        self._pinned.add(block)
+
+    def finish_step(self) -> None:
+        """Ends the step (after commit or rollback): deferred blocks join the queue."""
+        for block in self._deferred:
+            self._free.append(block)
+        self._deferred.clear()
+        self._pinned.clear()
+
+    # ---- undo ----------------------------------------------------------
+
+    def _undo_take(self, block: Block, entry: CacheEntry | None) -> None:
+        block.ref_count = 0
+        if entry is not None:
+            block.cache_entry = entry
+            self._cache_index[entry.block_hash] = block
+        self._free.appendleft(block)
+
+    def _undo_touch(self, block: Block, previous: Block | None) -> None:
+        block.ref_count -= 1
+        if previous is not None:
+            self._free.insert_after(previous, block)
+
+    def _undo_release(self, block: Block, _unused: None) -> None:
+        block.ref_count += 1
+
+    def _undo_defer(self, block: Block, _unused: None) -> None:
+        self._deferred.pop()
+        block.ref_count += 1
+
+    def _undo_release_to_queue(self, block: Block, _unused: None) -> None:
+        self._free.remove(block)
+        block.ref_count += 1
+
+    def _undo_register(self, block: Block, _unused: None) -> None:
+        del self._cache_index[block.cache_entry.block_hash]
+        block.cache_entry = None

@@ -1,0 +1,230 @@
+"""Protobuf <-> plain Python types, both directions, at the service edges.
+
+Only this module, service.py and client.py import generated code. The server
+uses the *_from_pb of requests and *_to_pb of responses; the client the reverse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from pagedserve.blockmgr.errors import InvalidArgumentError, op_error
+from pagedserve.blockmgr.ops import (
+    AllocateOp,
+    AppendOp,
+    BlockOp,
+    ComputedOp,
+    ForkOp,
+    FreeOp,
+    OpResult,
+    StepResult,
+    SwapInOp,
+    SwapOutOp,
+)
+from pagedserve.blockmgr.pool_info import DeviceKind, ExecutorRegistration, PoolInfo, PoolStats
+from pagedserve.blockmgr.v1 import blockmgr_pb2 as pb
+
+_DEVICE_KIND_TO_PB = {DeviceKind.CPU: pb.DEVICE_KIND_CPU, DeviceKind.CUDA: pb.DEVICE_KIND_CUDA}
+_DEVICE_KIND_FROM_PB = {value: key for key, value in _DEVICE_KIND_TO_PB.items()}
+
+
+# ---- pools ---------------------------------------------------------------------
+
+
+def pool_info_from_pb(message: pb.PoolInfo) -> PoolInfo:
+    """Raises InvalidArgumentError when the device kind is unspecified."""
+    device_kind = _DEVICE_KIND_FROM_PB.get(message.device_kind)
+    if device_kind is None:
+        raise InvalidArgumentError("pool.device_kind: must be CPU or CUDA")
+    return PoolInfo(
+        device_kind=device_kind,
+        num_blocks=message.num_blocks,
+        block_size_tokens=message.block_size_tokens,
+        dtype=message.dtype,
+        layout=message.layout,
+        shape=tuple(message.shape),
+        device_index=message.device_index,
+        num_swap_blocks=message.num_swap_blocks,
+        device_handle=message.device_handle,
+        swap_handle=message.swap_handle,
+        model_key=message.model_key,
+        pool_id=message.pool_id,
+        executor_ids=tuple(message.executor_ids),
+    )
+
+
+def pool_info_to_pb(info: PoolInfo) -> pb.PoolInfo:
+    return pb.PoolInfo(
+        pool_id=info.pool_id,
+        device_kind=_DEVICE_KIND_TO_PB[info.device_kind],
+        device_index=info.device_index,
+        dtype=info.dtype,
+        layout=info.layout,
+        shape=info.shape,
+        num_blocks=info.num_blocks,
+        block_size_tokens=info.block_size_tokens,
+        num_swap_blocks=info.num_swap_blocks,
+        device_handle=info.device_handle,
+        swap_handle=info.swap_handle,
+        model_key=info.model_key,
+        executor_ids=info.executor_ids,
+    )
+
+
+def registration_to_pb(registration: ExecutorRegistration) -> pb.RegisterExecutorResponse:
+    return pb.RegisterExecutorResponse(
+        executor_id=registration.executor_id,
+        lease_ms=registration.lease_ms,
+        pool=pool_info_to_pb(registration.pool),
+    )
+
+
+def registration_from_pb(message: pb.RegisterExecutorResponse) -> ExecutorRegistration:
+    return ExecutorRegistration(
+        message.executor_id, message.lease_ms, pool_info_from_pb(message.pool)
+    )
+
+
+def stats_to_pb(stats: PoolStats) -> pb.GetStatsResponse:
+    return pb.GetStatsResponse(
+        total_blocks=stats.total_blocks,
+        free_blocks=stats.free_blocks,
+        used_blocks=stats.used_blocks,
+        cached_blocks=stats.cached_blocks,
+        swapped_blocks=stats.swapped_blocks,
+        kv_utilization=stats.kv_utilization,
+        prefix_cache_hit_rate=stats.prefix_cache_hit_rate,
+        num_sequences=stats.num_sequences,
+        num_executors=stats.num_executors,
+        shared_blocks=stats.shared_blocks,
+        logical_blocks=stats.logical_blocks,
+    )
+
+
+def stats_from_pb(message: pb.GetStatsResponse) -> PoolStats:
+    return PoolStats(
+        total_blocks=message.total_blocks,
+        free_blocks=message.free_blocks,
+        used_blocks=message.used_blocks,
+        cached_blocks=message.cached_blocks,
+        swapped_blocks=message.swapped_blocks,
+        shared_blocks=message.shared_blocks,
+        logical_blocks=message.logical_blocks,
+        kv_utilization=message.kv_utilization,
+        prefix_cache_hit_rate=message.prefix_cache_hit_rate,
+        num_sequences=message.num_sequences,
+        num_executors=message.num_executors,
+    )
+
+
+# ---- step ----------------------------------------------------------------------
+
+
+def op_from_pb(op_index: int, message: pb.BlockOp) -> BlockOp:
+    """One op; raises InvalidArgumentError naming the index when no kind is set.
+    Repeated token fields stay protobuf containers (sequences of int): the core
+    copies what it keeps, so no list is built here."""
+    kind = message.WhichOneof("op")
+    if kind == "append":
+        body = message.append
+        return AppendOp(body.seq_id, body.token_ids)
+    if kind == "computed":
+        body = message.computed
+        return ComputedOp(body.seq_id, body.num_computed_tokens)
+    if kind == "allocate":
+        body = message.allocate
+        return AllocateOp(body.seq_id, body.token_ids, body.cache_salt, body.use_prefix_cache)
+    if kind == "free":
+        return FreeOp(message.free.seq_id)
+    if kind == "fork":
+        return ForkOp(message.fork.parent_seq_id, message.fork.child_seq_id)
+    if kind == "swap_out":
+        return SwapOutOp(message.swap_out.seq_id)
+    if kind == "swap_in":
+        return SwapInOp(message.swap_in.seq_id)
+    raise op_error(InvalidArgumentError, op_index, "no operation set")
+
+
+def ops_from_pb(messages: Iterable[pb.BlockOp]) -> list[BlockOp]:
+    return [op_from_pb(op_index, message) for op_index, message in enumerate(messages)]
+
+
+def op_to_pb(op: BlockOp) -> pb.BlockOp:
+    """Raises TypeError for an object that is not one of the seven op types."""
+    if isinstance(op, AppendOp):
+        return pb.BlockOp(append=pb.AppendOp(seq_id=op.seq_id, token_ids=op.token_ids))
+    if isinstance(op, ComputedOp):
+        return pb.BlockOp(
+            computed=pb.ComputedOp(seq_id=op.seq_id, num_computed_tokens=op.num_computed_tokens)
+        )
+    if isinstance(op, AllocateOp):
+        return pb.BlockOp(
+            allocate=pb.AllocateOp(
+                seq_id=op.seq_id,
+                token_ids=op.token_ids,
+                cache_salt=op.cache_salt,
+                use_prefix_cache=op.use_prefix_cache,
+            )
+        )
+    if isinstance(op, FreeOp):
+        return pb.BlockOp(free=pb.FreeOp(seq_id=op.seq_id))
+    if isinstance(op, ForkOp):
+        return pb.BlockOp(
+            fork=pb.ForkOp(parent_seq_id=op.parent_seq_id, child_seq_id=op.child_seq_id)
+        )
+    if isinstance(op, SwapOutOp):
+        return pb.BlockOp(swap_out=pb.SwapOutOp(seq_id=op.seq_id))
+    if isinstance(op, SwapInOp):
+        return pb.BlockOp(swap_in=pb.SwapInOp(seq_id=op.seq_id))
+    raise TypeError(f"not a block op: {op!r}")
+
+
+def step_request_to_pb(executor_id: str, ops: Sequence[BlockOp]) -> pb.StepRequest:
+    return pb.StepRequest(executor_id=executor_id, ops=[op_to_pb(op) for op in ops])
+
+
+def step_result_to_pb(step: StepResult) -> pb.StepResponse:
+    response = pb.StepResponse(
+        copy_src_block_ids=step.copy_src_block_ids,
+        copy_dst_block_ids=step.copy_dst_block_ids,
+        swap_out_device_block_ids=step.swap_out_device_block_ids,
+        swap_out_host_block_ids=step.swap_out_host_block_ids,
+        swap_in_host_block_ids=step.swap_in_host_block_ids,
+        swap_in_device_block_ids=step.swap_in_device_block_ids,
+        num_free_blocks=step.num_free_blocks,
+    )
+    add_result = response.results.add
+    for result in step.results:
+        if result.new_block_ids or result.replaced_positions or result.num_cached_tokens:
+            add_result(
+                ok=result.ok,
+                new_block_ids=result.new_block_ids,
+                replaced_positions=result.replaced_positions,
+                replaced_block_ids=result.replaced_block_ids,
+                num_cached_tokens=result.num_cached_tokens,
+            )
+        else:
+            add_result(ok=result.ok)
+    return response
+
+
+def step_result_from_pb(message: pb.StepResponse) -> StepResult:
+    return StepResult(
+        results=[
+            OpResult(
+                ok=result.ok,
+                new_block_ids=tuple(result.new_block_ids),
+                replaced_positions=tuple(result.replaced_positions),
+                replaced_block_ids=tuple(result.replaced_block_ids),
+                num_cached_tokens=result.num_cached_tokens,
+            )
+            for result in message.results
+        ],
+        copy_src_block_ids=list(message.copy_src_block_ids),
+        copy_dst_block_ids=list(message.copy_dst_block_ids),
+        swap_out_device_block_ids=list(message.swap_out_device_block_ids),
+        swap_out_host_block_ids=list(message.swap_out_host_block_ids),
+        swap_in_host_block_ids=list(message.swap_in_host_block_ids),
+        swap_in_device_block_ids=list(message.swap_in_device_block_ids),
+        num_free_blocks=message.num_free_blocks,
+    )

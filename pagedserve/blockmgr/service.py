@@ -1,0 +1,200 @@
+"""The gRPC edge of the block manager: a thin servicer over the core, the lease
+reaper, and `serve` / `main` with health, reflection and graceful stop."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from typing import TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from pagedserve.blockmgr import convert
+from pagedserve.blockmgr.config import BlockManagerConfig
+from pagedserve.blockmgr.errors import BlockManagerError
+from pagedserve.blockmgr.manager import BlockManager
+from pagedserve.blockmgr.status_codes import status_for
+from pagedserve.blockmgr.v1 import blockmgr_pb2 as pb
+from pagedserve.blockmgr.v1 import blockmgr_pb2_grpc as pb_grpc
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["BlockManager"].full_name
+# The core is single-threaded behind one lock, so more workers only queue;
+# a few keep a slow client from blocking the others at the transport level.
+MAX_WORKERS = 4
+STOP_GRACE_S = 5.0
+
+T = TypeVar("T")
+
+
+class BlockManagerServicer(pb_grpc.BlockManagerServicer):
+    """Converts, calls the core under the lock, converts back. Core errors
+    become their status code here (see status_codes.py); nothing else does."""
+
+    def __init__(self, manager: BlockManager, lock: threading.Lock) -> None:
+        self._manager = manager
+        self._lock = lock
+
+    def _call(self, context: grpc.ServicerContext, action: Callable[[], T]) -> T:
+        try:
+            with self._lock:
+                return action()
+        except BlockManagerError as error:
+            context.abort(status_for(error), str(error))
+            raise  # abort raises; this line is for type checkers
+
+    def RegisterPool(self, request, context):
+        def action():
+            return self._manager.register_pool(convert.pool_info_from_pb(request.pool))
+
+        return pb.RegisterPoolResponse(pool_id=self._call(context, action))
+
+    def ListPools(self, request, context):
+        pools = self._call(context, lambda: self._manager.list_pools(request.pool_id))
+        return pb.ListPoolsResponse(pools=[convert.pool_info_to_pb(info) for info in pools])
+
+    def RegisterExecutor(self, request, context):
+        registration = self._call(
+            context,
+            lambda: self._manager.register_executor(
+                request.pool_id, request.executor_id, request.lease_ms
+            ),
+        )
+        return convert.registration_to_pb(registration)
+
+    def Heartbeat(self, request, context):
+        lease_ms = self._call(context, lambda: self._manager.heartbeat(request.executor_id))
+        return pb.HeartbeatResponse(lease_ms=lease_ms)
+
+    def UnregisterExecutor(self, request, context):
+        freed = self._call(context, lambda: self._manager.unregister_executor(request.executor_id))
+        return pb.UnregisterExecutorResponse(freed_sequences=freed)
+
+    def Step(self, request, context):
+        def action():
+            ops = convert.ops_from_pb(request.ops)
+            return self._manager.step(request.executor_id, ops)
+
+        return convert.step_result_to_pb(self._call(context, action))
+
+    def GetStats(self, request, context):
+        stats = self._call(context, lambda: self._manager.get_stats(request.pool_id))
+        return convert.stats_to_pb(stats)
+
+
+class LeaseReaper(threading.Thread):
+    """Expires leases a few times per lease length, so that an executor that
+    died is freed within about 1.25 leases even if nobody calls."""
+
+    def __init__(self, manager: BlockManager, lock: threading.Lock, interval_s: float) -> None:
+        super().__init__(name="blockmgr-lease-reaper", daemon=True)
+        self._manager = manager
+        self._lock = lock
+        self._interval_s = interval_s
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self._interval_s):
+            with self._lock:
+                expired = self._manager.expire_leases()
+            for executor_id in expired:
+                logger.warning(
+                    "lease of executor %s expired; its sequences were freed", executor_id
+                )
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
+class RunningServer:
+    """A started block manager server: its port, and how to stop it."""
+
+    def __init__(
+        self,
+        server: grpc.Server,
+        port: int,
+        health_servicer: health.HealthServicer,
+        reaper: LeaseReaper,
+        manager: BlockManager,
+    ) -> None:
+        self.server = server
+        self.port = port
+        self.manager = manager
+        self._health = health_servicer
+        self._reaper = reaper
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Reports NOT_SERVING, lets in-flight calls finish for up to grace_s, stops."""
+        for name in ("", SERVICE_NAME):
+            self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._reaper.stop()
+        self.server.stop(grace_s).wait()
+
+    def wait(self) -> None:
+        """Blocks until the server stops."""
+        self.server.wait_for_termination()
+
+
+def serve(config: BlockManagerConfig, manager: BlockManager | None = None) -> RunningServer:
+    """Starts the server (health, reflection, lease reaper) and returns at once.
+    Raises RuntimeError when the port cannot be bound."""
+    config.validate()
+    manager = manager or BlockManager(default_lease_ms=config.lease_ms)
+    lock = threading.Lock()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=MAX_WORKERS))
+    pb_grpc.add_BlockManagerServicer_to_server(BlockManagerServicer(manager, lock), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if port == 0:
+        raise RuntimeError(f"cannot listen on {config.host}:{config.port}")
+    server.start()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reaper = LeaseReaper(manager, lock, interval_s=max(0.01, config.lease_ms / 4000.0))
+    reaper.start()
+    logger.info("block manager listening on %s:%d", config.host, port)
+    return RunningServer(server, port, health_servicer, reaper, manager)
+
+
+def main(argv: list[str]) -> int:
+    """`pagedserve blockmgr [--host H] [--port P] [--lease-ms MS]`: serves until
+    SIGTERM or SIGINT. Returns 0 after a clean stop, 2 on a bad configuration."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = BlockManagerConfig.from_argv(argv)
+    except ValueError as error:
+        logger.error("bad configuration: %s", error)
+        return 2
+    logger.info("block manager config: %s", config.describe())
+    running = serve(config)
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        logger.info("received %s; stopping", signal.Signals(signum).name)
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    while not stop_requested.wait(0.5):  # a timed wait keeps signals prompt
+        pass
+    running.stop()
+    logger.info("block manager stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,46 @@
+"""Pool statistics, computed on demand by walking the pool (O(blocks))."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from pagedserve.blockmgr.allocator import SequenceAllocator
+from pagedserve.blockmgr.pool_info import PoolStats
+from pagedserve.blockmgr.sequence import Sequence
+
+
+def filled_slots_by_block(sequences: Iterable[Sequence], block_size_tokens: int) -> dict[int, int]:
+    """Tokens held by each referenced device block. Sharers of a block always
+    agree on its fill: a shared partly filled block is copied before it grows."""
+    filled: dict[int, int] = {}
+    for seq in sequences:
+        num_tokens = len(seq.token_ids)
+        for index, block in enumerate(seq.block_table):
+            filled[block.block_id] = min(block_size_tokens, num_tokens - index * block_size_tokens)
+    return filled
+
+
+def compute_stats(
+    allocator: SequenceAllocator, sequences: list[Sequence], num_executors: int
+) -> PoolStats:
+    """Statistics of one pool given all its live sequences."""
+    pool = allocator.block_pool
+    block_size = allocator.block_size_tokens
+    used = [block for block in pool.blocks if block.ref_count > 0]
+    cached_free = pool.num_cached_free()
+    filled = filled_slots_by_block(sequences, block_size)
+    slots = len(used) * block_size
+    looked_up = allocator.prompt_tokens_looked_up
+    return PoolStats(
+        total_blocks=pool.num_blocks,
+        free_blocks=pool.num_allocatable - cached_free,
+        used_blocks=len(used),
+        cached_blocks=cached_free,
+        swapped_blocks=allocator.swap_pool.num_used,
+        shared_blocks=sum(1 for block in used if block.ref_count > 1),
+        logical_blocks=sum(block.ref_count for block in used),
+        kv_utilization=sum(filled.values()) / slots if slots else 0.0,
+        prefix_cache_hit_rate=allocator.prompt_tokens_hit / looked_up if looked_up else 0.0,
+        num_sequences=len(sequences),
+        num_executors=num_executors,
+    )

@@ -1,0 +1,272 @@
+"""A deliberately plain model of one pool's block state, for the property test.
+
+Written separately from the implementation and as simply as possible: lists
+for queues (O(n) removal is fine here), a dict from the *full* token prefix to
+the block caching it instead of chained hashes, and all-or-nothing steps by
+working on a deep copy. It predicts exact block ids, results and errors.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+ERROR_NOT_FOUND = "not_found"
+ERROR_EXISTS = "already_exists"
+ERROR_PRECONDITION = "failed_precondition"
+ERROR_INVALID = "invalid_argument"
+
+
+class ModelError(Exception):
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+@dataclass
+class ModelSeq:
+    tokens: list[int]
+    salt: str
+    table: list[int]
+    host: list[int] | None = None
+    computed: int = 0
+    offered: int = 0  # full blocks already offered to the cache
+
+
+@dataclass
+class ModelExecutor:
+    deadline_s: float
+    lease_s: float
+    seqs: dict[int, ModelSeq] = field(default_factory=dict)
+
+
+@dataclass
+class ModelStep:
+    results: list[tuple] = field(default_factory=list)
+    copies: list[tuple[int, int]] = field(default_factory=list)
+    swap_outs: list[tuple[int, int]] = field(default_factory=list)
+    swap_ins: list[tuple[int, int]] = field(default_factory=list)
+
+
+def ceil_div(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+class ModelPool:
+    def __init__(self, num_blocks: int, block_size: int, num_swap: int) -> None:
+        self.n = num_blocks
+        self.bs = block_size
+        self.ref = [0] * num_blocks
+        self.free = list(range(num_blocks))
+        self.content: dict[int, tuple] = {}  # block -> (salt, full prefix tokens)
+        self.cache: dict[tuple, int] = {}  # (salt, full prefix tokens) -> block
+        self.host_free = list(range(num_swap))
+        self.executors: dict[str, ModelExecutor] = {}
+        self.looked_up = 0
+        self.hit = 0
+        # Step-scoped.
+        self.pinned: set[int] = set()
+        self.deferred: list[int] = []
+        self.host_deferred: list[int] = []
+        self.written: set[int] = set()
+
+    # ---- blocks --------------------------------------------------------
+
+    def take(self) -> int:
+        block = self.free.pop(0)
+        if block in self.content:
+            del self.cache[self.content.pop(block)]
+        self.ref[block] = 1
+        return block
+
+    def release(self, block: int) -> None:
+        self.ref[block] -= 1
+        if self.ref[block] == 0:
+            (self.deferred if block in self.pinned else self.free).append(block)
+
+    # ---- executors -------------------------------------------------------
+
+    def live(self, executor_id: str, now_s: float) -> ModelExecutor:
+        executor = self.executors.get(executor_id)
+        if executor is None:
+            raise ModelError(ERROR_NOT_FOUND)
+        if now_s > executor.deadline_s:
+            self.drop(executor_id)
+            raise ModelError(ERROR_NOT_FOUND)
+        return executor
+
+    def drop(self, executor_id: str) -> None:
+        executor = self.executors.pop(executor_id)
+        for seq_id in sorted(executor.seqs):
+            self.op_free(executor.seqs, seq_id)
+        self.end_step()
+
+    def register(self, executor_id: str, now_s: float, lease_s: float) -> None:
+        if executor_id in self.executors:
+            self.drop(executor_id)
+        self.executors[executor_id] = ModelExecutor(now_s + lease_s, lease_s)
+
+    def expire(self, now_s: float) -> list[str]:
+        expired = [eid for eid, e in self.executors.items() if now_s > e.deadline_s]
+        for executor_id in expired:
+            self.drop(executor_id)
+        return expired
+
+    # ---- step ---------------------------------------------------------------
+
+    def step(self, executor_id: str, now_s: float, ops: list[tuple]) -> ModelStep:
+        """Applies ops all or nothing; raises ModelError (state untouched) on bad input."""
+        executor = self.live(executor_id, now_s)
+        trial = copy.deepcopy(self)
+        seqs = trial.executors[executor_id].seqs
+        out = ModelStep()
+        for op in ops:
+            out.results.append(getattr(trial, "op_" + op[0])(seqs, *op[1:], out=out))
+        trial.end_step()
+        self.__dict__.update(trial.__dict__)
+        del executor
+        return out
+
+    def end_step(self) -> None:
+        self.free.extend(self.deferred)
+        self.host_free.extend(self.host_deferred)
+        self.deferred, self.host_deferred = [], []
+        self.pinned, self.written = set(), set()
+
+    def _seq(self, seqs: dict[int, ModelSeq], seq_id: int, on_device: bool = True) -> ModelSeq:
+        if seq_id not in seqs:
+            raise ModelError(ERROR_NOT_FOUND)
+        if on_device and seqs[seq_id].host is not None:
+            raise ModelError(ERROR_PRECONDITION)
+        return seqs[seq_id]
+
+    def _check_tokens(self, old: int, tokens: list[int]) -> None:
+        if not tokens or old + len(tokens) > self.n * self.bs:
+            raise ModelError(ERROR_INVALID)
+
+    def op_allocate(self, seqs, seq_id, tokens, salt, use_cache, out=None):
+        if seq_id in seqs:
+            raise ModelError(ERROR_EXISTS)
+        self._check_tokens(0, tokens)
+        matched = []
+        if use_cache:
+            for i in range((len(tokens) - 1) // self.bs):
+                block = self.cache.get((salt, tuple(tokens[: (i + 1) * self.bs])))
+                if block is None:
+                    break
+                matched.append(block)
+        fresh = ceil_div(len(tokens), self.bs) - len(matched)
+        if fresh > len(self.free) - sum(1 for b in matched if self.ref[b] == 0):
+            return (False, (), (), (), 0)
+        for block in matched:
+            if self.ref[block] == 0:
+                self.free.remove(block)
+            self.ref[block] += 1
+        table = matched + [self.take() for _ in range(fresh)]
+        cached = len(matched) * self.bs
+        seqs[seq_id] = ModelSeq(list(tokens), salt, table, computed=cached, offered=len(matched))
+        if use_cache:
+            self.looked_up += len(tokens)
+            self.hit += cached
+        return (True, tuple(table), (), (), cached)
+
+    def op_append(self, seqs, seq_id, tokens, out=None):
+        seq = self._seq(seqs, seq_id)
+        self._check_tokens(len(seq.tokens), tokens)
+        old = len(seq.tokens)
+        needed = ceil_div(old + len(tokens), self.bs) - len(seq.table)
+        cow = old % self.bs != 0 and self.ref[seq.table[-1]] > 1
+        if needed + cow > len(self.free):
+            return (False, (), (), (), 0)
+        seq.tokens += tokens
+        replaced_pos, replaced_ids = (), ()
+        if cow:
+            src = seq.table[-1]
+            dst = self.take()
+            seq.table[-1] = dst
+            self.pinned |= {src, dst}
+            self.written.add(dst)
+            self.release(src)
+            out.copies.append((src, dst))
+            replaced_pos, replaced_ids = (len(seq.table) - 1,), (dst,)
+        new = [self.take() for _ in range(needed)]
+        seq.table += new
+        return (True, tuple(new), replaced_pos, replaced_ids, 0)
+
+    def op_computed(self, seqs, seq_id, count, out=None):
+        seq = self._seq(seqs, seq_id)
+        if count > len(seq.tokens) or count < seq.computed:
+            raise ModelError(ERROR_PRECONDITION)
+        seq.computed = count
+        for i in range(seq.offered, count // self.bs):
+            key = (seq.salt, tuple(seq.tokens[: (i + 1) * self.bs]))
+            block = seq.table[i]
+            if block not in self.content and key not in self.cache:
+                self.content[block] = key
+                self.cache[key] = block
+            seq.offered = i + 1
+        return (True, (), (), (), 0)
+
+    def op_fork(self, seqs, parent_id, child_id, out=None):
+        parent = self._seq(seqs, parent_id)
+        if child_id in seqs:
+            raise ModelError(ERROR_EXISTS)
+        child = copy.deepcopy(parent)
+        seqs[child_id] = child
+        for block in child.table:
+            if self.ref[block] == 0:
+                self.free.remove(block)
+            self.ref[block] += 1
+        return (True, tuple(child.table), (), (), 0)
+
+    def op_free(self, seqs, seq_id, out=None):
+        seq = self._seq(seqs, seq_id, on_device=False)
+        del seqs[seq_id]
+        if seq.host is not None:
+            self.host_free += seq.host
+        else:
+            for block in reversed(seq.table):
+                self.release(block)
+        return (True, (), (), (), 0)
+
+    def op_swap_out(self, seqs, seq_id, out=None):
+        seq = self._seq(seqs, seq_id)
+        if any(block in self.written for block in seq.table):
+            raise ModelError(ERROR_PRECONDITION)
+        if len(seq.table) > len(self.host_free):
+            return (False, (), (), (), 0)
+        hosts = [self.host_free.pop(0) for _ in seq.table]
+        out.swap_outs += list(zip(seq.table, hosts, strict=True))
+        for block in reversed(seq.table):
+            self.release(block)
+        seq.table, seq.host = [], hosts
+        return (True, (), (), (), 0)
+
+    def op_swap_in(self, seqs, seq_id, out=None):
+        seq = self._seq(seqs, seq_id, on_device=False)
+        if seq.host is None:
+            raise ModelError(ERROR_PRECONDITION)
+        if len(seq.host) > len(self.free):
+            return (False, (), (), (), 0)
+        blocks = [self.take() for _ in seq.host]
+        out.swap_ins += list(zip(seq.host, blocks, strict=True))
+        self.written |= set(blocks)
+        self.host_deferred += seq.host
+        seq.table, seq.host, seq.offered = blocks, None, 0
+        return (True, tuple(blocks), (), (), 0)
+
+    # ---- observations -------------------------------------------------------
+
+    def all_seqs(self) -> list[ModelSeq]:
+        return [seq for e in self.executors.values() for seq in e.seqs.values()]
+
+    def counts(self) -> dict[str, int]:
+        used = [b for b in range(self.n) if self.ref[b] > 0]
+        cached = sum(1 for b in self.free if b in self.content)
+        return {
+            "free": len(self.free) - cached,
+            "used": len(used),
+            "cached": cached,
+            "shared": sum(1 for b in used if self.ref[b] > 1),
+            "logical": sum(self.ref),
+        }

@@ -1,0 +1,25 @@
+"""Configuration: flags, environment defaults, validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from pagedserve.blockmgr.config import BlockManagerConfig
+
+
+def test_defaults() -> None:
+    config = BlockManagerConfig.from_argv([], environ={})
+    assert (config.host, config.port, config.lease_ms) == ("127.0.0.1", 50061, 10_000)
+
+
+def test_flags_override_environment() -> None:
+    environ = {"PAGEDSERVE_BLOCKMGR_PORT": "6000", "PAGEDSERVE_BLOCKMGR_LEASE_MS": "700"}
+    config = BlockManagerConfig.from_argv(["--port", "7000"], environ=environ)
+    assert (config.port, config.lease_ms) == (7000, 700)
+    assert "port=7000" in config.describe()
+
+
+@pytest.mark.parametrize("argv", [["--port", "70000"], ["--lease-ms", "0"], ["--host", ""]])
+def test_bad_values_are_rejected(argv) -> None:
+    with pytest.raises(ValueError):
+        BlockManagerConfig.from_argv(argv, environ={})
