@@ -241,10 +241,15 @@ class Engine:
         for seq, token_id, logprob in zip(seqs, token_ids, logprobs, strict=True):
             self.scheduler.update(seq, token_id, logprob, self.max_context_tokens)
         events = []
+        last_event_of: dict[Request, SequenceEvent] = {}
         for seq in seqs:
-            events.append((seq.request, sequence_event(seq.request, seq)))
-            if seq.request.is_finished:
-                self._requests.pop(seq.request.key, None)
+            event = sequence_event(seq.request, seq)
+            events.append((seq.request, event))
+            last_event_of[seq.request] = event
+        for request, event in last_event_of.items():
+            if request.is_finished:
+                event.request_finished = True
+                self._requests.pop(request.key, None)
         return events
 
     def _advance_beam_search(self, request: Request, beams: list[Sequence], logits: torch.Tensor):

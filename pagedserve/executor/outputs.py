@@ -23,12 +23,16 @@ class SequenceEvent:
     cached_prompt_tokens: int = 0
     # Beam search: token_ids is the whole completion, replacing anything sent before.
     replaces_previous: bool = False
+    # The request's last event: nothing more follows for request_id.
+    request_finished: bool = False
     error_code: grpc.StatusCode | None = None
     error_message: str = ""
 
 
 def error_event(request_id: str, code: grpc.StatusCode, message: str) -> SequenceEvent:
-    return SequenceEvent(request_id, 0, error_code=code, error_message=message)
+    return SequenceEvent(
+        request_id, 0, request_finished=True, error_code=code, error_message=message
+    )
 
 
 def _announce(request: Request, event: SequenceEvent) -> SequenceEvent:
@@ -68,6 +72,7 @@ def beam_events(request: Request, search: BeamSearch) -> list[SequenceEvent]:
             replaces_previous=True,
         )
         events.append(_announce(request, event))
+    events[-1].request_finished = True
     return events
 
 

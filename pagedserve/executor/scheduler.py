@@ -52,7 +52,7 @@ class _Call:
 
     request: pb.StepRequest
     appends: list[tuple[int, Sequence]] = field(default_factory=list)
-    forks: list[tuple[int, Sequence, int]] = field(default_factory=list)
+    forks: list[tuple[int, Sequence]] = field(default_factory=list)
     admissions: list[tuple[int, Request, list[Sequence]]] = field(default_factory=list)
     swap_outs: list[tuple[int, Sequence]] = field(default_factory=list)
 
@@ -180,9 +180,8 @@ class Scheduler:
         results = response.results
         self._free_blocks = response.num_free_blocks
         plan.copies.append(BlockCopies.from_response(response))
-        for index, child, num_parent_tokens in call.forks:
+        for index, child in call.forks:
             child.block_ids = list(results[index].new_block_ids)
-            child.num_tokens_at_blockmgr = num_parent_tokens
         for index, seq in call.swap_outs:
             if results[index].ok:
                 seq.block_ids = []
@@ -212,7 +211,9 @@ class Scheduler:
         for parent, child in self._pending_forks:
             if child.is_finished:
                 continue  # aborted before it ever held a block
-            call.forks.append((len(call.request.ops), child, parent.num_tokens_at_blockmgr))
+            call.forks.append((len(call.request.ops), child))
+            # The child holds what the parent holds now; its own tokens append after.
+            child.num_tokens_at_blockmgr = parent.num_tokens_at_blockmgr
             op = call.request.ops.add().fork
             op.parent_seq_id = parent.seq_id
             op.child_seq_id = child.seq_id

@@ -78,6 +78,7 @@ def event_to_pb(event: SequenceEvent) -> pb.RequestEvent:
         cumulative_logprob=event.cumulative_logprob,
         cached_prompt_tokens=event.cached_prompt_tokens,
         replaces_previous=event.replaces_previous,
+        request_finished=event.request_finished,
     )
     if event.error_code is not None:
         message.error.code = event.error_code.value[0]
@@ -91,6 +92,8 @@ class StreamSink:
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self._loop = loop
         self.queue: asyncio.Queue[pb.ConnectResponse | None] = asyncio.Queue()
+        # Requests submitted on this stream and not finished (touched on the event loop only).
+        self.num_open = 0
 
     def deliver(self, events: list[SequenceEvent]) -> None:
         response = pb.ConnectResponse(events=[event_to_pb(e) for e in events])
@@ -107,16 +110,18 @@ class ExecutorServicer(pb_grpc.ExecutorServicer):
         sink = StreamSink(asyncio.get_running_loop())
         reader = asyncio.ensure_future(self._read(request_iterator, sink))
         try:
-            while True:
+            # After the gateway half-closes, its open requests still run to the end.
+            while not (reader.done() and sink.num_open == 0):
                 next_batch = asyncio.ensure_future(sink.queue.get())
-                done, _ = await asyncio.wait(
-                    [next_batch, reader], return_when=asyncio.FIRST_COMPLETED
-                )
-                if next_batch in done:
-                    yield next_batch.result()
+                waiting_on = [next_batch] if reader.done() else [next_batch, reader]
+                done, _ = await asyncio.wait(waiting_on, return_when=asyncio.FIRST_COMPLETED)
+                if next_batch not in done:
+                    next_batch.cancel()
                     continue
-                next_batch.cancel()
-                break  # the gateway closed its side
+                response = next_batch.result()
+                sink.num_open -= sum(1 for event in response.events if event.request_finished)
+                yield response
+            reader.result()  # surfaces an error of the request stream
         finally:
             reader.cancel()
             self.engine.cancel_sink(sink)
@@ -125,6 +130,7 @@ class ExecutorServicer(pb_grpc.ExecutorServicer):
         async for message in request_iterator:
             if message.HasField("submit"):
                 submit = message.submit
+                sink.num_open += 1
                 if not self.accepting:
                     refusal = error_event(
                         submit.request_id, grpc.StatusCode.UNAVAILABLE, "executor is shutting down"

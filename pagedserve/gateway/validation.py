@@ -108,7 +108,8 @@ def _sampling(params: pb.SamplingParams, limits: Limits) -> ResolvedSampling:
         f"sampling.beam_width: {beam_width} must be between 1 and {limits.max_beam_width}",
     )
     _require(
-        not (n > 1 and beam_width > 1), "sampling.n: n > 1 cannot be combined with beam_width > 1"
+        beam_width == 1 or n <= beam_width,
+        f"sampling.n: beam search returns at most beam_width ({beam_width}) completions",
     )
     _require(
         len(params.stop) <= limits.max_stop_strings,

@@ -11,7 +11,7 @@ GOOD_SAMPLING = pb.SamplingParams(max_tokens=4, temperature=0)
 
 BAD_REQUESTS = [
     ("no input", pb.GenerateRequest(sampling=GOOD_SAMPLING), "input"),
-    ("empty prompt", pb.GenerateRequest(prompt="", sampling=GOOD_SAMPLING), "input"),
+    ("empty prompt", pb.GenerateRequest(prompt="", sampling=GOOD_SAMPLING), "prompt"),
     (
         "empty token ids",
         pb.GenerateRequest(prompt_token_ids=pb.TokenIds(ids=[]), sampling=GOOD_SAMPLING),
@@ -27,7 +27,7 @@ BAD_REQUESTS = [
         pb.GenerateRequest(
             messages=pb.ChatMessages(messages=[pb.ChatMessage(role="robot", content="hi")])
         ),
-        "role",
+        "messages.messages[0].role",
     ),
     (
         "max_tokens 0",

@@ -73,8 +73,11 @@ def test_beam_search_best_beam_alone(client):
 
 PREFIX = hf_encode(
     "You are a careful assistant. Answer in one short sentence, and never use more words than needed. "
-    "Here is some background that every question shares: the museum opens at nine, closes at five, and "
-    "is free on Sundays."
+    "Here is some background that every question shares: the museum opens at nine in the morning and "
+    "closes at five in the afternoon, it is free on Sundays, children under twelve always enter for "
+    "free, guided tours start every hour on the hour, and the cafe on the second floor serves lunch "
+    "from noon until three. Photography is allowed everywhere except in the special exhibition, "
+    "and bags larger than a shoebox must be left in the free lockers next to the main entrance."
 )[:100]
 
 

@@ -68,7 +68,7 @@ class RequestError(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class RequestEvent(_message.Message):
-    __slots__ = ("request_id", "index", "token_ids", "logprobs", "finish_reason", "cumulative_logprob", "cached_prompt_tokens", "error", "replaces_previous")
+    __slots__ = ("request_id", "index", "token_ids", "logprobs", "finish_reason", "cumulative_logprob", "cached_prompt_tokens", "error", "replaces_previous", "request_finished")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +78,7 @@ class RequestEvent(_message.Message):
     CACHED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     REPLACES_PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FINISHED_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     index: int
     token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -87,7 +88,8 @@ class RequestEvent(_message.Message):
     cached_prompt_tokens: int
     error: RequestError
     replaces_previous: bool
-    def __init__(self, request_id: _Optional[str] = ..., index: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., finish_reason: _Optional[_Union[_generation_pb2.FinishReason, str]] = ..., cumulative_logprob: _Optional[float] = ..., cached_prompt_tokens: _Optional[int] = ..., error: _Optional[_Union[RequestError, _Mapping]] = ..., replaces_previous: _Optional[bool] = ...) -> None: ...
+    request_finished: bool
+    def __init__(self, request_id: _Optional[str] = ..., index: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., finish_reason: _Optional[_Union[_generation_pb2.FinishReason, str]] = ..., cumulative_logprob: _Optional[float] = ..., cached_prompt_tokens: _Optional[int] = ..., error: _Optional[_Union[RequestError, _Mapping]] = ..., replaces_previous: _Optional[bool] = ..., request_finished: _Optional[bool] = ...) -> None: ...
 
 class ConnectResponse(_message.Message):
     __slots__ = ("events",)
