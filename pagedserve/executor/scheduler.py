@@ -229,12 +229,7 @@ class Scheduler:
         return sum(seq.num_tokens - seq.num_computed_tokens for seq in self._running_sequences())
 
     def _blocks_to_admit(self, seqs: list[Sequence]) -> int:
-        return sum(
-            len(seq.block_ids)
-            if seq.status is SequenceStatus.SWAPPED
-            else self.blocks_needed(seq.num_tokens)
-            for seq in seqs
-        )
+        return sum(self.blocks_needed(seq.num_tokens) for seq in seqs)
 
     def _add_admissions(self, call: _Call) -> None:
         token_budget = self.config.max_num_batched_tokens - self._token_demand()
@@ -287,12 +282,13 @@ class Scheduler:
         results = list(results[: len(seqs)])
         if not all(result.ok for result in results):
             for seq, result in zip(seqs, results, strict=True):
-                if result.ok:  # what the others' failure made useless goes back
-                    seq.num_tokens_at_blockmgr = seq.num_tokens
-                    self._released.append(seq)
+                if not result.ok:
+                    continue  # unchanged: still waiting, or still swapped out
+                # What the others' failure made useless goes back; this one recomputes.
+                seq.num_tokens_at_blockmgr = seq.num_tokens
+                self._released.append(seq)
                 seq.status = SequenceStatus.WAITING
                 seq.block_ids = []
-                seq.num_computed_tokens = 0
             return False
         for seq, result in zip(seqs, results, strict=True):
             seq.block_ids = list(result.new_block_ids)
@@ -348,14 +344,16 @@ class Scheduler:
         token_budget = self.config.max_num_batched_tokens
         prefills = []
         for seq in self._running_sequences():
-            remaining = seq.num_tokens - seq.num_computed_tokens
+            # Only tokens that have a slot: a sequence swapped in this step gets the
+            # slot for its newest token from the next step's append.
+            remaining = seq.num_tokens_at_blockmgr - seq.num_computed_tokens
             if remaining == 1 and token_budget > 0:
                 chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, 1))
                 token_budget -= 1
             elif remaining > 1:
                 prefills.append(seq)
         for seq in prefills:
-            num_new = min(seq.num_tokens - seq.num_computed_tokens, token_budget)
+            num_new = min(seq.num_tokens_at_blockmgr - seq.num_computed_tokens, token_budget)
             if num_new <= 0:
                 break
             chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, num_new))

@@ -8,6 +8,7 @@ import random
 import grpc
 import pytest
 
+from pagedserve.executor.v1 import executor_pb2, executor_pb2_grpc
 from pagedserve.v1 import generation_pb2 as pb
 from tests.reference import hf_encode
 from tests.stack import start_stack
@@ -24,11 +25,9 @@ def _workload() -> list[pb.GenerateRequest]:
     )
     requests = []
     for index in range(NUM_REQUESTS):
-        prompt_len = rng.randint(60, 200)
+        prompt_len = rng.randint(70, 200)
         start = rng.randint(0, len(words) - prompt_len)
-        sampling = pb.SamplingParams(
-            max_tokens=rng.randint(40, 100), temperature=0, ignore_eos=True
-        )
+        sampling = pb.SamplingParams(max_tokens=rng.randint(30, 60), temperature=0, ignore_eos=True)
         requests.append(
             pb.GenerateRequest(
                 request_id=f"load-{index}",
@@ -63,6 +62,8 @@ def test_small_pool_completes_everything_with_the_same_tokens(unconstrained_outp
         outputs = _run_all(client, _workload())
         stats = stack.wait_no_blocks_held()
         assert outputs == unconstrained_outputs
+        executor = executor_pb2_grpc.ExecutorStub(stack.channel(stack.executors[0]))
+        assert executor.GetInfo(executor_pb2.GetInfoRequest()).num_preemptions_total > 0
         assert stats.used_blocks == 0 and stats.num_sequences == 0 and stats.swapped_blocks == 0
         # A request larger than the whole pool can never run: refused at once.
         too_big = pb.GenerateRequest(
