@@ -14,7 +14,7 @@ from tests.reference import hf_encode
 from tests.stack import start_stack
 
 NUM_REQUESTS = 32
-SMALL_POOL_BLOCKS = 64  # 1,024 token slots for 32 requests of 100 to 300 tokens
+SMALL_POOL_BLOCKS = 64  # 1,024 token slots for 32 requests of 100 to 260 tokens
 
 
 def _workload() -> list[pb.GenerateRequest]:
