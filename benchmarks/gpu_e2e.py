@@ -140,6 +140,58 @@ def measure_hf(folder: Path, workload, dtype) -> tuple[int, float]:
     return len(workload) * new_tokens, elapsed
 
 
+def _first_difference(ours: list[int], reference: list[int]) -> int | None:
+    """Index of the first differing token, or None when equal."""
+    for index, (a, b) in enumerate(zip(ours, reference, strict=False)):
+        if a != b:
+            return index
+    return None if len(ours) == len(reference) else min(len(ours), len(reference))
+
+
+def hf_greedy_on_gpu(folder: Path, cases) -> list[list[int]]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).cuda().eval()
+    outputs = []
+    for case in cases:
+        ids = torch.tensor([case["prompt_token_ids"]], device="cuda")
+        with torch.inference_mode():
+            out = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=MAX_NEW_TOKENS,
+                do_sample=False,
+            )
+        outputs.append(out[0, ids.shape[1] :].tolist())
+    del model
+    return outputs
+
+
+def margin_at_difference(folder: Path, cases, outputs) -> list[float | None]:
+    """For each output that left the reference: HF's top-2 logit gap at that position on this GPU.
+
+    A gap near float32 rounding (1e-4 or less) means the two continuations were tied
+    within the arithmetic's precision, and either implementation may pick either.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).cuda().eval()
+    margins = []
+    for case, out in zip(cases, outputs, strict=True):
+        index = _first_difference(out, case["expected"])
+        if index is None:
+            margins.append(None)
+            continue
+        ids = torch.tensor([case["prompt_token_ids"] + case["expected"][:index]], device="cuda")
+        with torch.inference_mode():
+            top2 = model(ids).logits[0, -1].float().topk(2).values
+        margins.append(float(top2[0] - top2[1]))
+    del model
+    return margins
+
+
 def run_on_gpu(args) -> None:
     import torch
 
@@ -169,14 +221,25 @@ def run_on_gpu(args) -> None:
             "executors": len(pool.executor_ids),
             "dtype": pool.dtype,
         }
+        # One at a time, as HF runs them: float32 GEMMs of other batch shapes round
+        # differently, which can flip a near-tie (batched results are reported below).
+        outputs = [greedy(stub, case["prompt_token_ids"], MAX_NEW_TOKENS) for case in cases]
         with concurrent.futures.ThreadPoolExecutor(len(cases)) as executor:
-            outputs = list(
+            batched = list(
                 executor.map(
                     lambda case: greedy(stub, case["prompt_token_ids"], MAX_NEW_TOKENS), cases
                 )
             )
+        results["batched_first_difference_from_cpu"] = [
+            _first_difference(out, case["expected"])
+            for out, case in zip(batched, cases, strict=True)
+        ]
         matches = [out == case["expected"] for out, case in zip(outputs, cases, strict=True)]
         results["greedy_matches_cpu"] = f"{sum(matches)}/{len(matches)}"
+        results["first_difference_from_cpu"] = [
+            _first_difference(out, case["expected"])
+            for out, case in zip(outputs, cases, strict=True)
+        ]
         workload = throughput_workload(args.num_requests, 49152)
         measure_pagedserve(stub, workload[:8])  # warm-up: Triton compiles its kernels
         tokens, seconds = measure_pagedserve(stub, workload)
@@ -188,6 +251,19 @@ def run_on_gpu(args) -> None:
     finally:
         process.terminate()
         process.wait(120)
+    hf_gpu = hf_greedy_on_gpu(folder, cases)
+    results["hf_top2_logit_gap_where_pagedserve_differs"] = margin_at_difference(
+        folder, cases, outputs
+    )
+    results["hf_gpu_matches_hf_cpu"] = (
+        f"{sum(h == c['expected'] for h, c in zip(hf_gpu, cases, strict=True))}/{len(cases)}"
+    )
+    results["hf_gpu_first_difference_from_cpu"] = [
+        _first_difference(h, c["expected"]) for h, c in zip(hf_gpu, cases, strict=True)
+    ]
+    results["pagedserve_gpu_matches_hf_gpu"] = (
+        f"{sum(o == h for o, h in zip(outputs, hf_gpu, strict=True))}/{len(cases)}"
+    )
     tokens, seconds = measure_hf(folder, workload, torch.float32)
     results["hf_generate_float32"] = {
         "output_tokens": tokens,
@@ -199,7 +275,19 @@ def run_on_gpu(args) -> None:
     print(
         f"\n| check | result |\n|---|---|\n| device | {results['device']} |\n| pool | {results['pool']} |"
     )
-    print(f"| greedy float32 tokens equal to CPU HF | {results['greedy_matches_cpu']} |")
+    print(
+        f"| greedy float32 tokens equal to CPU HF | {results['greedy_matches_cpu']} (first differences {results['first_difference_from_cpu']}) |"
+    )
+    print(
+        f"| HF float32 on this GPU equal to CPU HF | {results['hf_gpu_matches_hf_cpu']} (first differences {results['hf_gpu_first_difference_from_cpu']}) |"
+    )
+    print(f"| pagedserve on GPU equal to HF on GPU | {results['pagedserve_gpu_matches_hf_gpu']} |")
+    print(
+        f"| HF's top-2 logit gap where they differ | {results['hf_top2_logit_gap_where_pagedserve_differs']} |"
+    )
+    print(
+        f"| the same {len(cases)} requests sent concurrently: first differences from CPU HF | {results['batched_first_difference_from_cpu']} |"
+    )
     for name in ("pagedserve_float32", "hf_generate_float32"):
         print(
             f"| {name} ({args.num_requests} requests, 128 new tokens) | {results[name]['tokens_per_s']} tokens/s |"

@@ -68,7 +68,7 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding with cos/sin tables for every position."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, device: torch.device | None = None):
         super().__init__()
         dim = config.head_dim
         exponents = torch.arange(0, dim, 2, dtype=torch.int64).to(torch.float32) / dim
@@ -76,8 +76,10 @@ class RotaryEmbedding(nn.Module):
         if config.rope_scaling is not None:
             inv_freq = _llama3_inv_freq(inv_freq, config.rope_scaling)
         positions = torch.arange(config.max_context_tokens, dtype=torch.float32)
-        freqs = positions[:, None] * inv_freq[None, :]  # [max_positions, dim / 2]
-        angles = torch.cat((freqs, freqs), dim=-1)  # [max_positions, dim]
+        freqs = positions[:, None] * inv_freq[None, :]  # [max_positions, dim / 2], exact products
+        angles = torch.cat((freqs, freqs), dim=-1).to(device)  # [max_positions, dim]
+        # cos and sin are taken on the device the model runs on, as transformers
+        # does: the CPU's and the GPU's last bits differ, enough to flip a near-tie.
         self.register_buffer("cos_table", angles.cos(), persistent=False)
         self.register_buffer("sin_table", angles.sin(), persistent=False)
 

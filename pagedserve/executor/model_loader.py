@@ -40,7 +40,7 @@ def load_model(
         model = LlamaForCausalLM(config)
     model = model.to_empty(device=device).to(dtype)
     # Rotary tables are computed, not loaded: rebuild them for real on the device.
-    model.rotary = RotaryEmbedding(config).to(device)
+    model.rotary = RotaryEmbedding(config, device)
     params = dict(model.named_parameters())
     if path is None:
         generator = torch.Generator(device="cpu").manual_seed(random_seed or 0)
@@ -59,12 +59,14 @@ def load_model(
     with tqdm(total=total, desc=f"loading {config.name}", unit="tensor", leave=False) as bar:
         for file in files:
             with safe_open(str(file), framework="pt") as handle:
-                for stored_name in handle.keys():
+                names = set(handle.keys())
+                for stored_name in names:
                     bar.update(1)
                     name = stored_name
                     if name == "lm_head.weight" and config.tie_word_embeddings:
-                        # Tied: one tensor serves both; a checkpoint may store it under either name.
-                        name = "model.embed_tokens.weight"
+                        if "model.embed_tokens.weight" in names:
+                            continue  # tied: the embeddings serve as the output layer, as in HF
+                        name = "model.embed_tokens.weight"  # stored under the other name only
                     if name not in params:
                         if "rotary_emb" in name:
                             continue
