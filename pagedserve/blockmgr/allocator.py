@@ -9,6 +9,8 @@ not it returns NO_ROOM before changing anything.
 
 from __future__ import annotations
 
+from collections.abc import Sequence as AbcSequence
+
 from pagedserve.blockmgr.block import Block
 from pagedserve.blockmgr.block_pool import BlockPool
 from pagedserve.blockmgr.journal import Journal
@@ -32,9 +34,12 @@ class SequenceAllocator:
         hash_fn: ChainHashFn,
     ) -> None:
         self.journal = Journal()
+        self._journal_entries = self.journal.entries  # direct, for the append hot path
         self.block_pool = BlockPool(num_blocks, self.journal)
         self.swap_pool = HostSwapPool(num_swap_blocks, self.journal)
         self.block_size_tokens = block_size_tokens
+        # Longest sequence the pool could ever hold: longer is invalid, not short.
+        self.max_sequence_tokens = num_blocks * block_size_tokens
         self.model_key = model_key
         self._hash_fn = hash_fn
         # Prefix-cache hit statistics, committed with each step.
@@ -155,7 +160,7 @@ class SequenceAllocator:
         copy_last = num_old_tokens % self.block_size_tokens != 0 and table[-1].ref_count > 1
         if num_new_blocks + copy_last > pool.num_allocatable:
             return NO_ROOM
-        self.journal.record(self._undo_append, seq, (num_old_tokens, len(table)))
+        self._journal_entries.append((self._undo_append, seq, (num_old_tokens, len(table))))
         seq.token_ids.extend(token_ids)
         if not copy_last and not num_new_blocks:
             return OK_EMPTY
@@ -166,6 +171,43 @@ class SequenceAllocator:
         new_blocks = [pool.take() for _ in range(num_new_blocks)]
         table.extend(new_blocks)
         return OpResult(True, tuple(block.block_id for block in new_blocks), replaced, replaced_ids)
+
+    def append_in_place_run(
+        self,
+        sequences: Sequences,
+        seq_ids: AbcSequence[int],
+        token_ids: AbcSequence[int],
+        start: int,
+        results: list[OpResult],
+    ) -> int:
+        """The decode step's hot loop: appends token_ids[i] to seq_ids[i] from
+        `start` on for as long as each append is the trivial case (a live
+        device sequence whose partly filled last block is its own) and returns
+        the index of the first pair it left alone (len(seq_ids) when none).
+        Such appends take no block and cannot be invalid, so the caller
+        validates and applies the returned pair the general way."""
+        get = sequences.get
+        block_size = self.block_size_tokens
+        max_tokens = self.max_sequence_tokens
+        log = self._journal_entries.append
+        undo = self._undo_append
+        add_result = results.append
+        index = start
+        end = len(seq_ids)
+        while index < end:
+            seq = get(seq_ids[index])
+            if seq is None or seq.host_block_ids is not None:
+                return index
+            tokens = seq.token_ids
+            num_tokens = len(tokens)
+            table = seq.block_table
+            if not num_tokens % block_size or num_tokens >= max_tokens or table[-1].ref_count > 1:
+                return index
+            log((undo, seq, (num_tokens, len(table))))
+            tokens.append(token_ids[index])
+            add_result(OK_EMPTY)
+            index += 1
+        return index
 
     def _copy_last_block(self, seq: Sequence) -> tuple[tuple[int], tuple[int]]:
         pool = self.block_pool

@@ -14,6 +14,7 @@ import itertools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pagedserve.blockmgr.allocator import SequenceAllocator
 from pagedserve.blockmgr.errors import InvalidArgumentError, NotFoundError
@@ -23,7 +24,7 @@ from pagedserve.blockmgr.pool_info import ExecutorRegistration, PoolInfo, PoolSt
 from pagedserve.blockmgr.prefix_hash import ChainHashFn, chain_hash
 from pagedserve.blockmgr.sequence import Sequence
 from pagedserve.blockmgr.stats import compute_stats
-from pagedserve.blockmgr.step_ops import apply_op
+from pagedserve.blockmgr.step_ops import apply_tagged_ops
 
 # A pool's block records are Python objects (~100 bytes each); beyond this a
 # registration is a mistake rather than a pool.
@@ -168,15 +169,20 @@ class BlockManager:
         Raises NotFoundError (unknown executor or sequence), AlreadyExistsError,
         FailedPreconditionError or InvalidArgumentError; the state is then unchanged.
         """
+        return self.step_tagged(executor_id, [(_kind_of(op), op) for op in ops])
+
+    def step_tagged(
+        self, executor_id: str, tagged_ops: Iterable[tuple[str | None, Any]]
+    ) -> StepResult:
+        """`step` for (kind, body) pairs, where body is any object with the op's
+        fields as attributes (the service passes protobuf sub-messages as they
+        are). A kind of None means no op was set: InvalidArgumentError."""
         executor = self._live_executor(executor_id)
         allocator = self._pools[executor.pool_id].allocator
-        sequences = executor.sequences
         step = StepResult()
-        results = step.results
         allocator.begin_step(step)
         try:
-            for op_index, op in enumerate(ops):
-                results.append(apply_op(allocator, sequences, op_index, op))
+            apply_tagged_ops(allocator, executor.sequences, tagged_ops, step.results)
         except BaseException:
             allocator.rollback()
             raise
@@ -219,12 +225,16 @@ class BlockManager:
         # In seq-id order: dict order would depend on undone frees re-inserting.
         allocator.begin_step(StepResult())
         try:
-            for op_index, seq_id in enumerate(sorted(sequences)):
-                apply_op(allocator, sequences, op_index, FreeOp(seq_id))
+            frees = [("free", FreeOp(seq_id)) for seq_id in sorted(sequences)]
+            apply_tagged_ops(allocator, sequences, frees, [])
         except BaseException:
             allocator.rollback()
             raise
         allocator.commit()
+
+
+def _kind_of(op: object) -> str | None:
+    return getattr(op, "kind", None)
 
 
 def _validate_pool(info: PoolInfo) -> None:
