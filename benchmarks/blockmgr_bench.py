@@ -33,6 +33,13 @@ BLOCK_SIZE_TOKENS = 16
 PROMPT_TOKENS = 100
 
 
+def prompt_for(seq_id: int) -> list[int]:
+    """Prompt lengths differ by a token from one sequence to the next, so that
+    sequences cross block boundaries at different steps, as in real decoding
+    (equal lengths would make every 16th step allocate for all of them)."""
+    return list(range(PROMPT_TOKENS + seq_id % BLOCK_SIZE_TOKENS))
+
+
 def pool_info(num_blocks: int) -> PoolInfo:
     return PoolInfo(DeviceKind.CPU, num_blocks=num_blocks, block_size_tokens=BLOCK_SIZE_TOKENS)
 
@@ -61,6 +68,7 @@ def bench_block_pool(num_pairs: int) -> float:
     """allocate(1) + release pairs per second on the bare block pool."""
     journal = Journal()
     pool = BlockPool(1024, journal)
+    gc.freeze()  # as the service does once a pool is registered
     allocate, release, commit = pool.allocate, pool.release, journal.commit
     start = time.perf_counter()
     for index in range(num_pairs):
@@ -88,11 +96,10 @@ def bench_manager_allocate_free(num_seqs: int, rounds: int) -> float:
 
 
 def decode_setup(manager: BlockManager, num_seqs: int, num_steps: int) -> str:
-    blocks_per_seq = -(-(PROMPT_TOKENS + num_steps) // BLOCK_SIZE_TOKENS)
+    blocks_per_seq = -(-(PROMPT_TOKENS + BLOCK_SIZE_TOKENS + num_steps) // BLOCK_SIZE_TOKENS)
     pool_id = manager.register_pool(pool_info(num_seqs * blocks_per_seq + 16))
     ex = manager.register_executor(pool_id, lease_ms=600_000).executor_id
-    prompt = list(range(PROMPT_TOKENS))
-    manager.step(ex, [AllocateOp(seq_id, prompt) for seq_id in range(num_seqs)])
+    manager.step(ex, [AllocateOp(seq_id, prompt_for(seq_id)) for seq_id in range(num_seqs)])
     return ex
 
 
@@ -106,7 +113,8 @@ def decode_request(ex: str, num_seqs: int) -> pb.StepRequest:
 def bench_decode_in_process(num_seqs: int, num_steps: int) -> dict[str, list[float]]:
     """Per-step seconds: core only, and core plus protobuf conversion both ways."""
     manager = BlockManager()
-    ex = decode_setup(manager, num_seqs, 2 * num_steps)
+    # Three timed runs of num_steps appends each; the pool must never run out.
+    ex = decode_setup(manager, num_seqs, 3 * num_steps + 16)
     ops = [AppendOp(seq_id, [7]) for seq_id in range(num_seqs)]
     core = timed(lambda: manager.step(ex, ops), num_steps)
     request = decode_request(ex, num_seqs)
@@ -125,11 +133,14 @@ def bench_decode_in_process(num_seqs: int, num_steps: int) -> dict[str, list[flo
         tagged = convert.tagged_ops_from_pb(parsed.ops)
         return convert.step_result_to_bytes(manager.step_tagged(parsed.executor_id, tagged))
 
-    return {
+    results = {
         "core": core,
         "core+convert": timed(with_conversion, num_steps),
         "core+convert packed": timed(packed_with_conversion, num_steps),
     }
+    pool_id = manager.list_pools()[0].pool_id
+    assert manager.get_stats(pool_id).free_blocks > 0, "the pool ran out during the benchmark"
+    return results
 
 
 def start_server_process() -> tuple[subprocess.Popen, str]:
@@ -158,11 +169,12 @@ def bench_decode_grpc(num_seqs: int, num_steps: int) -> dict[str, list[float]]:
         with BlockManagerClient(target) as client:
             # Room for every token the timed steps append: running out would
             # turn appends into ok=false results and measure something else.
-            blocks_per_seq = -(-(PROMPT_TOKENS + num_steps + 40) // BLOCK_SIZE_TOKENS)
+            blocks_per_seq = -(
+                -(PROMPT_TOKENS + BLOCK_SIZE_TOKENS + num_steps + 40) // BLOCK_SIZE_TOKENS
+            )
             pool_id = client.register_pool(pool_info(num_seqs * blocks_per_seq + 64))
             ex = client.register_executor(pool_id, lease_ms=600_000).executor_id
-            prompt = list(range(PROMPT_TOKENS))
-            client.step(ex, [AllocateOp(seq_id, prompt) for seq_id in range(num_seqs)])
+            client.step(ex, [AllocateOp(seq_id, prompt_for(seq_id)) for seq_id in range(num_seqs)])
             channel = grpc.insecure_channel(target)
             step = pb_grpc.BlockManagerStub(channel).Step
             empty = pb.StepRequest(executor_id=ex)

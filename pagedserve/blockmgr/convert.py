@@ -6,6 +6,7 @@ uses the *_from_pb of requests and *_to_pb of responses; the client the reverse.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -127,13 +128,29 @@ def stats_from_pb(message: pb.GetStatsResponse) -> PoolStats:
 def tagged_ops_from_pb(messages: Iterable[pb.BlockOp]) -> list[tuple[str | None, Any]]:
     """(kind, body) pairs for BlockManager.step_tagged. The bodies are the
     protobuf sub-messages themselves: their fields have the names the core
-    reads, so no object is built per op. An op with nothing set gives
-    (None, None), which the core refuses with the op's index."""
-    tagged = []
+    reads, so no object is built per op. Runs of single-token AppendOps are
+    coalesced into one AppendBatchOp, which the core applies with its fast
+    loop and which yields the same results and op indices. An op with nothing
+    set gives (None, None), which the core refuses with the op's index."""
+    tagged: list[tuple[str | None, Any]] = []
     add = tagged.append
+    batch_seq_ids: list[int] = []
+    batch_token_ids: list[int] = []
     for message in messages:
         kind = message.WhichOneof("op")
+        if kind == "append":
+            body = message.append
+            token_ids = body.token_ids
+            if len(token_ids) == 1:
+                batch_seq_ids.append(body.seq_id)
+                batch_token_ids.append(token_ids[0])
+                continue
+        if batch_seq_ids:
+            add(("append_batch", AppendBatchOp(batch_seq_ids, batch_token_ids)))
+            batch_seq_ids, batch_token_ids = [], []
         add((kind, None if kind is None else getattr(message, kind)))
+    if batch_seq_ids:
+        add(("append_batch", AppendBatchOp(batch_seq_ids, batch_token_ids)))
     return tagged
 
 
@@ -245,6 +262,12 @@ def step_result_to_bytes(step: StepResult) -> bytes:
             add(_OK_EMPTY_BYTES)
         elif result is NO_ROOM:
             add(_NO_ROOM_BYTES)
+        elif (
+            len(result.new_block_ids) == 1
+            and not result.replaced_positions
+            and not result.num_cached_tokens
+        ):
+            add(_one_new_block_bytes(result.new_block_ids[0]))
         else:
             body = pb.OpResult(
                 ok=result.ok,
@@ -265,6 +288,14 @@ def step_result_to_bytes(step: StepResult) -> bytes:
     )
     add(rest.SerializeToString())
     return b"".join(chunks)
+
+
+def _one_new_block_bytes(block_id: int) -> bytes:
+    # A decode append that crossed into a new block: {ok: true, new_block_ids: [id]}
+    # (fields 1 varint, 2 packed), as a results entry.
+    block_id_bytes = _varint(block_id)
+    body = b"\x08\x01\x12" + _varint(len(block_id_bytes)) + block_id_bytes
+    return b"\x0a" + _varint(len(body)) + body
 
 
 def _varint(value: int) -> bytes:
@@ -298,12 +329,49 @@ def step_result_from_bytes(data: bytes) -> StepResult:
     (the usual decode step), the encoding starts with that many identical
     entries and no result message needs to be visited."""
     message = pb.StepResponse.FromString(data)
-    num_results = len(message.results)
-    if data.startswith(_OK_EMPTY_BYTES * num_results):
-        step = step_result_from_pb(message, with_results=False)
-        step.results = [OK_EMPTY] * num_results
-        return step
-    return step_result_from_pb(message)
+    results = _results_from_bytes(data, message)
+    if results is None:
+        return step_result_from_pb(message)
+    step = step_result_from_pb(message, with_results=False)
+    step.results = results
+    return step
+
+
+_OK_EMPTY_RUN = re.compile(b"(?:" + re.escape(_OK_EMPTY_BYTES) + b")*")
+
+
+def _results_from_bytes(data: bytes, message: pb.StepResponse) -> list[OpResult] | None:
+    """The results, taking runs of bare ok=true entries straight from the
+    bytes (one regex match per run) and visiting only the other entries.
+    None when the entries are not laid out first and contiguously (legal
+    protobuf, but not what servers write), so the caller takes the slow path."""
+    results: list[OpResult] = []
+    messages = message.results
+    num_results = len(messages)
+    position = 0
+    while len(results) < num_results:
+        run_end = _OK_EMPTY_RUN.match(data, position).end()
+        if run_end > position:
+            results.extend([OK_EMPTY] * ((run_end - position) // len(_OK_EMPTY_BYTES)))
+            position = run_end
+            continue
+        if data[position : position + 1] != b"\x0a":
+            return None
+        length, position = _read_varint(data, position + 1)
+        position += length
+        results.append(op_result_from_pb(messages[len(results)]))
+    return results if len(results) == num_results else None
+
+
+def _read_varint(data: bytes, position: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, position
+        shift += 7
 
 
 def step_result_from_pb(message: pb.StepResponse, with_results: bool = True) -> StepResult:

@@ -26,6 +26,8 @@ def sample_step() -> StepResult:
             OK_EMPTY,
             NO_ROOM,
             OpResult(True, new_block_ids=(300, 2), num_cached_tokens=16),
+            OpResult(True, new_block_ids=(5,)),
+            OpResult(True, new_block_ids=(1_000_000,)),
             OpResult(True, replaced_positions=(1,), replaced_block_ids=(7,)),
             OK_EMPTY,
         ],
@@ -41,7 +43,19 @@ def test_hand_built_response_bytes_parse_like_the_message() -> None:
     step = sample_step()
     parsed = pb.StepResponse.FromString(convert.step_result_to_bytes(step))
     assert parsed == convert.step_result_to_pb(step)
-    assert len(parsed.results) == 5 and not parsed.results[1].ok
+    assert len(parsed.results) == 7 and not parsed.results[1].ok
+
+
+def test_results_are_read_from_bytes_around_runs_of_ok() -> None:
+    results = [OK_EMPTY] * 3 + [OpResult(True, new_block_ids=(200,))] + [OK_EMPTY] * 2
+    results += [NO_ROOM, OpResult(True, tuple(range(100)), num_cached_tokens=32), OK_EMPTY]
+    step = StepResult(results=results, copy_src_block_ids=[1], copy_dst_block_ids=[2])
+    data = convert.step_result_to_bytes(step)
+    assert convert.step_result_from_bytes(data) == step
+    # The same response as a standard serializer writes it parses the same way.
+    assert (
+        convert.step_result_from_bytes(convert.step_result_to_pb(step).SerializeToString()) == step
+    )
 
 
 def test_response_bytes_round_trip_to_the_same_step() -> None:
@@ -70,14 +84,33 @@ def test_single_token_append_runs_are_packed() -> None:
     assert list(request.ops[2].append.token_ids) == [9]
 
 
-def test_tagged_ops_carry_the_sub_messages() -> None:
-    request = convert.step_request_to_pb(
-        "ex", [AllocateOp(1, [1, 2], "salt", True), FreeOp(2), AppendBatchOp([1, 2], [3, 4])]
+def test_tagged_ops_carry_the_sub_messages_and_coalesce_appends() -> None:
+    request = pb.StepRequest(
+        ops=[
+            convert.op_to_pb(AllocateOp(1, [1, 2], "salt", True)),
+            convert.op_to_pb(AppendOp(1, [3])),
+            convert.op_to_pb(AppendOp(2, [4])),
+            convert.op_to_pb(FreeOp(2)),
+            convert.op_to_pb(AppendBatchOp([1, 2], [3, 4])),
+            convert.op_to_pb(AppendOp(3, [5, 6])),
+            convert.op_to_pb(AppendOp(4, [7])),
+            pb.BlockOp(),  # nothing set
+        ]
     )
-    request.ops.add()  # nothing set
     tagged = convert.tagged_ops_from_pb(request.ops)
-    assert [kind for kind, _ in tagged] == ["allocate", "free", "append_batch", None]
+    kinds = [kind for kind, _ in tagged]
+    assert kinds == [
+        "allocate",
+        "append_batch",
+        "free",
+        "append_batch",
+        "append",
+        "append_batch",
+        None,
+    ]
     assert tagged[0][1].cache_salt == "salt" and list(tagged[0][1].token_ids) == [1, 2]
+    assert (tagged[1][1].seq_ids, tagged[1][1].token_ids) == ([1, 2], [3, 4])
+    assert (tagged[5][1].seq_ids, tagged[5][1].token_ids) == ([4], [7])
 
 
 def test_pool_info_round_trip() -> None:
