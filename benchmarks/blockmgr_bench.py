@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import grpc
 
-from pagedserve.blockmgr import convert
+from pagedserve.blockmgr import convert, step_codec
 from pagedserve.blockmgr.block_pool import BlockPool
 from pagedserve.blockmgr.client import BlockManagerClient
 from pagedserve.blockmgr.journal import Journal
@@ -124,14 +124,14 @@ def bench_decode_in_process(num_seqs: int, num_steps: int) -> dict[str, list[flo
     def with_conversion() -> bytes:
         parsed = pb.StepRequest.FromString(payload)
         tagged = convert.tagged_ops_from_pb(parsed.ops)
-        return convert.step_result_to_bytes(manager.step_tagged(parsed.executor_id, tagged))
+        return step_codec.step_result_to_bytes(manager.step_tagged(parsed.executor_id, tagged))
 
     batch = convert.step_request_to_pb(ex, ops).SerializeToString()
 
     def packed_with_conversion() -> bytes:
         parsed = pb.StepRequest.FromString(batch)
         tagged = convert.tagged_ops_from_pb(parsed.ops)
-        return convert.step_result_to_bytes(manager.step_tagged(parsed.executor_id, tagged))
+        return step_codec.step_result_to_bytes(manager.step_tagged(parsed.executor_id, tagged))
 
     results = {
         "core": core,

@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from pagedserve.blockmgr import convert
+from pagedserve.blockmgr import convert, step_codec
 from pagedserve.blockmgr.config import BlockManagerConfig
 from pagedserve.blockmgr.errors import BlockManagerError
 from pagedserve.blockmgr.manager import BlockManager
@@ -87,7 +87,7 @@ class BlockManagerServicer(pb_grpc.BlockManagerServicer):
         # way out (the response goes back already serialized, see add_servicer).
         tagged = convert.tagged_ops_from_pb(request.ops)
         step = self._call(context, lambda: self._manager.step_tagged(request.executor_id, tagged))
-        return convert.step_result_to_bytes(step)
+        return step_codec.step_result_to_bytes(step)
 
     def GetStats(self, request, context):
         stats = self._call(context, lambda: self._manager.get_stats(request.pool_id))

@@ -3,7 +3,7 @@ single-token appends, and round trips of the plain types."""
 
 from __future__ import annotations
 
-from pagedserve.blockmgr import convert
+from pagedserve.blockmgr import convert, step_codec
 from pagedserve.blockmgr.ops import (
     NO_ROOM,
     OK_EMPTY,
@@ -41,7 +41,7 @@ def sample_step() -> StepResult:
 
 def test_hand_built_response_bytes_parse_like_the_message() -> None:
     step = sample_step()
-    parsed = pb.StepResponse.FromString(convert.step_result_to_bytes(step))
+    parsed = pb.StepResponse.FromString(step_codec.step_result_to_bytes(step))
     assert parsed == convert.step_result_to_pb(step)
     assert len(parsed.results) == 7 and not parsed.results[1].ok
 
@@ -50,19 +50,20 @@ def test_results_are_read_from_bytes_around_runs_of_ok() -> None:
     results = [OK_EMPTY] * 3 + [OpResult(True, new_block_ids=(200,))] + [OK_EMPTY] * 2
     results += [NO_ROOM, OpResult(True, tuple(range(100)), num_cached_tokens=32), OK_EMPTY]
     step = StepResult(results=results, copy_src_block_ids=[1], copy_dst_block_ids=[2])
-    data = convert.step_result_to_bytes(step)
-    assert convert.step_result_from_bytes(data) == step
+    data = step_codec.step_result_to_bytes(step)
+    assert step_codec.step_result_from_bytes(data) == step
     # The same response as a standard serializer writes it parses the same way.
     assert (
-        convert.step_result_from_bytes(convert.step_result_to_pb(step).SerializeToString()) == step
+        step_codec.step_result_from_bytes(convert.step_result_to_pb(step).SerializeToString())
+        == step
     )
 
 
 def test_response_bytes_round_trip_to_the_same_step() -> None:
     step = sample_step()
-    assert convert.step_result_from_bytes(convert.step_result_to_bytes(step)) == step
+    assert step_codec.step_result_from_bytes(step_codec.step_result_to_bytes(step)) == step
     all_ok = StepResult(results=[OK_EMPTY] * 3, num_free_blocks=1)
-    back = convert.step_result_from_bytes(convert.step_result_to_bytes(all_ok))
+    back = step_codec.step_result_from_bytes(step_codec.step_result_to_bytes(all_ok))
     assert back == all_ok and back.results[0] is OK_EMPTY
 
 
