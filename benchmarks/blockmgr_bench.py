@@ -79,13 +79,13 @@ def bench_block_pool(num_pairs: int) -> float:
     return num_pairs / (time.perf_counter() - start)
 
 
-def bench_manager_allocate_free(num_seqs: int, rounds: int) -> float:
+def bench_manager_allocate_free(num_seqs: int, rounds: int, prompt_tokens: int) -> float:
     """Allocate + free ops per second through BlockManager.step, batched like an
     executor does (one step allocating num_seqs prompts, one freeing them)."""
     manager = BlockManager()
     pool_id = manager.register_pool(pool_info(num_seqs * 8))
     ex = manager.register_executor(pool_id).executor_id
-    prompt = list(range(PROMPT_TOKENS))
+    prompt = list(range(prompt_tokens))
     allocates = [AllocateOp(seq_id, prompt, use_prefix_cache=False) for seq_id in range(num_seqs)]
     frees = [FreeOp(seq_id) for seq_id in range(num_seqs)]
     start = time.perf_counter()

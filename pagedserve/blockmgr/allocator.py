@@ -42,6 +42,7 @@ class SequenceAllocator:
         self.max_sequence_tokens = num_blocks * block_size_tokens
         self.model_key = model_key
         self._hash_fn = hash_fn
+        self._extra_keys: dict[str, str] = {}
         # Prefix-cache hit statistics, committed with each step.
         self.prompt_tokens_looked_up = 0
         self.prompt_tokens_hit = 0
@@ -80,8 +81,11 @@ class SequenceAllocator:
     # ---- queries -----------------------------------------------------------
 
     def extra_key(self, cache_salt: str) -> str:
-        """Extra hash key of a sequence with this salt."""
-        return extra_key_for(self.model_key, cache_salt)
+        """Extra hash key of a sequence with this salt (built once per salt)."""
+        extra_key = self._extra_keys.get(cache_salt)
+        if extra_key is None:
+            extra_key = self._extra_keys[cache_salt] = extra_key_for(self.model_key, cache_salt)
+        return extra_key
 
     def was_copied_into(self, seq: Sequence) -> bool:
         """True when a block of `seq` is the destination of a copy in this step."""
@@ -121,6 +125,7 @@ class SequenceAllocator:
         use_prefix_cache: bool,
     ) -> OpResult:
         """Creates a sequence: cached prefix blocks plus fresh ones for the rest.
+        Takes ownership of `token_ids` (the caller passes a fresh list).
         Returns NO_ROOM (nothing changed) when the fresh blocks are not available."""
         pool = self.block_pool
         extra_key = self.extra_key(cache_salt)
@@ -136,7 +141,7 @@ class SequenceAllocator:
         for block in matched:
             pool.touch(block)
         table = matched + [pool.take() for _ in range(num_blocks - len(matched))]
-        seq = Sequence(seq_id, list(token_ids), extra_key, table)
+        seq = Sequence(seq_id, token_ids, extra_key, table)
         num_cached_tokens = len(matched) * self.block_size_tokens
         seq.num_computed_tokens = num_cached_tokens
         seq.num_hashed_blocks = len(matched)
