@@ -209,10 +209,12 @@ def main() -> None:
     print(f"python {platform.python_version()} on {platform.machine()}")
     pairs = bench_block_pool(int(1_000_000 * scale))
     print(f"block pool allocate(1)+release: {pairs:,.0f} pairs/s ({2 * pairs:,.0f} ops/s)")
-    rate = bench_manager_allocate_free(256, int(100 * scale) or 1)
-    print(
-        f"manager.step allocate+free ({PROMPT_TOKENS}-token prompts, 256 per step): {rate:,.0f} ops/s"
-    )
+    for prompt_tokens in (BLOCK_SIZE_TOKENS, PROMPT_TOKENS):
+        rate = bench_manager_allocate_free(256, int(100 * scale) or 1, prompt_tokens)
+        print(
+            f"manager.step allocate+free ({prompt_tokens}-token prompts, 256 per step): "
+            f"{rate:,.0f} ops/s"
+        )
     num_steps = max(50, int(1000 * scale))
     for num_seqs in (256, 1024):
         print(f"decode step, {num_seqs} sequences appending one token ({num_steps} steps):")
