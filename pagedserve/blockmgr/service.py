@@ -103,7 +103,8 @@ _REQUEST_TYPES = {
     "Step": pb.StepRequest,
     "GetStats": pb.GetStatsRequest,
 }
-assert set(_REQUEST_TYPES) == set(pb.DESCRIPTOR.services_by_name["BlockManager"].methods_by_name)
+if set(_REQUEST_TYPES) != set(pb.DESCRIPTOR.services_by_name["BlockManager"].methods_by_name):
+    raise RuntimeError("service.py does not register every BlockManager RPC of the proto")
 
 
 def _serialize_response(response: object) -> bytes:
@@ -127,8 +128,8 @@ def add_servicer(servicer: BlockManagerServicer, server: grpc.Server) -> None:
 
 
 class LeaseReaper(threading.Thread):
-    """Expires leases a few times per lease length, so that an executor that
-    died is freed within about 1.25 leases even if nobody calls."""
+    """Expires leases every interval_s, so that an executor that died is freed
+    within one interval of its lease passing even if nobody calls."""
 
     def __init__(self, manager: BlockManager, lock: threading.Lock, interval_s: float) -> None:
         super().__init__(name="blockmgr-lease-reaper", daemon=True)
@@ -198,7 +199,9 @@ def serve(config: BlockManagerConfig, manager: BlockManager | None = None) -> Ru
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reaper = LeaseReaper(manager, lock, interval_s=max(0.01, config.lease_ms / 4000.0))
+    # A quarter of the default lease, and at most 0.5 s because executors may
+    # ask for shorter leases than the default; a pass is O(executors).
+    reaper = LeaseReaper(manager, lock, interval_s=min(0.5, max(0.01, config.lease_ms / 4000.0)))
     reaper.start()
     logger.info("block manager listening on %s:%d", config.host, port)
     return RunningServer(server, port, health_servicer, reaper, manager)
