@@ -61,11 +61,38 @@ class SequenceAllocator:
         self._step_tokens_looked_up = 0
         self._step_tokens_hit = 0
 
-    def commit(self) -> None:
-        """Makes the step's changes permanent."""
+    def release_held(self, held_blocks: list[Block], held_host_block_ids: list[int]) -> None:
+        """First change of an executor's step: a new Step shows the executor
+        performed the copies of its previous one, so what was held for them is
+        free again (journaled like the ops)."""
+        self.block_pool.release_held(held_blocks)
+        self.swap_pool.release_held(held_host_block_ids)
+
+    def commit(self, held_blocks: list[Block], held_host_block_ids: list[int]) -> None:
+        """Makes the step's changes permanent. Blocks at either end of one of
+        the step's copies that ended it unreferenced are then held in the
+        executor's lists: another executor must not write them before this
+        one has performed the copies."""
         self.journal.commit()
         self.prompt_tokens_looked_up += self._step_tokens_looked_up
         self.prompt_tokens_hit += self._step_tokens_hit
+        step = self._step
+        blocks = self.block_pool.blocks
+        # Swap-out sources reversed, so that a sequence's tail is evicted first.
+        device_ends = [
+            *reversed(step.swap_out_device_block_ids),
+            *step.swap_in_device_block_ids,
+            *(
+                block_id
+                for pair in zip(step.copy_src_block_ids, step.copy_dst_block_ids, strict=True)
+                for block_id in pair
+            ),
+        ]
+        if device_ends:
+            self.block_pool.hold([blocks[block_id] for block_id in device_ends], held_blocks)
+        host_ends = [*step.swap_out_host_block_ids, *step.swap_in_host_block_ids]
+        if host_ends:
+            self.swap_pool.hold(host_ends, held_host_block_ids)
         self._finish_step()
 
     def rollback(self) -> None:

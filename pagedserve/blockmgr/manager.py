@@ -82,7 +82,8 @@ class BlockManager:
         return [self._describe(pid, pool) for pid, pool in self._pools.items()]
 
     def can_allocate(self, pool_id: str, num_blocks: int) -> bool:
-        """Watermark query: could `num_blocks` blocks be allocated now?
+        """Watermark query: could `num_blocks` blocks be allocated now (free plus
+        evictable cached, not counting blocks held for an executor's copies)?
         Raises NotFoundError for an unknown pool."""
         return self._pool(pool_id).allocator.block_pool.can_allocate(num_blocks)
 
@@ -182,12 +183,15 @@ class BlockManager:
         step = StepResult()
         allocator.begin_step(step)
         try:
+            allocator.release_held(executor.held_blocks, executor.held_host_block_ids)
             apply_tagged_ops(allocator, executor.sequences, tagged_ops, step.results)
         except BaseException:
             allocator.rollback()
             raise
-        allocator.commit()
-        step.num_free_blocks = allocator.block_pool.num_allocatable
+        allocator.commit(executor.held_blocks, executor.held_host_block_ids)
+        # Held blocks come back at the start of this executor's next step,
+        # before its ops, so it can count on them.
+        step.num_free_blocks = allocator.block_pool.num_allocatable + len(executor.held_blocks)
         return step
 
     # ---- internals ------------------------------------------------------------
@@ -214,23 +218,25 @@ class BlockManager:
     def _drop_executor(self, executor: ExecutorState) -> int:
         pool = self._pools[executor.pool_id]
         num_sequences = len(executor.sequences)
-        if num_sequences:
-            self._free_all(pool.allocator, executor.sequences)
+        self._free_all(pool.allocator, executor)
         del self._executors[executor.executor_id]
         pool.executor_ids.remove(executor.executor_id)
         return num_sequences
 
     @staticmethod
-    def _free_all(allocator: SequenceAllocator, sequences: dict[int, Sequence]) -> None:
-        # In seq-id order: dict order would depend on undone frees re-inserting.
+    def _free_all(allocator: SequenceAllocator, executor: ExecutorState) -> None:
+        # Held blocks first, then sequences in seq-id order (dict order would
+        # depend on undone frees re-inserting). Nothing is held afterwards: a
+        # departed executor performs no more copies.
         allocator.begin_step(StepResult())
         try:
-            frees = [("free", FreeOp(seq_id)) for seq_id in sorted(sequences)]
-            apply_tagged_ops(allocator, sequences, frees, [])
+            allocator.release_held(executor.held_blocks, executor.held_host_block_ids)
+            frees = [("free", FreeOp(seq_id)) for seq_id in sorted(executor.sequences)]
+            apply_tagged_ops(allocator, executor.sequences, frees, [])
         except BaseException:
             allocator.rollback()
             raise
-        allocator.commit()
+        allocator.commit([], [])
 
 
 def _kind_of(op: object) -> str | None:

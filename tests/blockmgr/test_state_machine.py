@@ -284,7 +284,14 @@ class BlockManagerMachine(RuleBasedStateMachine):
 
         def run_model():
             out = self.model.step(executor_id, self.clock.now_s, ops)
-            return (out.results, out.copies, out.swap_outs, out.swap_ins, len(self.model.free))
+            held = self.model.executors[executor_id].held
+            return (
+                out.results,
+                out.copies,
+                out.swap_outs,
+                out.swap_ins,
+                len(self.model.free) + len(held),
+            )
 
         self._call_both(run_manager, run_model)
 
@@ -321,6 +328,9 @@ class BlockManagerMachine(RuleBasedStateMachine):
         for executor_id, executor in model.executors.items():
             actual = manager.sequences(executor_id)
             assert sorted(actual) == sorted(executor.seqs)
+            state = manager._executors[executor_id]
+            assert [block.block_id for block in state.held_blocks] == executor.held
+            assert state.held_host_block_ids == executor.held_host
             for seq_id, seq in executor.seqs.items():
                 assert actual[seq_id].token_ids == seq.tokens
                 assert actual[seq_id].block_ids() == seq.table
@@ -352,10 +362,17 @@ class BlockManagerMachine(RuleBasedStateMachine):
                 for block in seq.block_table:
                     references[block.block_id] = references.get(block.block_id, 0) + 1
         in_queue = set(pool.free_block_ids())
+        held = {
+            b.block_id
+            for e in self.manager.executor_ids()
+            for b in self.manager._executors[e].held_blocks
+        }
+        assert not in_queue & held
         for block in pool.blocks:
             assert block.ref_count == references.get(block.block_id, 0)
             assert not (block.block_id in in_queue and block.ref_count > 0)
-            assert (block.block_id in in_queue) == (block.ref_count == 0)
+            # Unreferenced means queued or held for an executor's copies.
+            assert (block.block_id in in_queue or block.block_id in held) == (block.ref_count == 0)
         for block_hash, block in pool.cache_index().items():
             entry = block.cache_entry
             assert entry.block_hash == block_hash
