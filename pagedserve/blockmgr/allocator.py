@@ -9,6 +9,8 @@ not it returns NO_ROOM before changing anything.
 
 from __future__ import annotations
 
+from collections.abc import Sequence as AbcSequence
+
 from pagedserve.blockmgr.block import Block
 from pagedserve.blockmgr.block_pool import BlockPool
 from pagedserve.blockmgr.journal import Journal
@@ -32,11 +34,15 @@ class SequenceAllocator:
         hash_fn: ChainHashFn,
     ) -> None:
         self.journal = Journal()
+        self._journal_entries = self.journal.entries  # direct, for the append hot path
         self.block_pool = BlockPool(num_blocks, self.journal)
         self.swap_pool = HostSwapPool(num_swap_blocks, self.journal)
         self.block_size_tokens = block_size_tokens
+        # Longest sequence the pool could ever hold: longer is invalid, not short.
+        self.max_sequence_tokens = num_blocks * block_size_tokens
         self.model_key = model_key
         self._hash_fn = hash_fn
+        self._extra_keys: dict[str, str] = {}
         # Prefix-cache hit statistics, committed with each step.
         self.prompt_tokens_looked_up = 0
         self.prompt_tokens_hit = 0
@@ -55,11 +61,38 @@ class SequenceAllocator:
         self._step_tokens_looked_up = 0
         self._step_tokens_hit = 0
 
-    def commit(self) -> None:
-        """Makes the step's changes permanent."""
+    def release_held(self, held_blocks: list[Block], held_host_block_ids: list[int]) -> None:
+        """First change of an executor's step: a new Step shows the executor
+        performed the copies of its previous one, so what was held for them is
+        free again (journaled like the ops)."""
+        self.block_pool.release_held(held_blocks)
+        self.swap_pool.release_held(held_host_block_ids)
+
+    def commit(self, held_blocks: list[Block], held_host_block_ids: list[int]) -> None:
+        """Makes the step's changes permanent. Blocks at either end of one of
+        the step's copies that ended it unreferenced are then held in the
+        executor's lists: another executor must not write them before this
+        one has performed the copies."""
         self.journal.commit()
         self.prompt_tokens_looked_up += self._step_tokens_looked_up
         self.prompt_tokens_hit += self._step_tokens_hit
+        step = self._step
+        blocks = self.block_pool.blocks
+        # Swap-out sources reversed, so that a sequence's tail is evicted first.
+        device_ends = [
+            *reversed(step.swap_out_device_block_ids),
+            *step.swap_in_device_block_ids,
+            *(
+                block_id
+                for pair in zip(step.copy_src_block_ids, step.copy_dst_block_ids, strict=True)
+                for block_id in pair
+            ),
+        ]
+        if device_ends:
+            self.block_pool.hold([blocks[block_id] for block_id in device_ends], held_blocks)
+        host_ends = [*step.swap_out_host_block_ids, *step.swap_in_host_block_ids]
+        if host_ends:
+            self.swap_pool.hold(host_ends, held_host_block_ids)
         self._finish_step()
 
     def rollback(self) -> None:
@@ -75,8 +108,11 @@ class SequenceAllocator:
     # ---- queries -----------------------------------------------------------
 
     def extra_key(self, cache_salt: str) -> str:
-        """Extra hash key of a sequence with this salt."""
-        return extra_key_for(self.model_key, cache_salt)
+        """Extra hash key of a sequence with this salt (built once per salt)."""
+        extra_key = self._extra_keys.get(cache_salt)
+        if extra_key is None:
+            extra_key = self._extra_keys[cache_salt] = extra_key_for(self.model_key, cache_salt)
+        return extra_key
 
     def was_copied_into(self, seq: Sequence) -> bool:
         """True when a block of `seq` is the destination of a copy in this step."""
@@ -116,6 +152,7 @@ class SequenceAllocator:
         use_prefix_cache: bool,
     ) -> OpResult:
         """Creates a sequence: cached prefix blocks plus fresh ones for the rest.
+        Takes ownership of `token_ids` (the caller passes a fresh list).
         Returns NO_ROOM (nothing changed) when the fresh blocks are not available."""
         pool = self.block_pool
         extra_key = self.extra_key(cache_salt)
@@ -131,7 +168,7 @@ class SequenceAllocator:
         for block in matched:
             pool.touch(block)
         table = matched + [pool.take() for _ in range(num_blocks - len(matched))]
-        seq = Sequence(seq_id, list(token_ids), extra_key, table)
+        seq = Sequence(seq_id, token_ids, extra_key, table)
         num_cached_tokens = len(matched) * self.block_size_tokens
         seq.num_computed_tokens = num_cached_tokens
         seq.num_hashed_blocks = len(matched)
@@ -155,7 +192,7 @@ class SequenceAllocator:
         copy_last = num_old_tokens % self.block_size_tokens != 0 and table[-1].ref_count > 1
         if num_new_blocks + copy_last > pool.num_allocatable:
             return NO_ROOM
-        self.journal.record(self._undo_append, seq, (num_old_tokens, len(table)))
+        self._journal_entries.append((self._undo_append, seq, (num_old_tokens, len(table))))
         seq.token_ids.extend(token_ids)
         if not copy_last and not num_new_blocks:
             return OK_EMPTY
@@ -166,6 +203,43 @@ class SequenceAllocator:
         new_blocks = [pool.take() for _ in range(num_new_blocks)]
         table.extend(new_blocks)
         return OpResult(True, tuple(block.block_id for block in new_blocks), replaced, replaced_ids)
+
+    def append_in_place_run(
+        self,
+        sequences: Sequences,
+        seq_ids: AbcSequence[int],
+        token_ids: AbcSequence[int],
+        start: int,
+        results: list[OpResult],
+    ) -> int:
+        """The decode step's hot loop: appends token_ids[i] to seq_ids[i] from
+        `start` on for as long as each append is the trivial case (a live
+        device sequence whose partly filled last block is its own) and returns
+        the index of the first pair it left alone (len(seq_ids) when none).
+        Such appends take no block and cannot be invalid, so the caller
+        validates and applies the returned pair the general way."""
+        get = sequences.get
+        block_size = self.block_size_tokens
+        max_tokens = self.max_sequence_tokens
+        log = self._journal_entries.append
+        undo = self._undo_append
+        add_result = results.append
+        index = start
+        end = len(seq_ids)
+        while index < end:
+            seq = get(seq_ids[index])
+            if seq is None or seq.host_block_ids is not None:
+                return index
+            tokens = seq.token_ids
+            num_tokens = len(tokens)
+            table = seq.block_table
+            if not num_tokens % block_size or num_tokens >= max_tokens or table[-1].ref_count > 1:
+                return index
+            log((undo, seq, (num_tokens, len(table))))
+            tokens.append(token_ids[index])
+            add_result(OK_EMPTY)
+            index += 1
+        return index
 
     def _copy_last_block(self, seq: Sequence) -> tuple[tuple[int], tuple[int]]:
         pool = self.block_pool

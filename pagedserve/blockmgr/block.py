@@ -17,7 +17,7 @@ class Block:
     """One device block: its id, how many sequence tables hold it, and what the
     prefix cache knows about its contents (None until it is registered)."""
 
-    __slots__ = ("block_id", "ref_count", "cache_entry", "prev_free", "next_free")
+    __slots__ = ("block_id", "ref_count", "cache_entry", "prev_free", "next_free", "held_by")
 
     def __init__(self, block_id: int) -> None:
         self.block_id = block_id
@@ -26,6 +26,9 @@ class Block:
         # Links of the free queue; both None exactly when not in the queue.
         self.prev_free: Block | None = None
         self.next_free: Block | None = None
+        # The executor's held list while the block waits, unreferenced, for
+        # that executor to perform a copy it was given (see BlockPool.hold).
+        self.held_by: list[Block] | None = None
 
     def __repr__(self) -> str:
         return (

@@ -4,8 +4,13 @@ Invariants (checked by the property tests):
 - a block is in the free queue exactly when its ref count is 0 (except blocks
   whose release is deferred to the end of a step, see `pin`);
 - a block has a cache entry exactly when the index maps that entry's hash to it;
-- free + used + cached == num_blocks, where "cached" blocks are the queued
-  ones with a cache entry (evictable, still findable) and "free" the rest.
+- free + used + cached == num_blocks, where "cached" blocks are the
+  unreferenced ones with a cache entry (evictable, still findable) and
+  "free" the rest;
+- an unreferenced block outside the queue is either deferred (inside a step)
+  or held for an executor: it was an end of a copy that executor has been
+  told to perform, and no other executor may write it before that executor's
+  next step shows the copy is done.
 
 Every mutation is logged in the shared Journal so a failed step can undo it.
 """
@@ -91,13 +96,24 @@ class BlockPool:
 
     def touch(self, block: Block) -> None:
         """Adds a reference: a prefix-cache hit or a fork. An unreferenced
-        (cached) block leaves the free queue in O(1)."""
+        (cached) block leaves the free queue in O(1); a held one (a cache hit
+        on a swap-out source only reads it) leaves its holder's list."""
         previous = None
         if block.ref_count == 0:
-            previous = block.prev_free
-            self._free.remove(block)
+            if block.held_by is not None:
+                self._unhold(block)
+            else:
+                previous = block.prev_free
+                self._free.remove(block)
         block.ref_count += 1
         self._journal.record(self._undo_touch, block, previous)
+
+    def _unhold(self, block: Block) -> None:
+        held = block.held_by
+        position = held.index(block)
+        del held[position]
+        block.held_by = None
+        self._journal.record(self._undo_unhold, block, (held, position))
 
     def release(self, block: Block) -> None:
         """Drops a reference; at zero the block joins the tail of the free queue
@@ -136,6 +152,36 @@ class BlockPool:
         should its ref count reach zero during this step."""
         self._pinned.add(block)
 
+    def hold(self, candidates: list[Block], held: list[Block]) -> None:
+        """After a commit: each candidate (an end of one of the step's copies)
+        that ended the step unreferenced leaves the queue, or its deferral, for
+        the executor's `held` list, in candidate order. Not journaled."""
+        deferred = set(self._deferred)
+        for block in candidates:
+            if block.ref_count or block.held_by is not None:
+                continue
+            if block in deferred:
+                deferred.discard(block)
+                self._deferred.remove(block)
+            elif block.prev_free is not None:
+                self._free.remove(block)
+            else:
+                continue
+            block.held_by = held
+            held.append(block)
+
+    def release_held(self, held: list[Block]) -> None:
+        """The executor showed its copies ran (or left): its held blocks join
+        the tail of the free queue, in order. Journaled, as part of a step."""
+        if not held:
+            return
+        blocks = list(held)
+        for block in blocks:
+            block.held_by = None
+            self._free.append(block)
+        held.clear()
+        self._journal.record(self._undo_release_held, held, blocks)
+
     def finish_step(self) -> None:
         """Ends the step (after commit or rollback): deferred blocks join the queue."""
         for block in self._deferred:
@@ -156,6 +202,17 @@ class BlockPool:
         block.ref_count -= 1
         if previous is not None:
             self._free.insert_after(previous, block)
+
+    def _undo_unhold(self, block: Block, place: tuple[list[Block], int]) -> None:
+        held, position = place
+        held.insert(position, block)
+        block.held_by = held
+
+    def _undo_release_held(self, held: list[Block], blocks: list[Block]) -> None:
+        for block in blocks:
+            self._free.remove(block)
+            block.held_by = held
+        held[:] = blocks
 
     def _undo_release(self, block: Block, _unused: None) -> None:
         block.ref_count += 1

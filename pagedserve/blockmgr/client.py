@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import grpc
 
-from pagedserve.blockmgr import convert
+from pagedserve.blockmgr import convert, step_codec
 from pagedserve.blockmgr.ops import BlockOp, StepResult
 from pagedserve.blockmgr.pool_info import ExecutorRegistration, PoolInfo, PoolStats
 from pagedserve.blockmgr.status_codes import error_for
@@ -22,6 +22,7 @@ from pagedserve.blockmgr.v1 import blockmgr_pb2 as pb
 from pagedserve.blockmgr.v1 import blockmgr_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
+STEP_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["BlockManager"].full_name
 DEFAULT_TIMEOUT_S = 5.0
 
 
@@ -31,6 +32,13 @@ class BlockManagerClient:
     def __init__(self, target: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self._channel = grpc.insecure_channel(target)
         self._stub = pb_grpc.BlockManagerStub(self._channel)
+        # Step without a response deserializer: the raw bytes allow a fast path
+        # when every result is a bare ok (see step_codec.step_result_from_bytes).
+        self._step_raw = self._channel.unary_unary(
+            f"/{STEP_SERVICE_NAME}/Step",
+            request_serializer=pb.StepRequest.SerializeToString,
+            response_deserializer=None,
+        )
         self.timeout_s = timeout_s
 
     def close(self) -> None:
@@ -83,7 +91,7 @@ class BlockManagerClient:
     def step(self, executor_id: str, ops: Sequence[BlockOp]) -> StepResult:
         """Applies the ops all or nothing; see BlockManager.step for the errors."""
         request = convert.step_request_to_pb(executor_id, ops)
-        return convert.step_result_from_pb(self._call(self._stub.Step, request))
+        return step_codec.step_result_from_bytes(self._call(self._step_raw, request))
 
     def get_stats(self, pool_id: str) -> PoolStats:
         """Block counts and rates of one pool."""

@@ -1,16 +1,21 @@
 """Protobuf <-> plain Python types, both directions, at the service edges.
 
-Only this module, service.py and client.py import generated code. The server
+Only the edge modules (this one, step_codec.py, service.py and client.py)
+import generated code. The server
 uses the *_from_pb of requests and *_to_pb of responses; the client the reverse.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
-from pagedserve.blockmgr.errors import InvalidArgumentError, op_error
+from pagedserve.blockmgr.errors import InvalidArgumentError
 from pagedserve.blockmgr.ops import (
+    NO_ROOM,
+    OK_EMPTY,
     AllocateOp,
+    AppendBatchOp,
     AppendOp,
     BlockOp,
     ComputedOp,
@@ -120,33 +125,33 @@ def stats_from_pb(message: pb.GetStatsResponse) -> PoolStats:
 # ---- step ----------------------------------------------------------------------
 
 
-def op_from_pb(op_index: int, message: pb.BlockOp) -> BlockOp:
-    """One op; raises InvalidArgumentError naming the index when no kind is set.
-    Repeated token fields stay protobuf containers (sequences of int): the core
-    copies what it keeps, so no list is built here."""
-    kind = message.WhichOneof("op")
-    if kind == "append":
-        body = message.append
-        return AppendOp(body.seq_id, body.token_ids)
-    if kind == "computed":
-        body = message.computed
-        return ComputedOp(body.seq_id, body.num_computed_tokens)
-    if kind == "allocate":
-        body = message.allocate
-        return AllocateOp(body.seq_id, body.token_ids, body.cache_salt, body.use_prefix_cache)
-    if kind == "free":
-        return FreeOp(message.free.seq_id)
-    if kind == "fork":
-        return ForkOp(message.fork.parent_seq_id, message.fork.child_seq_id)
-    if kind == "swap_out":
-        return SwapOutOp(message.swap_out.seq_id)
-    if kind == "swap_in":
-        return SwapInOp(message.swap_in.seq_id)
-    raise op_error(InvalidArgumentError, op_index, "no operation set")
-
-
-def ops_from_pb(messages: Iterable[pb.BlockOp]) -> list[BlockOp]:
-    return [op_from_pb(op_index, message) for op_index, message in enumerate(messages)]
+def tagged_ops_from_pb(messages: Iterable[pb.BlockOp]) -> list[tuple[str | None, Any]]:
+    """(kind, body) pairs for BlockManager.step_tagged. The bodies are the
+    protobuf sub-messages themselves: their fields have the names the core
+    reads, so no object is built per op. Runs of single-token AppendOps are
+    coalesced into one AppendBatchOp, which the core applies with its fast
+    loop and which yields the same results and op indices. An op with nothing
+    set gives (None, None), which the core refuses with the op's index."""
+    tagged: list[tuple[str | None, Any]] = []
+    add = tagged.append
+    batch_seq_ids: list[int] = []
+    batch_token_ids: list[int] = []
+    for message in messages:
+        kind = message.WhichOneof("op")
+        if kind == "append":
+            body = message.append
+            token_ids = body.token_ids
+            if len(token_ids) == 1:
+                batch_seq_ids.append(body.seq_id)
+                batch_token_ids.append(token_ids[0])
+                continue
+        if batch_seq_ids:
+            add(("append_batch", AppendBatchOp(batch_seq_ids, batch_token_ids)))
+            batch_seq_ids, batch_token_ids = [], []
+        add((kind, None if kind is None else getattr(message, kind)))
+    if batch_seq_ids:
+        add(("append_batch", AppendBatchOp(batch_seq_ids, batch_token_ids)))
+    return tagged
 
 
 def op_to_pb(op: BlockOp) -> pb.BlockOp:
@@ -176,11 +181,40 @@ def op_to_pb(op: BlockOp) -> pb.BlockOp:
         return pb.BlockOp(swap_out=pb.SwapOutOp(seq_id=op.seq_id))
     if isinstance(op, SwapInOp):
         return pb.BlockOp(swap_in=pb.SwapInOp(seq_id=op.seq_id))
+    if isinstance(op, AppendBatchOp):
+        return _append_batch_pb(op.seq_ids, op.token_ids)
     raise TypeError(f"not a block op: {op!r}")
 
 
+def _append_batch_pb(seq_ids: Sequence[int], token_ids: Sequence[int]) -> pb.BlockOp:
+    return pb.BlockOp(append_batch=pb.AppendBatchOp(seq_ids=seq_ids, token_ids=token_ids))
+
+
 def step_request_to_pb(executor_id: str, ops: Sequence[BlockOp]) -> pb.StepRequest:
-    return pb.StepRequest(executor_id=executor_id, ops=[op_to_pb(op) for op in ops])
+    """The request for `ops`. Runs of two or more single-token AppendOps are
+    packed into one AppendBatchOp, which yields the same results in the same
+    positions; everything else is sent op by op."""
+    messages: list[pb.BlockOp] = []
+    batch_seq_ids: list[int] = []
+    batch_token_ids: list[int] = []
+
+    def flush() -> None:
+        if len(batch_seq_ids) == 1:
+            messages.append(op_to_pb(AppendOp(batch_seq_ids[0], batch_token_ids)))
+        elif batch_seq_ids:
+            messages.append(_append_batch_pb(batch_seq_ids, batch_token_ids))
+        batch_seq_ids.clear()
+        batch_token_ids.clear()
+
+    for op in ops:
+        if type(op) is AppendOp and len(op.token_ids) == 1:
+            batch_seq_ids.append(op.seq_id)
+            batch_token_ids.append(op.token_ids[0])
+            continue
+        flush()
+        messages.append(op_to_pb(op))
+    flush()
+    return pb.StepRequest(executor_id=executor_id, ops=messages)
 
 
 def step_result_to_pb(step: StepResult) -> pb.StepResponse:
@@ -208,18 +242,26 @@ def step_result_to_pb(step: StepResult) -> pb.StepResponse:
     return response
 
 
-def step_result_from_pb(message: pb.StepResponse) -> StepResult:
+def op_result_from_pb(result: pb.OpResult) -> OpResult:
+    # Most results are bare ok=true (2 bytes encoded) or ok=false (0 bytes):
+    # hand back the shared objects instead of building one per op.
+    size = result.ByteSize()
+    if size == 2 and result.ok:  # field 1 (tag byte) = true (one byte)
+        return OK_EMPTY
+    if size == 0:
+        return NO_ROOM
+    return OpResult(
+        ok=result.ok,
+        new_block_ids=tuple(result.new_block_ids),
+        replaced_positions=tuple(result.replaced_positions),
+        replaced_block_ids=tuple(result.replaced_block_ids),
+        num_cached_tokens=result.num_cached_tokens,
+    )
+
+
+def step_result_from_pb(message: pb.StepResponse, with_results: bool = True) -> StepResult:
     return StepResult(
-        results=[
-            OpResult(
-                ok=result.ok,
-                new_block_ids=tuple(result.new_block_ids),
-                replaced_positions=tuple(result.replaced_positions),
-                replaced_block_ids=tuple(result.replaced_block_ids),
-                num_cached_tokens=result.num_cached_tokens,
-            )
-            for result in message.results
-        ],
+        results=[op_result_from_pb(result) for result in message.results] if with_results else [],
         copy_src_block_ids=list(message.copy_src_block_ids),
         copy_dst_block_ids=list(message.copy_dst_block_ids),
         swap_out_device_block_ids=list(message.swap_out_device_block_ids),

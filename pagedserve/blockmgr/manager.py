@@ -14,6 +14,7 @@ import itertools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pagedserve.blockmgr.allocator import SequenceAllocator
 from pagedserve.blockmgr.errors import InvalidArgumentError, NotFoundError
@@ -23,7 +24,7 @@ from pagedserve.blockmgr.pool_info import ExecutorRegistration, PoolInfo, PoolSt
 from pagedserve.blockmgr.prefix_hash import ChainHashFn, chain_hash
 from pagedserve.blockmgr.sequence import Sequence
 from pagedserve.blockmgr.stats import compute_stats
-from pagedserve.blockmgr.step_ops import apply_op
+from pagedserve.blockmgr.step_ops import apply_tagged_ops
 
 # A pool's block records are Python objects (~100 bytes each); beyond this a
 # registration is a mistake rather than a pool.
@@ -81,7 +82,8 @@ class BlockManager:
         return [self._describe(pid, pool) for pid, pool in self._pools.items()]
 
     def can_allocate(self, pool_id: str, num_blocks: int) -> bool:
-        """Watermark query: could `num_blocks` blocks be allocated now?
+        """Watermark query: could `num_blocks` blocks be allocated now (free plus
+        evictable cached, not counting blocks held for an executor's copies)?
         Raises NotFoundError for an unknown pool."""
         return self._pool(pool_id).allocator.block_pool.can_allocate(num_blocks)
 
@@ -168,20 +170,28 @@ class BlockManager:
         Raises NotFoundError (unknown executor or sequence), AlreadyExistsError,
         FailedPreconditionError or InvalidArgumentError; the state is then unchanged.
         """
+        return self.step_tagged(executor_id, [(_kind_of(op), op) for op in ops])
+
+    def step_tagged(
+        self, executor_id: str, tagged_ops: Iterable[tuple[str | None, Any]]
+    ) -> StepResult:
+        """`step` for (kind, body) pairs, where body is any object with the op's
+        fields as attributes (the service passes protobuf sub-messages as they
+        are). A kind of None means no op was set: InvalidArgumentError."""
         executor = self._live_executor(executor_id)
         allocator = self._pools[executor.pool_id].allocator
-        sequences = executor.sequences
         step = StepResult()
-        results = step.results
         allocator.begin_step(step)
         try:
-            for op_index, op in enumerate(ops):
-                results.append(apply_op(allocator, sequences, op_index, op))
+            allocator.release_held(executor.held_blocks, executor.held_host_block_ids)
+            apply_tagged_ops(allocator, executor.sequences, tagged_ops, step.results)
         except BaseException:
             allocator.rollback()
             raise
-        allocator.commit()
-        step.num_free_blocks = allocator.block_pool.num_allocatable
+        allocator.commit(executor.held_blocks, executor.held_host_block_ids)
+        # Held blocks come back at the start of this executor's next step,
+        # before its ops, so it can count on them.
+        step.num_free_blocks = allocator.block_pool.num_allocatable + len(executor.held_blocks)
         return step
 
     # ---- internals ------------------------------------------------------------
@@ -208,23 +218,29 @@ class BlockManager:
     def _drop_executor(self, executor: ExecutorState) -> int:
         pool = self._pools[executor.pool_id]
         num_sequences = len(executor.sequences)
-        if num_sequences:
-            self._free_all(pool.allocator, executor.sequences)
+        self._free_all(pool.allocator, executor)
         del self._executors[executor.executor_id]
         pool.executor_ids.remove(executor.executor_id)
         return num_sequences
 
     @staticmethod
-    def _free_all(allocator: SequenceAllocator, sequences: dict[int, Sequence]) -> None:
-        # In seq-id order: dict order would depend on undone frees re-inserting.
+    def _free_all(allocator: SequenceAllocator, executor: ExecutorState) -> None:
+        # Held blocks first, then sequences in seq-id order (dict order would
+        # depend on undone frees re-inserting). Nothing is held afterwards: a
+        # departed executor performs no more copies.
         allocator.begin_step(StepResult())
         try:
-            for op_index, seq_id in enumerate(sorted(sequences)):
-                apply_op(allocator, sequences, op_index, FreeOp(seq_id))
+            allocator.release_held(executor.held_blocks, executor.held_host_block_ids)
+            frees = [("free", FreeOp(seq_id)) for seq_id in sorted(executor.sequences)]
+            apply_tagged_ops(allocator, executor.sequences, frees, [])
         except BaseException:
             allocator.rollback()
             raise
-        allocator.commit()
+        allocator.commit([], [])
+
+
+def _kind_of(op: object) -> str | None:
+    return getattr(op, "kind", None)
 
 
 def _validate_pool(info: PoolInfo) -> None:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar, NamedTuple
 
 
 @dataclass(frozen=True, slots=True)
 class AllocateOp:
     """A new sequence; its prompt is matched against the prefix cache."""
+
+    kind: ClassVar[str] = "allocate"
 
     seq_id: int
     token_ids: Sequence[int]
@@ -26,6 +29,8 @@ class AllocateOp:
 class AppendOp:
     """New tokens of a running sequence."""
 
+    kind: ClassVar[str] = "append"
+
     seq_id: int
     token_ids: Sequence[int]
 
@@ -33,6 +38,8 @@ class AppendOp:
 @dataclass(frozen=True, slots=True)
 class ComputedOp:
     """Tokens whose KV is now written, counted from the start."""
+
+    kind: ClassVar[str] = "computed"
 
     seq_id: int
     num_computed_tokens: int
@@ -42,6 +49,8 @@ class ComputedOp:
 class ForkOp:
     """A child sharing all of the parent's blocks."""
 
+    kind: ClassVar[str] = "fork"
+
     parent_seq_id: int
     child_seq_id: int
 
@@ -50,12 +59,16 @@ class ForkOp:
 class FreeOp:
     """Releases a sequence (device or swapped)."""
 
+    kind: ClassVar[str] = "free"
+
     seq_id: int
 
 
 @dataclass(frozen=True, slots=True)
 class SwapOutOp:
     """Moves a sequence's blocks to the host swap pool."""
+
+    kind: ClassVar[str] = "swap_out"
 
     seq_id: int
 
@@ -64,15 +77,32 @@ class SwapOutOp:
 class SwapInOp:
     """Moves a swapped-out sequence back to device blocks."""
 
+    kind: ClassVar[str] = "swap_in"
+
     seq_id: int
 
 
-BlockOp = AllocateOp | AppendOp | ComputedOp | ForkOp | FreeOp | SwapOutOp | SwapInOp
-
-
 @dataclass(frozen=True, slots=True)
-class OpResult:
-    """Outcome of one op; `ok` is False only when blocks ran out (nothing changed)."""
+class AppendBatchOp:
+    """One token appended to each of many sequences: exactly the AppendOps
+    (seq_ids[i], [token_ids[i]]) in order, packed for the decode step. It
+    yields one OpResult per sequence and counts as that many ops in op indices."""
+
+    kind: ClassVar[str] = "append_batch"
+
+    seq_ids: Sequence[int]
+    token_ids: Sequence[int]
+
+
+BlockOp = (
+    AllocateOp | AppendOp | ComputedOp | ForkOp | FreeOp | SwapOutOp | SwapInOp | AppendBatchOp
+)
+
+
+class OpResult(NamedTuple):
+    """Outcome of one op; `ok` is False only when blocks ran out (nothing changed).
+    A NamedTuple rather than a frozen dataclass: as immutable, and several
+    times cheaper to build, which matters at one result per op."""
 
     ok: bool
     new_block_ids: tuple[int, ...] = ()

@@ -33,10 +33,11 @@ def compute_stats(
     looked_up = allocator.prompt_tokens_looked_up
     return PoolStats(
         total_blocks=pool.num_blocks,
-        free_blocks=pool.num_allocatable - cached_free,
+        # Unreferenced blocks without a cache entry: queued, or held for copies.
+        free_blocks=pool.num_blocks - len(used) - cached_free,
         used_blocks=len(used),
         cached_blocks=cached_free,
-        swapped_blocks=allocator.swap_pool.num_used,
+        swapped_blocks=sum(len(seq.host_block_ids) for seq in sequences if seq.is_swapped),
         shared_blocks=sum(1 for block in used if block.ref_count > 1),
         logical_blocks=sum(block.ref_count for block in used),
         kv_utilization=sum(filled.values()) / slots if slots else 0.0,

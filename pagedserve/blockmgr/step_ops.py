@@ -1,8 +1,15 @@
 """Validation of each Step op, then dispatch to the allocator.
 
-Each function checks everything that can make its op invalid *before* the op
-changes anything, and raises a typed error naming the op's index and field.
-The manager undoes the earlier ops of the step when one raises.
+Ops arrive tagged with their kind ("append", ...) and a body that has the
+op's fields as attributes: a dataclass from ops.py, or, at the service edge,
+the protobuf sub-message itself, whose field names are the same. This saves
+building an object per op on the hot path.
+
+Each applier checks everything that can make its op invalid *before* the op
+changes anything, raises a typed error naming the op's index and field, and
+otherwise appends the op's result. The op index is the number of results so
+far, so an append batch counts as one op per sequence. The manager undoes the
+earlier ops of the step when one raises.
 """
 
 from __future__ import annotations
@@ -18,22 +25,10 @@ from pagedserve.blockmgr.errors import (
     NotFoundError,
     op_error,
 )
-from pagedserve.blockmgr.ops import (
-    AllocateOp,
-    AppendOp,
-    ComputedOp,
-    ForkOp,
-    FreeOp,
-    OpResult,
-    SwapInOp,
-    SwapOutOp,
-)
+from pagedserve.blockmgr.ops import OpResult
 from pagedserve.blockmgr.sequence import Sequence
 
-
-def max_sequence_tokens(allocator: SequenceAllocator) -> int:
-    """Longest sequence the pool could ever hold; longer requests are invalid, not short."""
-    return allocator.block_pool.num_blocks * allocator.block_size_tokens
+Results = list[OpResult]
 
 
 def _live(sequences: Sequences, op_index: int, field: str, seq_id: int) -> Sequence:
@@ -57,7 +52,7 @@ def _check_new_tokens(
 ) -> None:
     if not token_ids:
         raise op_error(InvalidArgumentError, op_index, f"{field}: no tokens")
-    limit = max_sequence_tokens(allocator)
+    limit = allocator.max_sequence_tokens
     if num_old_tokens + len(token_ids) > limit:
         raise op_error(
             InvalidArgumentError,
@@ -67,32 +62,79 @@ def _check_new_tokens(
 
 
 def apply_allocate(
-    allocator: SequenceAllocator, sequences: Sequences, op_index: int, op: AllocateOp
-) -> OpResult:
+    allocator: SequenceAllocator, sequences: Sequences, results: Results, op: Any
+) -> None:
     """Allocate: NOT an error when short of blocks (NO_ROOM)."""
+    op_index = len(results)
     if op.seq_id in sequences:
         raise op_error(
             AlreadyExistsError, op_index, f"allocate.seq_id: sequence {op.seq_id} is live"
         )
     _check_new_tokens(allocator, op_index, "allocate.token_ids", 0, op.token_ids)
-    return allocator.allocate(
-        sequences, op.seq_id, list(op.token_ids), op.cache_salt, op.use_prefix_cache
+    results.append(
+        allocator.allocate(
+            sequences, op.seq_id, list(op.token_ids), op.cache_salt, op.use_prefix_cache
+        )
     )
 
 
+def _append_one(
+    allocator: SequenceAllocator,
+    sequences: Sequences,
+    results: Results,
+    seq_id: int,
+    token_ids: Any,
+    field: str,
+) -> None:
+    # The hot path of a decode step: checks inline, errors built only on failure.
+    seq = sequences.get(seq_id)
+    if (
+        seq is None
+        or seq.host_block_ids is not None
+        or not token_ids
+        or len(seq.token_ids) + len(token_ids) > allocator.max_sequence_tokens
+    ):
+        op_index = len(results)
+        seq = _on_device(sequences, op_index, f"{field}.seq_id", seq_id)
+        _check_new_tokens(allocator, op_index, f"{field}.token_ids", len(seq.token_ids), token_ids)
+    results.append(allocator.append(seq, token_ids))
+
+
 def apply_append(
-    allocator: SequenceAllocator, sequences: Sequences, op_index: int, op: AppendOp
-) -> OpResult:
+    allocator: SequenceAllocator, sequences: Sequences, results: Results, op: Any
+) -> None:
     """Append to a device-resident sequence."""
-    seq = _on_device(sequences, op_index, "append.seq_id", op.seq_id)
-    _check_new_tokens(allocator, op_index, "append.token_ids", len(seq.token_ids), op.token_ids)
-    return allocator.append(seq, op.token_ids)
+    _append_one(allocator, sequences, results, op.seq_id, op.token_ids, "append")
+
+
+def apply_append_batch(
+    allocator: SequenceAllocator, sequences: Sequences, results: Results, op: Any
+) -> None:
+    """One token to each sequence, as that many AppendOps."""
+    seq_ids = op.seq_ids
+    token_ids = op.token_ids
+    if len(seq_ids) != len(token_ids):
+        raise op_error(
+            InvalidArgumentError,
+            len(results),
+            f"append_batch: {len(seq_ids)} seq_ids but {len(token_ids)} token_ids",
+        )
+    index = 0
+    while True:
+        index = allocator.append_in_place_run(sequences, seq_ids, token_ids, index, results)
+        if index == len(seq_ids):
+            return
+        _append_one(
+            allocator, sequences, results, seq_ids[index], [token_ids[index]], "append_batch"
+        )
+        index += 1
 
 
 def apply_computed(
-    allocator: SequenceAllocator, sequences: Sequences, op_index: int, op: ComputedOp
-) -> OpResult:
+    allocator: SequenceAllocator, sequences: Sequences, results: Results, op: Any
+) -> None:
     """Computed count must stay within the sequence and never go backwards."""
+    op_index = len(results)
     seq = _on_device(sequences, op_index, "computed.seq_id", op.seq_id)
     count = op.num_computed_tokens
     if count > len(seq.token_ids):
@@ -107,33 +149,35 @@ def apply_computed(
             op_index,
             f"computed.num_computed_tokens: {count} is below the {seq.num_computed_tokens} already computed",
         )
-    return allocator.computed(seq, count)
+    results.append(allocator.computed(seq, count))
 
 
 def apply_fork(
-    allocator: SequenceAllocator, sequences: Sequences, op_index: int, op: ForkOp
-) -> OpResult:
+    allocator: SequenceAllocator, sequences: Sequences, results: Results, op: Any
+) -> None:
     """The child id must be new; the parent live and on the device."""
+    op_index = len(results)
     parent = _on_device(sequences, op_index, "fork.parent_seq_id", op.parent_seq_id)
     if op.child_seq_id in sequences:
         raise op_error(
             AlreadyExistsError, op_index, f"fork.child_seq_id: sequence {op.child_seq_id} is live"
         )
-    return allocator.fork(sequences, parent, op.child_seq_id)
+    results.append(allocator.fork(sequences, parent, op.child_seq_id))
 
 
 def apply_free(
-    allocator: SequenceAllocator, sequences: Sequences, op_index: int, op: FreeOp
-) -> OpResult:
+    allocator: SequenceAllocator, sequences: Sequences, results: Results, op: Any
+) -> None:
     """Free a live sequence (device or swapped); a second free is NOT_FOUND."""
-    seq = _live(sequences, op_index, "free.seq_id", op.seq_id)
-    return allocator.free(sequences, seq)
+    seq = _live(sequences, len(results), "free.seq_id", op.seq_id)
+    results.append(allocator.free(sequences, seq))
 
 
 def apply_swap_out(
-    allocator: SequenceAllocator, sequences: Sequences, op_index: int, op: SwapOutOp
-) -> OpResult:
+    allocator: SequenceAllocator, sequences: Sequences, results: Results, op: Any
+) -> None:
     """Swap out a device sequence none of whose blocks this step already wrote by a copy."""
+    op_index = len(results)
     seq = _on_device(sequences, op_index, "swap_out.seq_id", op.seq_id)
     if allocator.was_copied_into(seq):
         # The executor performs swap-outs before the other copies of a step, so
@@ -143,13 +187,14 @@ def apply_swap_out(
             op_index,
             f"swap_out.seq_id: sequence {op.seq_id} holds a block copied into earlier in this step",
         )
-    return allocator.swap_out(seq)
+    results.append(allocator.swap_out(seq))
 
 
 def apply_swap_in(
-    allocator: SequenceAllocator, sequences: Sequences, op_index: int, op: SwapInOp
-) -> OpResult:
+    allocator: SequenceAllocator, sequences: Sequences, results: Results, op: Any
+) -> None:
     """Swap in a swapped-out sequence."""
+    op_index = len(results)
     seq = _live(sequences, op_index, "swap_in.seq_id", op.seq_id)
     if seq.host_block_ids is None:
         raise op_error(
@@ -157,27 +202,31 @@ def apply_swap_in(
             op_index,
             f"swap_in.seq_id: sequence {op.seq_id} is not swapped out",
         )
-    return allocator.swap_in(seq)
+    results.append(allocator.swap_in(seq))
 
 
-OpApplier = Callable[[SequenceAllocator, Sequences, int, Any], OpResult]
+OpApplier = Callable[[SequenceAllocator, Sequences, Results, Any], None]
 
-APPLIERS: dict[type, OpApplier] = {
-    AllocateOp: apply_allocate,
-    AppendOp: apply_append,
-    ComputedOp: apply_computed,
-    ForkOp: apply_fork,
-    FreeOp: apply_free,
-    SwapOutOp: apply_swap_out,
-    SwapInOp: apply_swap_in,
+APPLIERS: dict[str, OpApplier] = {
+    "allocate": apply_allocate,
+    "append": apply_append,
+    "append_batch": apply_append_batch,
+    "computed": apply_computed,
+    "fork": apply_fork,
+    "free": apply_free,
+    "swap_out": apply_swap_out,
+    "swap_in": apply_swap_in,
 }
 
 
-def apply_op(
-    allocator: SequenceAllocator, sequences: Sequences, op_index: int, op: Any
-) -> OpResult:
-    """Validates and applies one op; raises InvalidArgumentError for an unknown op type."""
-    applier = APPLIERS.get(type(op))
-    if applier is None:
-        raise op_error(InvalidArgumentError, op_index, f"no operation set ({type(op).__name__})")
-    return applier(allocator, sequences, op_index, op)
+def apply_tagged_ops(
+    allocator: SequenceAllocator, sequences: Sequences, tagged_ops: Any, results: Results
+) -> None:
+    """Applies (kind, body) pairs in order, appending to `results`. Raises
+    InvalidArgumentError for a kind that is unknown or None (no op set)."""
+    appliers = APPLIERS
+    for kind, body in tagged_ops:
+        applier = appliers.get(kind)
+        if applier is None:
+            raise op_error(InvalidArgumentError, len(results), f"no operation set ({kind!r})")
+        applier(allocator, sequences, results, body)

@@ -30,8 +30,8 @@ class HostSwapPool:
         return len(self._free)
 
     @property
-    def num_used(self) -> int:
-        """Host blocks holding a swapped-out block (including step-deferred ones)."""
+    def num_unavailable(self) -> int:
+        """Host blocks not on the free list: in use, deferred or held."""
         return self.num_blocks - len(self._free)
 
     def allocate(self, num_blocks: int) -> list[int] | None:
@@ -52,6 +52,37 @@ class HostSwapPool:
         """Returns host blocks when the step ends (they are swap-in sources)."""
         self._deferred.extend(host_block_ids)
         self._journal.record(self._undo_release_after_step, len(host_block_ids))
+
+    def hold(self, candidates: list[int], held: list[int]) -> None:
+        """After a commit: each candidate host block (an end of one of the
+        step's swap copies) that ended the step free moves to the executor's
+        `held` list, in candidate order, until its next step. Not journaled."""
+        deferred = set(self._deferred)
+        free = set(self._free)
+        for host_block_id in candidates:
+            if host_block_id in deferred:
+                deferred.discard(host_block_id)
+                self._deferred.remove(host_block_id)
+            elif host_block_id in free:
+                free.discard(host_block_id)
+                self._free.remove(host_block_id)
+            else:
+                continue
+            held.append(host_block_id)
+
+    def release_held(self, held: list[int]) -> None:
+        """Returns an executor's held host blocks to the free list. Journaled."""
+        if not held:
+            return
+        host_block_ids = list(held)
+        self._free.extend(host_block_ids)
+        held.clear()
+        self._journal.record(self._undo_release_held, held, host_block_ids)
+
+    def _undo_release_held(self, held: list[int], host_block_ids: list[int]) -> None:
+        for _ in host_block_ids:
+            self._free.pop()
+        held[:] = host_block_ids
 
     def finish_step(self) -> None:
         """Ends the step (after commit or rollback): deferred blocks become free."""

@@ -48,3 +48,8 @@ def table(manager: BlockManager, executor_id: str, seq_id: int) -> list[int]:
 
 def free_queue(manager: BlockManager, pool_id: str) -> list[int]:
     return manager.allocator(pool_id).block_pool.free_block_ids()
+
+
+def held(manager: BlockManager, executor_id: str) -> list[int]:
+    """Blocks held for the executor's copies until its next step."""
+    return [block.block_id for block in manager._executors[executor_id].held_blocks]

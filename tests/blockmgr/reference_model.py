@@ -38,6 +38,9 @@ class ModelExecutor:
     deadline_s: float
     lease_s: float
     seqs: dict[int, ModelSeq] = field(default_factory=dict)
+    # Unreferenced ends of the last step's copies, kept from other executors.
+    held: list[int] = field(default_factory=list)
+    held_host: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -97,6 +100,8 @@ class ModelPool:
 
     def drop(self, executor_id: str) -> None:
         executor = self.executors.pop(executor_id)
+        self.free += executor.held
+        self.host_free += executor.held_host
         for seq_id in sorted(executor.seqs):
             self.op_free(executor.seqs, seq_id)
         self.end_step()
@@ -116,16 +121,38 @@ class ModelPool:
 
     def step(self, executor_id: str, now_s: float, ops: list[tuple]) -> ModelStep:
         """Applies ops all or nothing; raises ModelError (state untouched) on bad input."""
-        executor = self.live(executor_id, now_s)
+        self.live(executor_id, now_s)
         trial = copy.deepcopy(self)
-        seqs = trial.executors[executor_id].seqs
+        executor = trial.executors[executor_id]
+        trial.free += executor.held
+        trial.host_free += executor.held_host
+        executor.held, executor.held_host = [], []
         out = ModelStep()
         for op in ops:
-            out.results.append(getattr(trial, "op_" + op[0])(seqs, *op[1:], out=out))
+            out.results.append(getattr(trial, "op_" + op[0])(executor.seqs, *op[1:], out=out))
+        trial.hold(executor, out)
         trial.end_step()
         self.__dict__.update(trial.__dict__)
-        del executor
         return out
+
+    def hold(self, executor: ModelExecutor, out: ModelStep) -> None:
+        """Copy ends that ended the step unreferenced wait for the executor's next step."""
+        ends = [d for d, _ in reversed(out.swap_outs)] + [d for _, d in out.swap_ins]
+        ends += [block for pair in out.copies for block in pair]
+        for block in ends:
+            if self.ref[block] or block in executor.held:
+                continue
+            for place in (self.deferred, self.free):
+                if block in place:
+                    place.remove(block)
+                    executor.held.append(block)
+                    break
+        for host in [h for _, h in out.swap_outs] + [h for h, _ in out.swap_ins]:
+            for place in (self.host_deferred, self.host_free):
+                if host in place:
+                    place.remove(host)
+                    executor.held_host.append(host)
+                    break
 
     def end_step(self) -> None:
         self.free.extend(self.deferred)
@@ -160,7 +187,8 @@ class ModelPool:
             return (False, (), (), (), 0)
         for block in matched:
             if self.ref[block] == 0:
-                self.free.remove(block)
+                holders = [e.held for e in self.executors.values() if block in e.held]
+                (holders[0] if holders else self.free).remove(block)
             self.ref[block] += 1
         table = matched + [self.take() for _ in range(fresh)]
         cached = len(matched) * self.bs
@@ -262,9 +290,9 @@ class ModelPool:
 
     def counts(self) -> dict[str, int]:
         used = [b for b in range(self.n) if self.ref[b] > 0]
-        cached = sum(1 for b in self.free if b in self.content)
+        cached = sum(1 for b in self.content if self.ref[b] == 0)
         return {
-            "free": len(self.free) - cached,
+            "free": self.n - len(used) - cached,
             "used": len(used),
             "cached": cached,
             "shared": sum(1 for b in used if self.ref[b] > 1),

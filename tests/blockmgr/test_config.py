@@ -23,3 +23,9 @@ def test_flags_override_environment() -> None:
 def test_bad_values_are_rejected(argv) -> None:
     with pytest.raises(ValueError):
         BlockManagerConfig.from_argv(argv, environ={})
+
+
+def test_main_refuses_a_bad_configuration() -> None:
+    from pagedserve.blockmgr.service import main
+
+    assert main(["--port", "70000"]) == 2

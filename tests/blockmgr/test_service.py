@@ -26,6 +26,7 @@ from pagedserve.blockmgr.errors import (
 from pagedserve.blockmgr.ops import (
     NO_ROOM,
     AllocateOp,
+    AppendBatchOp,
     AppendOp,
     ComputedOp,
     ForkOp,
@@ -228,3 +229,27 @@ def test_main_serves_until_sigterm() -> None:
         if process.poll() is None:
             process.kill()
         process.stderr.close()
+
+
+def test_client_packs_decode_appends_and_results_stay_in_place(server, client, stub) -> None:
+    pool_id = client.register_pool(make_pool_info(num_blocks=8, block_size_tokens=2))
+    ex = client.register_executor(pool_id).executor_id
+    client.step(ex, [AllocateOp(1, [1]), AllocateOp(2, [1, 2]), AllocateOp(3, [5])])
+    step = client.step(
+        ex,
+        [AppendOp(1, [7]), AppendOp(2, [8]), ComputedOp(1, 1), AppendOp(3, [9]), AppendOp(1, [4])],
+    )
+    # Sequence 2 crossed a block boundary; sequence 1 did on its second append.
+    assert [result.new_block_ids for result in step.results] == [(), (3,), (), (), (4,)]
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.Step(
+            pb.StepRequest(
+                executor_id=ex,
+                ops=[pb.BlockOp(append_batch=pb.AppendBatchOp(seq_ids=[1, 9], token_ids=[1, 1]))],
+            )
+        )
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "ops[1]: append_batch.seq_id" in raised.value.details()
+    assert len(server.manager.sequences(ex)[1].token_ids) == 3  # the batch was undone
+    with pytest.raises(InvalidArgumentError, match="append_batch"):
+        client.step(ex, [AppendBatchOp([1, 2], [1])])

@@ -19,6 +19,7 @@ from pagedserve.blockmgr.errors import (
 from pagedserve.blockmgr.manager import BlockManager
 from pagedserve.blockmgr.ops import (
     AllocateOp,
+    AppendBatchOp,
     AppendOp,
     ComputedOp,
     ForkOp,
@@ -49,7 +50,10 @@ EXECUTOR_IDS = ["ex-a", "ex-b"]
 SEQ_IDS = st.integers(0, 6)
 # A tiny alphabet and shared stems make prefix hits and evictions common.
 STEMS = [[1, 1, 1, 1], [1, 1, 2, 2, 1, 1], [3]]
-TOKENS = st.lists(st.integers(1, 3), min_size=0, max_size=3)
+# Single tokens are common, as in decoding (and they exercise append batches).
+TOKENS = st.one_of(
+    st.lists(st.integers(1, 3), min_size=1, max_size=1), st.lists(st.integers(1, 3), max_size=3)
+)
 
 
 def to_op(op: tuple):
@@ -63,6 +67,22 @@ def to_op(op: tuple):
         "swap_out": SwapOutOp,
         "swap_in": SwapInOp,
     }[kind](*args)
+
+
+def pack_appends(ops: list[tuple]) -> list:
+    """The ops with every run of single-token appends as one AppendBatchOp,
+    which must give exactly the results of the separate appends."""
+    packed: list = []
+    for op in ops:
+        if op[0] == "append" and len(op[2]) == 1:
+            if packed and isinstance(packed[-1], AppendBatchOp):
+                last = packed.pop()
+                packed.append(AppendBatchOp([*last.seq_ids, op[1]], [*last.token_ids, op[2][0]]))
+            else:
+                packed.append(AppendBatchOp([op[1]], [op[2][0]]))
+        else:
+            packed.append(to_op(op))
+    return packed
 
 
 class BlockManagerMachine(RuleBasedStateMachine):
@@ -193,7 +213,8 @@ class BlockManagerMachine(RuleBasedStateMachine):
     def _random_step(self, data) -> None:
         executor_id = data.draw(st.sampled_from(sorted(self.model.executors)))
         seqs = self.model.executors[executor_id].seqs
-        self._step_both(executor_id, self._draw_ops(data, seqs, data.draw(st.integers(1, 4))))
+        ops = self._draw_ops(data, seqs, data.draw(st.integers(1, 6)))
+        self._step_both(executor_id, ops, pack=data.draw(st.booleans()))
 
     # Several identical rules: steps should be most of what the machine does.
     @precondition(lambda self: self.model.executors)
@@ -222,9 +243,10 @@ class BlockManagerMachine(RuleBasedStateMachine):
         ops = self._draw_ops(data, seqs, data.draw(st.integers(0, 3)))
         live = sorted(seqs)
         victim = live[0] if live else 0
+        pack = data.draw(st.booleans())
         ops += {
             "double_free": [("free", victim), ("free", victim)],
-            "unknown": [("append", 99, [1])],
+            "unknown": [("append", 99, [1]), ("append", 98, [1])],
             "backwards": [
                 ("computed", victim, 0),
                 ("append", victim, [1]),
@@ -234,11 +256,13 @@ class BlockManagerMachine(RuleBasedStateMachine):
             "huge": [("append", victim, [1] * (self.model.n * self.block_size + 1))],
             "dup": [("allocate", 60, [1], "", True), ("fork", 60, 60)],
         }[bad]
-        self._step_both(executor_id, ops)
+        self._step_both(executor_id, ops, pack=pack)
 
-    def _step_both(self, executor_id: str, ops: list[tuple]) -> None:
+    def _step_both(self, executor_id: str, ops: list[tuple], pack: bool = False) -> None:
         def run_manager():
-            step = self.manager.step(executor_id, [to_op(op) for op in ops])
+            step = self.manager.step(
+                executor_id, pack_appends(ops) if pack else [to_op(op) for op in ops]
+            )
             return (
                 [
                     (
@@ -260,7 +284,14 @@ class BlockManagerMachine(RuleBasedStateMachine):
 
         def run_model():
             out = self.model.step(executor_id, self.clock.now_s, ops)
-            return (out.results, out.copies, out.swap_outs, out.swap_ins, len(self.model.free))
+            held = self.model.executors[executor_id].held
+            return (
+                out.results,
+                out.copies,
+                out.swap_outs,
+                out.swap_ins,
+                len(self.model.free) + len(held),
+            )
 
         self._call_both(run_manager, run_model)
 
@@ -297,6 +328,9 @@ class BlockManagerMachine(RuleBasedStateMachine):
         for executor_id, executor in model.executors.items():
             actual = manager.sequences(executor_id)
             assert sorted(actual) == sorted(executor.seqs)
+            state = manager._executors[executor_id]
+            assert [block.block_id for block in state.held_blocks] == executor.held
+            assert state.held_host_block_ids == executor.held_host
             for seq_id, seq in executor.seqs.items():
                 assert actual[seq_id].token_ids == seq.tokens
                 assert actual[seq_id].block_ids() == seq.table
@@ -328,10 +362,17 @@ class BlockManagerMachine(RuleBasedStateMachine):
                 for block in seq.block_table:
                     references[block.block_id] = references.get(block.block_id, 0) + 1
         in_queue = set(pool.free_block_ids())
+        held = {
+            b.block_id
+            for e in self.manager.executor_ids()
+            for b in self.manager._executors[e].held_blocks
+        }
+        assert not in_queue & held
         for block in pool.blocks:
             assert block.ref_count == references.get(block.block_id, 0)
             assert not (block.block_id in in_queue and block.ref_count > 0)
-            assert (block.block_id in in_queue) == (block.ref_count == 0)
+            # Unreferenced means queued or held for an executor's copies.
+            assert (block.block_id in in_queue or block.block_id in held) == (block.ref_count == 0)
         for block_hash, block in pool.cache_index().items():
             entry = block.cache_entry
             assert entry.block_hash == block_hash

@@ -14,7 +14,7 @@ from pagedserve.blockmgr.ops import (
     SwapOutOp,
 )
 
-from .helpers import free_queue, make_manager, table
+from .helpers import free_queue, held, make_manager, table
 
 
 def test_allocate_takes_ceil_blocks_and_append_adds_at_boundaries() -> None:
@@ -90,11 +90,16 @@ def test_swap_out_and_in_with_exact_ids() -> None:
     assert step.swap_out_device_block_ids == [0, 1]
     assert step.swap_out_host_block_ids == [0, 1]
     assert manager.get_stats(pool_id).swapped_blocks == 2
-    assert free_queue(manager, pool_id) == [3, 4, 5, 6, 7, 1, 0]
+    # The sources stay out of reach of other executors until this executor's
+    # next step shows it has copied them out; then they rejoin the queue.
+    assert free_queue(manager, pool_id) == [3, 4, 5, 6, 7]
+    assert held(manager, ex) == [1, 0]
+    assert step.num_free_blocks == 7
     step = manager.step(ex, [SwapInOp(1)])
     assert step.results[0].new_block_ids == (3, 4)
     assert (step.swap_in_host_block_ids, step.swap_in_device_block_ids) == ([0, 1], [3, 4])
     assert manager.get_stats(pool_id).swapped_blocks == 0
+    assert free_queue(manager, pool_id) == [5, 6, 7, 1, 0]
 
 
 def test_swap_needs_room_on_the_other_side() -> None:
@@ -132,15 +137,16 @@ def test_copy_source_is_not_handed_out_again_in_the_same_step() -> None:
     # so a swap-in of the same step must not get it.
     manager, pool_id, ex, _ = make_manager(num_blocks=3, num_swap_blocks=4)
     manager.step(ex, [AllocateOp(9, [1]), SwapOutOp(9), AllocateOp(1, [1, 2])])
-    assert table(manager, ex, 1) == [1] and free_queue(manager, pool_id) == [2, 0]
+    assert table(manager, ex, 1) == [1] and free_queue(manager, pool_id) == [2]
+    assert held(manager, ex) == [0]  # swapped out of: back at ex's next step
     step = manager.step(
         ex, [ForkOp(1, 2), AppendOp(2, [3]), FreeOp(1), AllocateOp(5, [7]), SwapInOp(9)]
     )
     assert (step.copy_src_block_ids, step.copy_dst_block_ids) == ([1], [2])
     assert step.results[3].new_block_ids == (0,)
     assert step.results[4] == NO_ROOM
-    # After the step the source is free again.
-    assert free_queue(manager, pool_id) == [1]
+    # After the step the source waits for this executor's next step.
+    assert free_queue(manager, pool_id) == [] and held(manager, ex) == [1]
     assert manager.step(ex, [SwapInOp(9)]).results[0].new_block_ids == (1,)
 
 
@@ -157,3 +163,29 @@ def test_kv_utilization_counts_filled_slots_of_used_blocks() -> None:
     manager.step(ex, [AllocateOp(1, [1, 2, 3, 4, 5]), ForkOp(1, 2)])
     # Two used blocks, 8 slots, 5 hold tokens (the shared ones count once).
     assert manager.get_stats(pool_id).kv_utilization == 5 / 8
+
+
+def test_copy_ends_are_kept_from_other_executors_until_the_next_step() -> None:
+    manager, pool_id, ex, _ = make_manager(num_blocks=3, num_swap_blocks=4)
+    other = manager.register_executor(pool_id).executor_id
+    manager.step(ex, [AllocateOp(1, [1, 2, 3, 4, 5])])
+    step = manager.step(ex, [SwapOutOp(1)])
+    assert step.swap_out_device_block_ids == [0, 1]
+    # The other executor must not get (and overwrite) 0 or 1 before ex has
+    # performed the swap-out copies: only block 2 is available to it.
+    assert not manager.can_allocate(pool_id, 2)
+    assert manager.step(other, [AllocateOp(7, [9, 9, 9, 9, 9])]).results[0].ok is False
+    assert manager.step(other, [AllocateOp(7, [9])]).results[0].new_block_ids == (2,)
+    # ex's next step releases them, whatever it contains.
+    manager.step(ex, [])
+    assert free_queue(manager, pool_id) == [1, 0] and held(manager, ex) == []
+    assert manager.step(other, [AllocateOp(8, [9, 9])]).results[0].new_block_ids == (1,)
+
+
+def test_leaving_releases_held_blocks() -> None:
+    manager, pool_id, ex, _ = make_manager(num_blocks=2, num_swap_blocks=2)
+    manager.step(ex, [AllocateOp(1, [1, 2, 3, 4, 5]), SwapOutOp(1)])
+    stats = manager.get_stats(pool_id)
+    assert (stats.free_blocks, stats.used_blocks, stats.swapped_blocks) == (2, 0, 2)
+    assert manager.unregister_executor(ex) == 1
+    assert sorted(free_queue(manager, pool_id)) == [0, 1]

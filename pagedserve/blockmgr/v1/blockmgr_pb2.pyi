@@ -168,8 +168,16 @@ class SwapInOp(_message.Message):
     seq_id: int
     def __init__(self, seq_id: _Optional[int] = ...) -> None: ...
 
+class AppendBatchOp(_message.Message):
+    __slots__ = ("seq_ids", "token_ids")
+    SEQ_IDS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    seq_ids: _containers.RepeatedScalarFieldContainer[int]
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, seq_ids: _Optional[_Iterable[int]] = ..., token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class BlockOp(_message.Message):
-    __slots__ = ("allocate", "append", "computed", "fork", "free", "swap_out", "swap_in")
+    __slots__ = ("allocate", "append", "computed", "fork", "free", "swap_out", "swap_in", "append_batch")
     ALLOCATE_FIELD_NUMBER: _ClassVar[int]
     APPEND_FIELD_NUMBER: _ClassVar[int]
     COMPUTED_FIELD_NUMBER: _ClassVar[int]
@@ -177,6 +185,7 @@ class BlockOp(_message.Message):
     FREE_FIELD_NUMBER: _ClassVar[int]
     SWAP_OUT_FIELD_NUMBER: _ClassVar[int]
     SWAP_IN_FIELD_NUMBER: _ClassVar[int]
+    APPEND_BATCH_FIELD_NUMBER: _ClassVar[int]
     allocate: AllocateOp
     append: AppendOp
     computed: ComputedOp
@@ -184,7 +193,8 @@ class BlockOp(_message.Message):
     free: FreeOp
     swap_out: SwapOutOp
     swap_in: SwapInOp
-    def __init__(self, allocate: _Optional[_Union[AllocateOp, _Mapping]] = ..., append: _Optional[_Union[AppendOp, _Mapping]] = ..., computed: _Optional[_Union[ComputedOp, _Mapping]] = ..., fork: _Optional[_Union[ForkOp, _Mapping]] = ..., free: _Optional[_Union[FreeOp, _Mapping]] = ..., swap_out: _Optional[_Union[SwapOutOp, _Mapping]] = ..., swap_in: _Optional[_Union[SwapInOp, _Mapping]] = ...) -> None: ...
+    append_batch: AppendBatchOp
+    def __init__(self, allocate: _Optional[_Union[AllocateOp, _Mapping]] = ..., append: _Optional[_Union[AppendOp, _Mapping]] = ..., computed: _Optional[_Union[ComputedOp, _Mapping]] = ..., fork: _Optional[_Union[ForkOp, _Mapping]] = ..., free: _Optional[_Union[FreeOp, _Mapping]] = ..., swap_out: _Optional[_Union[SwapOutOp, _Mapping]] = ..., swap_in: _Optional[_Union[SwapInOp, _Mapping]] = ..., append_batch: _Optional[_Union[AppendBatchOp, _Mapping]] = ...) -> None: ...
 
 class StepRequest(_message.Message):
     __slots__ = ("executor_id", "ops")
