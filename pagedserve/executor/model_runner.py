@@ -97,18 +97,18 @@ class ModelRunner:
                 self._ids(copies.swap_out_device_block_ids, self.device),
                 self._ids(copies.swap_out_host_block_ids, torch.device("cpu")),
             )
-        if copies.copy_src_block_ids:
-            kernels.copy_blocks(
-                self.kv_pool,
-                self._ids(copies.copy_src_block_ids, self.device),
-                self._ids(copies.copy_dst_block_ids, self.device),
-            )
         if copies.swap_in_host_block_ids:
             kernels.swap_blocks(
                 self.swap_pool,
                 self.kv_pool,
                 self._ids(copies.swap_in_host_block_ids, torch.device("cpu")),
                 self._ids(copies.swap_in_device_block_ids, self.device),
+            )
+        if copies.copy_src_block_ids:
+            kernels.copy_blocks(
+                self.kv_pool,
+                self._ids(copies.copy_src_block_ids, self.device),
+                self._ids(copies.copy_dst_block_ids, self.device),
             )
 
     def run(self, inputs: ModelInputs) -> torch.Tensor | None:

@@ -23,9 +23,9 @@ class ScheduledChunk:
 
 @dataclass
 class BlockCopies:
-    """The copies one Step call asked for, to be made in this order before the forward pass:
-    swap-outs first (their device blocks may be reused by this very call), then
-    copy-on-write within the device, then swap-ins."""
+    """The copies one Step call asked for, made in the order the block manager keeps
+    safe: swap-outs first (their device blocks may be handed out again by this very
+    call), then swap-ins, then copy-on-write copies within the device."""
 
     swap_out_device_block_ids: list[int] = field(default_factory=list)
     swap_out_host_block_ids: list[int] = field(default_factory=list)
