@@ -207,7 +207,7 @@ def run_on_gpu(args) -> None:
         "date": time.strftime("%Y-%m-%d"),
     }
     process, gateway, blockmgr = start_stack(
-        args.model, ["--dtype", "float32", "--num-executors", "2", "--num-blocks", "8192"]
+        args.model, ["--dtype", "float32", "--num-executors", str(args.num_executors), "--num-blocks", "8192"]
     )
     try:
         stub = generation_pb2_grpc.TextGenerationStub(grpc.insecure_channel(gateway))
@@ -302,6 +302,7 @@ def main() -> None:
     parser.add_argument("--write-expected")
     parser.add_argument("--expected")
     parser.add_argument("--num-requests", type=int, default=64)
+    parser.add_argument("--num-executors", type=int, default=2)
     parser.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "gpu_e2e.json"))
     args = parser.parse_args()
     if args.write_expected:

@@ -50,9 +50,12 @@ _FINISH_TO_PB = {
 }
 
 
-def sampling_from_pb(options: pb.SamplingOptions) -> SamplingOptions:
+def sampling_from_pb(
+    options: pb.SamplingOptions, model_eos_token_ids: tuple[int, ...]
+) -> SamplingOptions:
     stop_ids = set(options.stop_token_ids)
     if not options.ignore_eos:
+        stop_ids.update(model_eos_token_ids)
         stop_ids.update(options.eos_token_ids)
     return SamplingOptions(
         max_tokens=options.max_tokens,
@@ -140,7 +143,7 @@ class ExecutorServicer(pb_grpc.ExecutorServicer):
                 self.engine.submit(
                     submit.request_id,
                     list(submit.prompt_token_ids),
-                    sampling_from_pb(submit.sampling),
+                    sampling_from_pb(submit.sampling, tuple(self.info.eos_token_ids)),
                     sink,
                 )
             elif message.HasField("cancel"):
@@ -217,6 +220,7 @@ def build_engine(config: ExecutorConfig, link: BlockManagerLink, log):
         num_blocks=spec.num_blocks,
         executor_id=registered.executor_id,
         pool_id=pool_info.pool_id,
+        eos_token_ids=model_config.eos_token_ids,
     )
     log.info(
         "executor %s: model %s on %s (%s), pool %s: %d blocks of %d tokens",

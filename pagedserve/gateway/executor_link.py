@@ -31,7 +31,8 @@ class LinkFailure:
     message: str
 
 
-def sampling_to_pb(sampling: ResolvedSampling, eos_token_ids: list[int]) -> pb.SamplingOptions:
+def sampling_to_pb(sampling: ResolvedSampling) -> pb.SamplingOptions:
+    """The executor applies the model's end-of-sequence ids itself (unless ignore_eos)."""
     return pb.SamplingOptions(
         max_tokens=sampling.max_tokens,
         temperature=sampling.temperature,
@@ -41,7 +42,6 @@ def sampling_to_pb(sampling: ResolvedSampling, eos_token_ids: list[int]) -> pb.S
         n=sampling.n,
         beam_width=sampling.beam_width,
         stop_token_ids=sampling.stop_token_ids,
-        eos_token_ids=eos_token_ids,
         ignore_eos=sampling.ignore_eos,
         logprobs=sampling.logprobs,
         use_prefix_cache=True,

@@ -70,11 +70,21 @@ class _Delta:
 
 
 class TextGenerationServicer(pb_grpc.TextGenerationServicer):
-    def __init__(self, config: GatewayConfig, tokenizer: Tokenizer, router: Router, limits: Limits):
+    def __init__(
+        self,
+        config: GatewayConfig,
+        tokenizer: Tokenizer,
+        router: Router,
+        limits: Limits,
+        eos_token_ids: tuple[int, ...],
+    ):
         self.config = config
         self.tokenizer = tokenizer
         self.router = router
         self.limits = limits
+        # The model's end-of-sequence ids, from its executors: the tokenizer's own
+        # eos_token can disagree (a GGUF conversion may set it to another token).
+        self.eos_token_ids = eos_token_ids
         self.accepting = True
         self._active: dict[str, tuple[ExecutorLink, str]] = {}
 
@@ -153,7 +163,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         events = link.submit(
             internal_id,
             validated.prompt_token_ids,
-            sampling_to_pb(validated.sampling, self.tokenizer.eos_token_ids()),
+            sampling_to_pb(validated.sampling),
         )
         finished = False
         try:
@@ -173,7 +183,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         sampling = validated.sampling
         stop_ids = set(sampling.stop_token_ids)
         if not sampling.ignore_eos:
-            stop_ids.update(self.tokenizer.eos_token_ids())
+            stop_ids.update(self.eos_token_ids)
         completions: dict[int, _Completion] = {}
         cached_prompt_tokens = 0
         num_open = sampling.n
@@ -258,7 +268,9 @@ async def _serve(config: GatewayConfig, log) -> None:
         max_n=config.max_n,
         max_beam_width=config.max_beam_width,
     )
-    servicer = TextGenerationServicer(config, tokenizer, Router(links), limits)
+    servicer = TextGenerationServicer(
+        config, tokenizer, Router(links), limits, tuple(info.eos_token_ids)
+    )
     server = grpc.aio.server(options=SERVER_OPTIONS)
     pb_grpc.add_TextGenerationServicer_to_server(servicer, server)
     health = add_health_and_reflection(server, [SERVICE_NAME])

@@ -36,7 +36,3 @@ class Tokenizer:
 
     def decode(self, token_ids: list[int]) -> str:
         return self._tokenizer.decode(token_ids, skip_special_tokens=True)
-
-    def eos_token_ids(self) -> list[int]:
-        eos = self._tokenizer.eos_token_id
-        return [] if eos is None else [eos]

@@ -102,7 +102,7 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetInfoResponse(_message.Message):
-    __slots__ = ("model_name", "max_context_tokens", "vocab_size", "device", "num_active_requests", "block_size_tokens", "num_blocks", "executor_id", "pool_id", "num_preemptions_total")
+    __slots__ = ("model_name", "max_context_tokens", "vocab_size", "device", "num_active_requests", "block_size_tokens", "num_blocks", "executor_id", "pool_id", "num_preemptions_total", "eos_token_ids")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +113,7 @@ class GetInfoResponse(_message.Message):
     EXECUTOR_ID_FIELD_NUMBER: _ClassVar[int]
     POOL_ID_FIELD_NUMBER: _ClassVar[int]
     NUM_PREEMPTIONS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    EOS_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     max_context_tokens: int
     vocab_size: int
@@ -123,4 +124,5 @@ class GetInfoResponse(_message.Message):
     executor_id: str
     pool_id: str
     num_preemptions_total: int
-    def __init__(self, model_name: _Optional[str] = ..., max_context_tokens: _Optional[int] = ..., vocab_size: _Optional[int] = ..., device: _Optional[str] = ..., num_active_requests: _Optional[int] = ..., block_size_tokens: _Optional[int] = ..., num_blocks: _Optional[int] = ..., executor_id: _Optional[str] = ..., pool_id: _Optional[str] = ..., num_preemptions_total: _Optional[int] = ...) -> None: ...
+    eos_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, model_name: _Optional[str] = ..., max_context_tokens: _Optional[int] = ..., vocab_size: _Optional[int] = ..., device: _Optional[str] = ..., num_active_requests: _Optional[int] = ..., block_size_tokens: _Optional[int] = ..., num_blocks: _Optional[int] = ..., executor_id: _Optional[str] = ..., pool_id: _Optional[str] = ..., num_preemptions_total: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
