@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 # How long the loop sleeps when a step could place nothing (the pool is full of
 # other executors' blocks), so it does not spin on the block manager.
 _IDLE_BACKOFF_S = 0.005
+_FAILURE_BACKOFF_S = 0.5
 
 
 @dataclass
@@ -113,6 +114,9 @@ class Engine:
             except Exception as error:  # noqa: BLE001 - one bad step must not kill the executor
                 log.exception("step failed; failing all active requests")
                 self._fail_all(grpc.StatusCode.INTERNAL, f"executor step failed: {error}")
+                # The frees of the failed requests go out with the next step; if the
+                # block manager is unreachable, retry at a pace that does not flood the log.
+                self._stop.wait(_FAILURE_BACKOFF_S)
 
     def _drain_inbox(self, block: bool) -> None:
         try:
