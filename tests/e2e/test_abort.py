@@ -38,13 +38,15 @@ def test_cancelling_the_call_frees_the_blocks(client, stack):
 
 
 def test_cancelling_during_prefill_frees_the_blocks(client, stack):
-    long_prompt = "word " * 1500
+    long_prompt = "word " * 800
     future = client.Generate.future(
         pb.GenerateRequest(prompt=long_prompt, sampling=LONG_RUN), timeout=120
     )
-    time.sleep(0.3)  # the 1,500-token prompt is still being prefilled in chunks
+    time.sleep(0.3)  # the 800-token prompt is still being prefilled
     future.cancel()
-    assert stack.wait_no_blocks_held().used_blocks == 0
+    # The cancel is taken between steps, so on a loaded machine it waits for the
+    # prefill step in progress: allow for that, then nothing may be held.
+    assert stack.wait_no_blocks_held(timeout_s=90).used_blocks == 0
 
 
 def test_deadline_passing_aborts_the_request(client, stack):
