@@ -117,9 +117,10 @@ class BlockManagerLink:
         request = pb.RegisterExecutorRequest(pool_id=pool_id, executor_id=executor_id)
         return self.stub.RegisterExecutor(request, timeout=self.timeout_s)
 
-    def unregister_executor(self, executor_id: str) -> None:
+    def unregister_executor(self, executor_id: str) -> int:
+        """Detaches; returns how many sequences the block manager still held and freed."""
         request = pb.UnregisterExecutorRequest(executor_id=executor_id)
-        self.stub.UnregisterExecutor(request, timeout=self.timeout_s)
+        return self.stub.UnregisterExecutor(request, timeout=self.timeout_s).freed_sequences
 
     def step(self, request: pb.StepRequest) -> pb.StepResponse:
         started_s = time.perf_counter()

@@ -124,6 +124,11 @@ class Engine:
     def num_active_requests(self) -> int:
         return len(self._requests)
 
+    def is_idle(self) -> bool:
+        """No request left and nothing owed to the block manager: a finished request's
+        blocks are freed by the step after it, so no active request alone is not enough."""
+        return not self._requests and not self.scheduler.has_work()
+
     # ---- the loop thread ----
 
     def _loop(self) -> None:

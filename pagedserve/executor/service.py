@@ -262,7 +262,7 @@ async def _serve(config: ExecutorConfig, log) -> None:
         servicer.accepting = False
         set_not_serving(health, [SERVICE_NAME])
         deadline = time.monotonic() + config.shutdown_grace_s
-        while engine.num_active_requests() and time.monotonic() < deadline:
+        while not engine.is_idle() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
 
     try:
@@ -271,7 +271,11 @@ async def _serve(config: ExecutorConfig, log) -> None:
         engine.stop()
         stop_heartbeat.set()
         try:
-            link.unregister_executor(registered.executor_id)
+            freed = link.unregister_executor(registered.executor_id)
+            if freed:
+                log.warning(
+                    "%d sequences still held KV blocks at exit; the block manager freed them", freed
+                )
         except grpc.RpcError as error:
             log.warning("could not unregister from the block manager: %s", error.details())
         link.close()
