@@ -10,6 +10,7 @@ executors drain; block manager and pool keeper last).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pagedserve.common.config import flag_name, log_config, option, parse_config, require
 from pagedserve.common.logs import setup_logging
+from pagedserve.common.tracing import init_tracing, shutdown_tracing
 
 log = logging.getLogger("pagedserve.up")
 
@@ -47,6 +49,16 @@ class UpConfig:
     max_num_batched_tokens: int = option(2048, "most tokens per executor forward pass")
     startup_timeout_s: float = option(600.0, "how long each service may take to become healthy")
     shutdown_grace_s: float = option(30.0, "how long in-flight requests may run on after SIGTERM")
+    metrics_port: int = option(
+        0,
+        "base of the /metrics ports: gateway on it, blockmgr +1, kvpool +2, executor i +3+i (0: off)",
+    )
+    internal_token: str = option(
+        "", "shared secret of the internal services (given to each through its environment)"
+    )
+    public_token: str = option("", "token clients must present to the gateway")
+    max_queued_requests: int = option(0, "gateway: requests in flight beyond this are refused")
+    max_prompt_tokens: int = option(0, "gateway: longest prompt accepted (0: the context length)")
 
     def validate(self) -> None:
         require(self.num_executors >= 1, "num_executors", "must be >= 1")
@@ -83,11 +95,22 @@ class Supervisor:
         self.config = config
         self.processes: list[tuple[str, subprocess.Popen]] = []
         self._stopping = False
+        # Secrets go to the services through their environment, not their command lines.
+        self._environment = dict(os.environ)
+        for name, value in (
+            ("PAGEDSERVE_INTERNAL_TOKEN", config.internal_token),
+            ("PAGEDSERVE_PUBLIC_TOKEN", config.public_token),
+        ):
+            if value:
+                self._environment[name] = value
+
+    def metrics_port(self, offset: int) -> int:
+        return self.config.metrics_port + offset if self.config.metrics_port else 0
 
     def start(self, name: str, args: list[str], port: int) -> None:
         command = [sys.executable, "-m", "pagedserve.cli", *args]
         # Own process group: Ctrl-C reaches `up` alone, which then stops services in order.
-        process = subprocess.Popen(command, start_new_session=True)
+        process = subprocess.Popen(command, start_new_session=True, env=self._environment)
         self.processes.append((name, process))
         wait_healthy(f"{self.config.host}:{port}", process, self.config.startup_timeout_s)
         log.info("%s is up on %s:%d (pid %d)", name, self.config.host, port, process.pid)
@@ -96,7 +119,12 @@ class Supervisor:
         c = self.config
         blockmgr = f"{c.host}:{c.blockmgr_port}"
         self.start(
-            "blockmgr", ["blockmgr", *flags(host=c.host, port=c.blockmgr_port)], c.blockmgr_port
+            "blockmgr",
+            [
+                "blockmgr",
+                *flags(host=c.host, port=c.blockmgr_port, metrics_port=self.metrics_port(1)),
+            ],
+            c.blockmgr_port,
         )
         kvpool_flags = flags(
             blockmgr=blockmgr,
@@ -109,6 +137,7 @@ class Supervisor:
             num_swap_blocks=c.num_swap_blocks,
             host=c.host,
             port=c.kvpool_port,
+            metrics_port=self.metrics_port(2),
         )
         self.start("kvpool", ["kvpool", *kvpool_flags], c.kvpool_port)
         executor_addresses = []
@@ -123,6 +152,7 @@ class Supervisor:
                 max_num_batched_tokens=c.max_num_batched_tokens,
                 preemption_mode=c.preemption_mode,
                 shutdown_grace_s=c.shutdown_grace_s,
+                metrics_port=self.metrics_port(3 + index),
             )
             self.start(f"executor-{index}", ["executor", *executor_flags], port)
             executor_addresses.append(f"{c.host}:{port}")
@@ -132,6 +162,9 @@ class Supervisor:
             executors=",".join(executor_addresses),
             model=c.model,
             shutdown_grace_s=c.shutdown_grace_s,
+            metrics_port=self.metrics_port(0),
+            max_queued_requests=c.max_queued_requests,
+            max_prompt_tokens=c.max_prompt_tokens,
         )
         self.start("gateway", ["gateway", *gateway_flags], c.port)
 
@@ -168,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("up")
     config = parse_config(UpConfig, argv, "pagedserve up", __doc__.splitlines()[0])
     log_config(log, config)
+    init_tracing("up")
     supervisor = Supervisor(config)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     signal.signal(signal.SIGINT, supervisor.request_stop)
@@ -181,4 +215,5 @@ def main(argv: list[str] | None = None) -> int:
         code = 1
     finally:
         supervisor.stop_all()
+        shutdown_tracing()
     return code

@@ -65,7 +65,15 @@ class Stack:
         return self.process.wait(120)
 
 
-def start_stack(*extra_flags: str, num_executors: int = 1, startup_timeout_s: float = 240) -> Stack:
+def start_stack(
+    *extra_flags: str,
+    num_executors: int = 1,
+    startup_timeout_s: float = 240,
+    env: dict[str, str] | None = None,
+    stderr=None,
+) -> Stack:
+    """env: variables added to this process's environment for the stack; stderr: where
+    the services' logs go (a file object; None: this process's stderr)."""
     ports = {name: free_port() for name in ("gateway", "blockmgr", "kvpool")}
     executor_port = free_port()
     command = [
@@ -89,8 +97,11 @@ def start_stack(*extra_flags: str, num_executors: int = 1, startup_timeout_s: fl
         "10",
         *extra_flags,
     ]
-    env = dict(os.environ, PAGEDSERVE_LOG_LEVEL=os.environ.get("PAGEDSERVE_LOG_LEVEL", "WARNING"))
-    process = subprocess.Popen(command, env=env)
+    environment = dict(
+        os.environ, PAGEDSERVE_LOG_LEVEL=os.environ.get("PAGEDSERVE_LOG_LEVEL", "WARNING")
+    )
+    environment.update(env or {})
+    process = subprocess.Popen(command, env=environment, stderr=stderr)
     gateway = f"127.0.0.1:{ports['gateway']}"
     stack = Stack(
         process,

@@ -23,6 +23,15 @@ class BlockManagerConfig:
     port: int = 50061
     # Lease granted to an executor that asks for none; it must heartbeat within it.
     lease_ms: int = 10_000
+    # Port of the Prometheus /metrics endpoint; 0 turns it off.
+    metrics_port: int = 0
+    # Shared secret every caller but health checks must present; empty: none.
+    # Its variable is PAGEDSERVE_INTERNAL_TOKEN, the same for every service.
+    internal_token: str = ""
+    # TLS of the port: certificate and key (PEM); with client_ca, mutual TLS.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
 
     def validate(self) -> BlockManagerConfig:
         """Returns self; raises ValueError naming the bad field."""
@@ -32,11 +41,17 @@ class BlockManagerConfig:
             raise ValueError(f"port: {self.port} not in 0..65535")
         if not 1 <= self.lease_ms <= 3_600_000:
             raise ValueError(f"lease_ms: {self.lease_ms} not in 1..3600000")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port: {self.metrics_port} not in 0..65535")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_key: give both --tls-cert and --tls-key")
         return self
 
     def describe(self) -> str:
         """One line for the start-up log."""
-        return " ".join(f"{key}={value}" for key, value in asdict(self).items())
+        shown = asdict(self)
+        shown["internal_token"] = "<set>" if self.internal_token else ""
+        return " ".join(f"{key}={value}" for key, value in shown.items())
 
     @classmethod
     def from_argv(
@@ -64,5 +79,29 @@ class BlockManagerConfig:
             default=int(environ.get(ENV_PREFIX + "LEASE_MS", defaults.lease_ms)),
             help="default executor lease in milliseconds",
         )
+        parser.add_argument(
+            "--metrics-port",
+            dest="metrics_port",
+            type=int,
+            default=int(environ.get(ENV_PREFIX + "METRICS_PORT", defaults.metrics_port)),
+            help="Prometheus /metrics port (0: off)",
+        )
+        parser.add_argument(
+            "--internal-token",
+            dest="internal_token",
+            default=environ.get("PAGEDSERVE_INTERNAL_TOKEN", defaults.internal_token),
+            help="token callers must present (env PAGEDSERVE_INTERNAL_TOKEN; health stays open)",
+        )
+        for name, help_text in (
+            ("tls_cert", "PEM certificate: serve TLS"),
+            ("tls_key", "PEM private key of --tls-cert"),
+            ("tls_client_ca", "PEM CA: require client certificates signed by it"),
+        ):
+            parser.add_argument(
+                "--" + name.replace("_", "-"),
+                dest=name,
+                default=environ.get(ENV_PREFIX + name.upper(), getattr(defaults, name)),
+                help=help_text,
+            )
         args = parser.parse_args(argv)
-        return cls(host=args.host, port=args.port, lease_ms=args.lease_ms).validate()
+        return cls(**vars(args)).validate()

@@ -19,9 +19,13 @@ from pagedserve.blockmgr import convert, step_codec
 from pagedserve.blockmgr.config import BlockManagerConfig
 from pagedserve.blockmgr.errors import BlockManagerError
 from pagedserve.blockmgr.manager import BlockManager
+from pagedserve.blockmgr.metrics import PoolStatsCollector, timed
 from pagedserve.blockmgr.status_codes import status_for
 from pagedserve.blockmgr.v1 import blockmgr_pb2 as pb
 from pagedserve.blockmgr.v1 import blockmgr_pb2_grpc as pb_grpc
+from pagedserve.common.metrics import REGISTRY, serve_metrics
+from pagedserve.common.security import TokenAuthInterceptor, server_credentials, warn_if_exposed
+from pagedserve.common.tracing import init_tracing, shutdown_tracing
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +121,7 @@ def add_servicer(servicer: BlockManagerServicer, server: grpc.Server) -> None:
     that handlers may return an already serialized response."""
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, name),
+            timed(name, getattr(servicer, name)),
             request_deserializer=request_type.FromString,
             response_serializer=_serialize_response,
         )
@@ -186,14 +190,23 @@ def serve(config: BlockManagerConfig, manager: BlockManager | None = None) -> Ru
     config.validate()
     manager = manager or BlockManager(default_lease_ms=config.lease_ms)
     lock = threading.Lock()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=MAX_WORKERS))
+    interceptors = [TokenAuthInterceptor(config.internal_token)] if config.internal_token else []
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=MAX_WORKERS), interceptors=interceptors
+    )
     add_servicer(BlockManagerServicer(manager, lock), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    warn_if_exposed(config.host, config.internal_token, "block manager")
+    credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+    address = f"{config.host}:{config.port}"
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise RuntimeError(f"cannot listen on {config.host}:{config.port}")
     server.start()
@@ -203,6 +216,10 @@ def serve(config: BlockManagerConfig, manager: BlockManager | None = None) -> Ru
     # ask for shorter leases than the default; a pass is O(executors).
     reaper = LeaseReaper(manager, lock, interval_s=min(0.5, max(0.01, config.lease_ms / 4000.0)))
     reaper.start()
+    if config.metrics_port:
+        # Once per process: the collector reads this server's manager.
+        REGISTRY.register(PoolStatsCollector(manager, lock))
+        serve_metrics(config.host, config.metrics_port, "blockmgr")
     logger.info("block manager listening on %s:%d", config.host, port)
     return RunningServer(server, port, health_servicer, reaper, manager)
 
@@ -219,6 +236,14 @@ def main(argv: list[str]) -> int:
         logger.error("bad configuration: %s", error)
         return 2
     logger.info("block manager config: %s", config.describe())
+    init_tracing("blockmgr")  # before the server exists
+    try:
+        return _serve_until_signal(config)
+    finally:
+        shutdown_tracing()
+
+
+def _serve_until_signal(config: BlockManagerConfig) -> int:
     running = serve(config)
     stop_requested = threading.Event()
 

@@ -85,9 +85,16 @@ def parse_config(cls: type[T], argv: list[str] | None, prog: str, description: s
 def log_config(logger: logging.Logger, config) -> None:
     """Prints every setting at start, one line."""
     settings = ", ".join(
-        f"{f.name}={getattr(config, f.name)!r}" for f in dataclasses.fields(config)
+        f"{f.name}={_shown(f.name, getattr(config, f.name))!r}" for f in dataclasses.fields(config)
     )
     logger.info("config: %s", settings)
+
+
+def _shown(field_name: str, value):
+    """Secrets (fields named *_token) are logged as set or not, never their value."""
+    if field_name.endswith("_token") and value:
+        return "<set>"
+    return value
 
 
 def require(condition: bool, field_name: str, message: str) -> None:

@@ -48,22 +48,31 @@ def _denying_handler(handler: grpc.RpcMethodHandler, is_async: bool) -> grpc.Rpc
     """A handler of the same shape as handler that answers UNAUTHENTICATED."""
     message = "missing or invalid token (authorization: Bearer <token>)"
 
+    # A response-streaming handler must be a generator (what wraps it iterates it).
     if is_async:
 
         async def deny(request, context):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+        async def deny_stream(request, context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+            yield  # never reached
 
     else:
 
         def deny(request, context):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
+        def deny_stream(request, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+            yield  # never reached
+
     if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(deny)
+        return grpc.stream_stream_rpc_method_handler(deny_stream)
     if handler.request_streaming:
         return grpc.stream_unary_rpc_method_handler(deny)
     if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(deny)
+        return grpc.unary_stream_rpc_method_handler(deny_stream)
     return grpc.unary_unary_rpc_method_handler(deny)
 
 

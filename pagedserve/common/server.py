@@ -44,9 +44,14 @@ def set_not_serving(health_servicer: health.HealthServicer, service_names: Itera
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
 
-def bind(server, host: str, port: int) -> int:
-    """Binds host:port (port 0 picks a free one) and returns the bound port."""
-    bound = server.add_insecure_port(f"{host}:{port}")
+def bind(server, host: str, port: int, credentials: grpc.ServerCredentials | None = None) -> int:
+    """Binds host:port (port 0 picks a free one), with TLS when credentials are given;
+    returns the bound port."""
+    address = f"{host}:{port}"
+    if credentials is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, credentials)
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port}")
     if host not in ("127.0.0.1", "localhost", "::1"):

@@ -65,10 +65,10 @@ def tracer(name: str) -> trace.Tracer:
     return trace.get_tracer(name)
 
 
-def inject_context() -> dict[str, str]:
-    """The current trace context as W3C headers (traceparent, tracestate)."""
+def inject_context(context=None) -> dict[str, str]:
+    """The trace context (the current one when None) as W3C headers (traceparent, tracestate)."""
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    propagate.inject(carrier, context=context)
     return carrier
 
 

@@ -7,15 +7,19 @@ handed back as the raw response; the scheduler reads only the fields it needs.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+import time
 
 import grpc
 
 from pagedserve.blockmgr.v1 import blockmgr_pb2 as pb
 from pagedserve.blockmgr.v1 import blockmgr_pb2_grpc as pb_grpc
+from pagedserve.common.security import auth_metadata
 from pagedserve.common.server import CHANNEL_OPTIONS
 from pagedserve.executor.kv_pool import POOL_LAYOUT, PoolSpec, dtype_from_name, dtype_name
+from pagedserve.executor.request_trace import BLOCKMGR_STEP_LATENCY
 
 log = logging.getLogger(__name__)
 
@@ -27,18 +31,40 @@ class PoolNotFoundError(LookupError):
     """No pool (or not the one asked for) is registered at the block manager."""
 
 
-def open_channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+def open_channel(address: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
+    if credentials is None:
+        return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    return grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+
+
+class _TokenStub:
+    """The block manager's stub with the internal token on every call."""
+
+    def __init__(self, stub: pb_grpc.BlockManagerStub, metadata: tuple[tuple[str, str], ...]):
+        self._stub = stub
+        self._metadata = metadata
+
+    def __getattr__(self, name: str):
+        method = getattr(self._stub, name)
+        if not self._metadata:
+            return method
+        return functools.partial(method, metadata=self._metadata)
 
 
 class BlockManagerLink:
     """A connection to the block manager; thread-safe (gRPC stubs are)."""
 
-    def __init__(self, address: str, timeout_s: float = 10.0):
+    def __init__(
+        self,
+        address: str,
+        timeout_s: float = 10.0,
+        token: str = "",
+        credentials: grpc.ChannelCredentials | None = None,
+    ):
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = open_channel(address)
-        self.stub = pb_grpc.BlockManagerStub(self._channel)
+        self._channel = open_channel(address, credentials)
+        self.stub = _TokenStub(pb_grpc.BlockManagerStub(self._channel), auth_metadata(token))
 
     def wait_ready(self, timeout_s: float) -> None:
         """Blocks until the block manager answers; raises grpc.FutureTimeoutError."""
@@ -91,12 +117,16 @@ class BlockManagerLink:
         request = pb.RegisterExecutorRequest(pool_id=pool_id, executor_id=executor_id)
         return self.stub.RegisterExecutor(request, timeout=self.timeout_s)
 
-    def unregister_executor(self, executor_id: str) -> None:
+    def unregister_executor(self, executor_id: str) -> int:
+        """Detaches; returns how many sequences the block manager still held and freed."""
         request = pb.UnregisterExecutorRequest(executor_id=executor_id)
-        self.stub.UnregisterExecutor(request, timeout=self.timeout_s)
+        return self.stub.UnregisterExecutor(request, timeout=self.timeout_s).freed_sequences
 
     def step(self, request: pb.StepRequest) -> pb.StepResponse:
-        return self.stub.Step(request, timeout=self.timeout_s)
+        started_s = time.perf_counter()
+        response = self.stub.Step(request, timeout=self.timeout_s)
+        BLOCKMGR_STEP_LATENCY.observe(time.perf_counter() - started_s)
+        return response
 
     def stats(self, pool_id: str) -> pb.GetStatsResponse:
         return self.stub.GetStats(pb.GetStatsRequest(pool_id=pool_id), timeout=self.timeout_s)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pagedserve.common.config import option, require
+from pagedserve.common.service_options import ServiceOptions
 
 
 @dataclass
-class ExecutorConfig:
+class ExecutorConfig(ServiceOptions):
     blockmgr: str = option("127.0.0.1:50061", "block manager address")
     pool_id: str = option("", "KV pool to attach to; empty takes the only registered pool")
     model: str = option(
@@ -50,3 +51,4 @@ class ExecutorConfig:
         )
         require(self.startup_wait_s > 0, "startup_wait_s", "must be > 0")
         require(self.shutdown_grace_s >= 0, "shutdown_grace_s", "must be >= 0")
+        self.validate_service_options()

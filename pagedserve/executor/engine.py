@@ -28,7 +28,23 @@ from pagedserve.executor.outputs import (
     error_event,
     sequence_event,
 )
-from pagedserve.executor.request import FinishReason, Request, SamplingOptions, Sequence
+from pagedserve.executor.request import (
+    FinishReason,
+    Request,
+    SamplingOptions,
+    Sequence,
+    SequenceStatus,
+)
+from pagedserve.executor.request_trace import (
+    PREEMPTIONS,
+    REQUESTS_RUNNING,
+    REQUESTS_SWAPPED,
+    REQUESTS_WAITING,
+    STEP_DURATION,
+    RequestTrace,
+    link_step_requests,
+    start_step_span,
+)
 from pagedserve.executor.sampler import make_generator, sample
 from pagedserve.executor.scheduler import Scheduler
 from pagedserve.executor.step_plan import StepPlan
@@ -47,6 +63,7 @@ class _Submit:
     prompt_token_ids: list[int]
     sampling: SamplingOptions
     sink: object
+    trace_context: dict[str, str]
 
 
 @dataclass
@@ -87,10 +104,16 @@ class Engine:
         self._thread.join(timeout_s)
 
     def submit(
-        self, request_id: str, prompt_token_ids: list[int], sampling: SamplingOptions, sink
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        sampling: SamplingOptions,
+        sink,
+        trace_context: dict[str, str] | None = None,
     ) -> None:
-        """sink.deliver(list[SequenceEvent]) is called from the engine thread, once per step at most."""
-        self._inbox.put(_Submit(request_id, prompt_token_ids, sampling, sink))
+        """sink.deliver(list[SequenceEvent]) is called from the engine thread, once per step at
+        most. trace_context: the W3C headers of the request's caller span (may be empty)."""
+        self._inbox.put(_Submit(request_id, prompt_token_ids, sampling, sink, trace_context or {}))
 
     def cancel(self, request_id: str, sink) -> None:
         self._inbox.put(_Cancel(request_id, sink))
@@ -101,6 +124,11 @@ class Engine:
 
     def num_active_requests(self) -> int:
         return len(self._requests)
+
+    def is_idle(self) -> bool:
+        """No request left and nothing owed to the block manager: a finished request's
+        blocks are freed by the step after it, so no active request alone is not enough."""
+        return not self._requests and not self.scheduler.has_work()
 
     # ---- the loop thread ----
 
@@ -166,6 +194,9 @@ class Engine:
             message.sink,
             next(self._arrivals),
         )
+        request.trace = RequestTrace(
+            message.request_id, len(message.prompt_token_ids), message.trace_context
+        )
         if sampling.beam_width > 1:
             request.beam_search = BeamSearch(
                 sampling.beam_width,
@@ -179,27 +210,72 @@ class Engine:
 
     def _abort(self, request: Request, notify: bool) -> None:
         self.scheduler.finish_request(request, FinishReason.ABORTED)
-        self._requests.pop(request.key, None)
+        self._retire(request, FinishReason.ABORTED)
         if notify:
             request.sink.deliver(aborted_events(request))
 
     def _fail_all(self, code: grpc.StatusCode, message: str) -> None:
         for request in list(self._requests.values()):
             self.scheduler.finish_request(request, FinishReason.ABORTED)
-            self._requests.pop(request.key, None)
+            self._retire(request, FinishReason.ABORTED)
             request.sink.deliver([error_event(request.request_id, code, message)])
 
+    def _retire(self, request: Request, reason: FinishReason | None) -> None:
+        """The request is done at this executor: forget it and end its span."""
+        self._requests.pop(request.key, None)
+        if request.trace is not None:
+            request.trace.finish(
+                reason.value if reason else "unknown",
+                sum(seq.num_output_tokens for seq in request.sequences),
+                request.cached_prompt_tokens,
+            )
+            request.trace = None
+
     def _step(self) -> None:
-        plan = self.scheduler.schedule()
-        self.num_steps += 1
-        for copies in plan.copies:
-            if copies:
-                self.runner.apply_copies(copies)
+        started_s = time.perf_counter()
+        num_preemptions_before = self.scheduler.num_preemptions_total
+        oldest = next((r.trace for r in self._requests.values() if r.trace is not None), None)
+        with start_step_span(oldest) as step_span:
+            plan = self.scheduler.schedule()
+            self.num_steps += 1
+            served = {id(chunk.seq.request): chunk.seq.request for chunk in plan.chunks}
+            for request in served.values():
+                if request.trace is not None:
+                    request.trace.scheduled()
+            link_step_requests(
+                step_span, oldest, (r.trace for r in served.values() if r.trace is not None)
+            )
+            step_span.set_attribute("pagedserve.num_requests", len(served))
+            for copies in plan.copies:
+                if copies:
+                    self.runner.apply_copies(copies)
+            if plan.chunks:
+                events = self._forward_and_sample(plan)
+                self._mark_first_tokens(plan)
+                self._deliver(events)
+        self._record_step_metrics(started_s, num_preemptions_before)
         if not plan.chunks:
             time.sleep(_IDLE_BACKOFF_S)
-            return
-        events = self._forward_and_sample(plan)
-        self._deliver(events)
+
+    @staticmethod
+    def _mark_first_tokens(plan: StepPlan) -> None:
+        for chunk in plan.chunks:
+            seq = chunk.seq
+            if seq.request.trace is not None and seq.num_output_tokens > 0:
+                seq.request.trace.first_token()
+
+    def _record_step_metrics(self, started_s: float, num_preemptions_before: int) -> None:
+        STEP_DURATION.observe(time.perf_counter() - started_s)
+        PREEMPTIONS.inc(self.scheduler.num_preemptions_total - num_preemptions_before)
+        scheduler = self.scheduler
+        num_swapped = sum(
+            1
+            for request in scheduler.waiting
+            if any(seq.status is SequenceStatus.SWAPPED for seq in request.sequences)
+        )
+        REQUESTS_RUNNING.set(len(scheduler.running))
+        REQUESTS_SWAPPED.set(num_swapped)
+        REQUESTS_WAITING.set(len(scheduler.waiting) - num_swapped)
 
     def _forward_and_sample(self, plan: StepPlan) -> list[tuple[Request, SequenceEvent]]:
         """Runs the step and returns its events."""
@@ -253,7 +329,7 @@ class Engine:
         for request, event in last_event_of.items():
             if request.is_finished:
                 event.request_finished = True
-                self._requests.pop(request.key, None)
+                self._retire(request, request.sequences[0].finish_reason)
         return events
 
     def _advance_beam_search(self, request: Request, beams: list[Sequence], logits: torch.Tensor):
@@ -279,7 +355,7 @@ class Engine:
             self.scheduler.extend_beam(beam, mine[0].token_id, mine[0].cumulative_logprob)
         if not search.done:
             return []
-        self._requests.pop(request.key, None)
+        self._retire(request, FinishReason.STOP)
         return [(request, event) for event in beam_events(request, search)]
 
     def _new_sequence(self, request: Request, index: int, token_ids: list[int]) -> Sequence:

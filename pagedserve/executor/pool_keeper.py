@@ -17,12 +17,16 @@ import torch
 
 from pagedserve.common.config import log_config, option, parse_config, require
 from pagedserve.common.logs import setup_logging
+from pagedserve.common.metrics import serve_metrics
+from pagedserve.common.security import AioTokenAuthInterceptor, warn_if_exposed
 from pagedserve.common.server import (
     SERVER_OPTIONS,
     add_health_and_reflection,
     bind,
     serve_until_signal,
 )
+from pagedserve.common.service_options import ServiceOptions
+from pagedserve.common.tracing import init_tracing, shutdown_tracing
 from pagedserve.executor.blockmgr_link import BlockManagerLink
 from pagedserve.executor.kv_pool import PoolSpec, create_pool, dtype_from_name
 from pagedserve.executor.model_config import load_model_config
@@ -35,7 +39,7 @@ _AUTO_GPU_FRACTION = 0.5
 
 
 @dataclass
-class PoolKeeperConfig:
+class PoolKeeperConfig(ServiceOptions):
     blockmgr: str = option("127.0.0.1:50061", "block manager address")
     model: str = option(
         "default", "model folder (sizes the pool); 'default' is SmolLM2-135M-Instruct"
@@ -58,6 +62,7 @@ class PoolKeeperConfig:
         require(self.num_blocks >= 0, "num_blocks", "must be >= 0")
         require(self.kv_cache_gib >= 0, "kv_cache_gib", "must be >= 0")
         require(self.num_swap_blocks >= 0, "num_swap_blocks", "must be >= 0")
+        self.validate_service_options()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -100,7 +105,9 @@ async def _serve(config: PoolKeeperConfig, log) -> None:
         if config.num_swap_blocks
         else None
     )
-    link = BlockManagerLink(config.blockmgr)
+    link = BlockManagerLink(
+        config.blockmgr, token=config.internal_token, credentials=config.channel_credentials()
+    )
     try:
         link.wait_ready(timeout_s=60)
         pool_id = link.register_pool(
@@ -123,9 +130,14 @@ async def _serve(config: PoolKeeperConfig, log) -> None:
             config.num_swap_blocks,
             model.name,
         )
-        server = grpc.aio.server(options=SERVER_OPTIONS)
+        interceptors = (
+            [AioTokenAuthInterceptor(config.internal_token)] if config.internal_token else []
+        )
+        server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
         health = add_health_and_reflection(server, ["pagedserve.kvpool"])
-        port = bind(server, config.host, config.port)
+        warn_if_exposed(config.host, config.internal_token, "pool keeper")
+        port = bind(server, config.host, config.port, config.server_credentials())
+        serve_metrics(config.host, config.metrics_port, "kvpool")
         await server.start()
         log.info("pool keeper health on %s:%d", config.host, port)
         await serve_until_signal(server, lambda: None, grace_s=1.0)
@@ -142,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_config(PoolKeeperConfig, argv, "pagedserve kvpool", __doc__.splitlines()[0])
     log_config(log, config)
     started = time.monotonic()
-    asyncio.run(_serve(config, log))
+    init_tracing("kvpool")  # before any channel or server exists
+    try:
+        asyncio.run(_serve(config, log))
+    finally:
+        shutdown_tracing()
     log.info("pool keeper stopped after %.0f s", time.monotonic() - started)
     return 0

@@ -16,6 +16,7 @@ import torch
 
 if TYPE_CHECKING:
     from pagedserve.executor.beam_search import BeamSearch
+    from pagedserve.executor.request_trace import RequestTrace
 
 
 class FinishReason(enum.Enum):
@@ -133,6 +134,8 @@ class Request:
     announced: bool = False
     # Set when sampling.beam_width > 1: the search's state; its beams are `sequences`.
     beam_search: BeamSearch | None = None
+    # Its span and phase times (request_trace.RequestTrace); None in unit tests.
+    trace: RequestTrace | None = None
 
     @property
     def key(self) -> tuple[int, str]:

@@ -323,6 +323,8 @@ class Scheduler:
     def _preempt(self, request: Request, call: _Call) -> None:
         mode = self.config.preemption_mode
         log.info("preempting request %s (%s): KV blocks ran out", request.request_id, mode)
+        if request.trace is not None:
+            request.trace.preempted(mode)
         self.running.remove(request)
         for seq in request.sequences:
             if seq.status is not SequenceStatus.RUNNING:

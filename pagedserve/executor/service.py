@@ -15,6 +15,8 @@ import torch
 
 from pagedserve.common.config import ConfigError, log_config, parse_config
 from pagedserve.common.logs import setup_logging
+from pagedserve.common.metrics import serve_metrics
+from pagedserve.common.security import AioTokenAuthInterceptor, warn_if_exposed
 from pagedserve.common.server import (
     SERVER_OPTIONS,
     add_health_and_reflection,
@@ -22,6 +24,7 @@ from pagedserve.common.server import (
     serve_until_signal,
     set_not_serving,
 )
+from pagedserve.common.tracing import init_tracing, shutdown_tracing
 from pagedserve.executor.blockmgr_link import (
     BlockManagerLink,
     PoolNotFoundError,
@@ -145,6 +148,7 @@ class ExecutorServicer(pb_grpc.ExecutorServicer):
                     list(submit.prompt_token_ids),
                     sampling_from_pb(submit.sampling, tuple(self.info.eos_token_ids)),
                     sink,
+                    dict(submit.trace_context),
                 )
             elif message.HasField("cancel"):
                 self.engine.cancel(message.cancel.request_id, sink)
@@ -236,16 +240,21 @@ def build_engine(config: ExecutorConfig, link: BlockManagerLink, log):
 
 
 async def _serve(config: ExecutorConfig, log) -> None:
-    link = BlockManagerLink(config.blockmgr)
+    link = BlockManagerLink(
+        config.blockmgr, token=config.internal_token, credentials=config.channel_credentials()
+    )
     link.wait_ready(timeout_s=config.startup_wait_s)
     engine, info, registered = build_engine(config, link, log)
     stop_heartbeat = link.start_heartbeat(registered.executor_id, registered.lease_ms / 3000)
     engine.start()
     servicer = ExecutorServicer(engine, info)
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    interceptors = [AioTokenAuthInterceptor(config.internal_token)] if config.internal_token else []
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
     pb_grpc.add_ExecutorServicer_to_server(servicer, server)
     health = add_health_and_reflection(server, [SERVICE_NAME])
-    port = bind(server, config.host, config.port)
+    warn_if_exposed(config.host, config.internal_token, "executor")
+    port = bind(server, config.host, config.port, config.server_credentials())
+    serve_metrics(config.host, config.metrics_port, "executor")
     await server.start()
     log.info("executor listening on %s:%d", config.host, port)
 
@@ -253,7 +262,7 @@ async def _serve(config: ExecutorConfig, log) -> None:
         servicer.accepting = False
         set_not_serving(health, [SERVICE_NAME])
         deadline = time.monotonic() + config.shutdown_grace_s
-        while engine.num_active_requests() and time.monotonic() < deadline:
+        while not engine.is_idle() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
 
     try:
@@ -262,7 +271,11 @@ async def _serve(config: ExecutorConfig, log) -> None:
         engine.stop()
         stop_heartbeat.set()
         try:
-            link.unregister_executor(registered.executor_id)
+            freed = link.unregister_executor(registered.executor_id)
+            if freed:
+                log.warning(
+                    "%d sequences still held KV blocks at exit; the block manager freed them", freed
+                )
         except grpc.RpcError as error:
             log.warning("could not unregister from the block manager: %s", error.details())
         link.close()
@@ -272,5 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     log = setup_logging("executor")
     config = parse_config(ExecutorConfig, argv, "pagedserve executor", __doc__.splitlines()[0])
     log_config(log, config)
-    asyncio.run(_serve(config, log))
+    init_tracing("executor")  # before any channel or server exists
+    try:
+        asyncio.run(_serve(config, log))
+    finally:
+        shutdown_tracing()
     return 0

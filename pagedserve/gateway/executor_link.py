@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from pagedserve.common.security import auth_metadata
 from pagedserve.common.server import CHANNEL_OPTIONS
 from pagedserve.executor.v1 import executor_pb2 as pb
 from pagedserve.executor.v1 import executor_pb2_grpc as pb_grpc
@@ -49,11 +50,20 @@ def sampling_to_pb(sampling: ResolvedSampling) -> pb.SamplingOptions:
 
 
 class ExecutorLink:
-    def __init__(self, address: str):
+    def __init__(
+        self,
+        address: str,
+        token: str = "",
+        credentials: grpc.ChannelCredentials | None = None,
+    ):
         self.address = address
         self.info: pb.GetInfoResponse | None = None
         self.healthy = False
-        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._metadata = auth_metadata(token)
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        else:
+            self._channel = grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.ExecutorStub(self._channel)
         self._outbox: asyncio.Queue[pb.ConnectRequest | None] = asyncio.Queue()
         self._queues: dict[str, asyncio.Queue] = {}
@@ -67,7 +77,9 @@ class ExecutorLink:
     async def start(self, wait_s: float) -> None:
         """Waits for the executor and opens the stream; raises asyncio.TimeoutError."""
         await asyncio.wait_for(self._channel.channel_ready(), timeout=wait_s)
-        self.info = await self._stub.GetInfo(pb.GetInfoRequest(), timeout=wait_s)
+        self.info = await self._stub.GetInfo(
+            pb.GetInfoRequest(), timeout=wait_s, metadata=self._metadata
+        )
         self._task = asyncio.ensure_future(self._run())
 
     async def close(self) -> None:
@@ -78,13 +90,20 @@ class ExecutorLink:
         await self._channel.close()
 
     def submit(
-        self, request_id: str, prompt_token_ids: list[int], sampling: pb.SamplingOptions
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        sampling: pb.SamplingOptions,
+        trace_context: dict[str, str] | None = None,
     ) -> asyncio.Queue:
         """Sends the request; its events (and a LinkFailure if the stream breaks) arrive on the queue."""
         events: asyncio.Queue = asyncio.Queue()
         self._queues[request_id] = events
         submit = pb.SubmitRequest(
-            request_id=request_id, prompt_token_ids=prompt_token_ids, sampling=sampling
+            request_id=request_id,
+            prompt_token_ids=prompt_token_ids,
+            sampling=sampling,
+            trace_context=trace_context or {},
         )
         self._outbox.put_nowait(pb.ConnectRequest(submit=submit))
         return events
@@ -108,7 +127,7 @@ class ExecutorLink:
 
     async def _run(self) -> None:
         while not self._closing:
-            call = self._stub.Connect(self._requests())
+            call = self._stub.Connect(self._requests(), metadata=self._metadata)
             self.healthy = True
             try:
                 async for response in call:

@@ -17,6 +17,8 @@ import grpc
 
 from pagedserve.common.config import log_config, parse_config
 from pagedserve.common.logs import setup_logging
+from pagedserve.common.metrics import serve_metrics
+from pagedserve.common.security import AioTokenAuthInterceptor, warn_if_exposed
 from pagedserve.common.server import (
     SERVER_OPTIONS,
     add_health_and_reflection,
@@ -24,10 +26,12 @@ from pagedserve.common.server import (
     serve_until_signal,
     set_not_serving,
 )
+from pagedserve.common.tracing import init_tracing, shutdown_tracing
 from pagedserve.executor.model_store import resolve_model_path
 from pagedserve.gateway.config import GatewayConfig
 from pagedserve.gateway.detokenizer import CompletionText
 from pagedserve.gateway.executor_link import ExecutorLink, LinkFailure, sampling_to_pb
+from pagedserve.gateway.observability import RequestRecord
 from pagedserve.gateway.router import NoExecutorError, Router
 from pagedserve.gateway.tokenizer import Tokenizer
 from pagedserve.gateway.validation import InvalidRequest, Limits, ValidatedRequest, validate
@@ -143,20 +147,51 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
     # ---- one request ----
 
     async def _generate(self, request: pb.GenerateRequest, context):
+        record = RequestRecord()
+        code, message = grpc.StatusCode.CANCELLED, "the client went away"
+        try:
+            async for delta in self._run(request, record):
+                record.add_tokens(len(delta.token_ids))
+                yield delta
+            code, message = grpc.StatusCode.OK, ""
+        except RequestFailed as error:
+            code, message = error.code, str(error)
+            await context.abort(error.code, message)
+        finally:
+            record.finish(code, message)
+
+    def _admit(self, request: pb.GenerateRequest, record: RequestRecord):
+        """Checks, validates and routes; returns (request_id, validated, link) or raises RequestFailed."""
         if not self.accepting:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "gateway is shutting down")
+            raise RequestFailed(grpc.StatusCode.UNAVAILABLE, "gateway is shutting down")
+        limit = self.config.max_queued_requests
+        if limit and len(self._active) >= limit:
+            raise RequestFailed(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{limit} requests are already in flight (--max-queued-requests); retry later",
+            )
         request_id = request.request_id or uuid.uuid4().hex
+        record.span.set_attribute("pagedserve.request_id", request_id)
         if request_id in self._active:
-            await context.abort(
+            raise RequestFailed(
                 grpc.StatusCode.ALREADY_EXISTS, f"request_id: {request_id!r} is already running"
             )
         try:
-            validated = validate(request, self.tokenizer, self.limits)
-            link = self.router.pick()
+            with record.child_span("validate") as span:  # tokenization included
+                validated = validate(request, self.tokenizer, self.limits)
+                span.set_attribute("pagedserve.prompt_tokens", len(validated.prompt_token_ids))
+            record.prompt_tokens = len(validated.prompt_token_ids)
+            with record.child_span("route") as span:
+                link = self.router.pick()
+                span.set_attribute("pagedserve.executor", link.address)
         except InvalidRequest as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            raise RequestFailed(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
         except NoExecutorError as error:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+            raise RequestFailed(grpc.StatusCode.UNAVAILABLE, str(error)) from None
+        return request_id, validated, link
+
+    async def _run(self, request: pb.GenerateRequest, record: RequestRecord):
+        request_id, validated, link = self._admit(request, record)
         # Executor-side ids are unique per link even when clients reuse theirs later.
         internal_id = f"{request_id}:{uuid.uuid4().hex[:8]}"
         self._active[request_id] = (link, internal_id)
@@ -164,15 +199,16 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
             internal_id,
             validated.prompt_token_ids,
             sampling_to_pb(validated.sampling),
+            trace_context=record.trace_context(),
         )
         finished = False
         try:
             async for item in self._stream(request_id, validated, events):
                 yield item
             finished = True
-        except RequestFailed as error:
+        except RequestFailed:
             finished = True
-            await context.abort(error.code, str(error))
+            raise
         finally:
             if not finished:
                 link.cancel(internal_id)  # client went away or deadline passed: free the blocks
@@ -254,7 +290,11 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
 async def _serve(config: GatewayConfig, log) -> None:
     model_path = resolve_model_path(config.model)
     tokenizer = Tokenizer(model_path)
-    links = [ExecutorLink(address) for address in config.executor_addresses()]
+    executor_credentials = config.channel_credentials()
+    links = [
+        ExecutorLink(address, config.internal_token, executor_credentials)
+        for address in config.executor_addresses()
+    ]
     for link in links:
         await link.start(wait_s=config.startup_wait_s)
         log.info(
@@ -267,14 +307,18 @@ async def _serve(config: GatewayConfig, log) -> None:
         vocab_size=info.vocab_size,
         max_n=config.max_n,
         max_beam_width=config.max_beam_width,
+        max_prompt_tokens=config.max_prompt_tokens,
     )
     servicer = TextGenerationServicer(
         config, tokenizer, Router(links), limits, tuple(info.eos_token_ids)
     )
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    interceptors = [AioTokenAuthInterceptor(config.public_token)] if config.public_token else []
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
     pb_grpc.add_TextGenerationServicer_to_server(servicer, server)
     health = add_health_and_reflection(server, [SERVICE_NAME])
-    port = bind(server, config.host, config.port)
+    warn_if_exposed(config.host, config.public_token, "gateway")
+    port = bind(server, config.host, config.port, config.server_credentials())
+    serve_metrics(config.host, config.metrics_port, "gateway")
     await server.start()
     log.info(
         "gateway listening on %s:%d, model %s, %d executor(s)",
@@ -302,5 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     log = setup_logging("gateway")
     config = parse_config(GatewayConfig, argv, "pagedserve gateway", __doc__.splitlines()[0])
     log_config(log, config)
-    asyncio.run(_serve(config, log))
+    init_tracing("gateway")  # before any channel or server exists
+    try:
+        asyncio.run(_serve(config, log))
+    finally:
+        shutdown_tracing()
     return 0

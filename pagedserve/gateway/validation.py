@@ -30,6 +30,8 @@ class Limits:
     max_n: int
     max_beam_width: int
     max_stop_strings: int = 16
+    # Longest prompt accepted in tokens; 0: only the context length limits it.
+    max_prompt_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,10 @@ def validate(request: pb.GenerateRequest, tokenizer: Tokenizer, limits: Limits) 
     )
     sampling = _sampling(request.sampling, limits)
     prompt = _prompt_token_ids(request, tokenizer, limits)
+    _require(
+        not limits.max_prompt_tokens or len(prompt) <= limits.max_prompt_tokens,
+        f"prompt: {len(prompt)} tokens exceed the gateway's limit of {limits.max_prompt_tokens} (--max-prompt-tokens)",
+    )
     total = len(prompt) + sampling.max_tokens
     _require(
         total <= limits.max_context_tokens,

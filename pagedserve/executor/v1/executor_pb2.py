@@ -25,31 +25,35 @@ _sym_db = _symbol_database.Default()
 from pagedserve.v1 import generation_pb2 as pagedserve_dot_v1_dot_generation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%pagedserve/executor/v1/executor.proto\x12\x16pagedserve.executor.v1\x1a\x1epagedserve/v1/generation.proto\"\xf4\x01\n\x0fSamplingOptions\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\t\n\x01n\x18\x06 \x01(\r\x12\x12\n\nbeam_width\x18\x07 \x01(\r\x12\x16\n\x0estop_token_ids\x18\x08 \x03(\r\x12\x10\n\x08logprobs\x18\t \x01(\x08\x12\x15\n\reos_token_ids\x18\n \x03(\r\x12\x12\n\nignore_eos\x18\x0b \x01(\x08\x12\x18\n\x10use_prefix_cache\x18\x0c \x01(\x08\"x\n\rSubmitRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12\x39\n\x08sampling\x18\x03 \x01(\x0b\x32\'.pagedserve.executor.v1.SamplingOptions\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x8a\x01\n\x0e\x43onnectRequest\x12\x37\n\x06submit\x18\x01 \x01(\x0b\x32%.pagedserve.executor.v1.SubmitRequestH\x00\x12\x37\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32%.pagedserve.executor.v1.CancelRequestH\x00\x42\x06\n\x04kind\"-\n\x0cRequestError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xae\x02\n\x0cRequestEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x10\n\x08logprobs\x18\x04 \x03(\x02\x12\x32\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x1b.pagedserve.v1.FinishReason\x12\x1a\n\x12\x63umulative_logprob\x18\x06 \x01(\x01\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x07 \x01(\r\x12\x33\n\x05\x65rror\x18\x08 \x01(\x0b\x32$.pagedserve.executor.v1.RequestError\x12\x19\n\x11replaces_previous\x18\t \x01(\x08\x12\x18\n\x10request_finished\x18\n \x01(\x08\"G\n\x0f\x43onnectResponse\x12\x34\n\x06\x65vents\x18\x01 \x03(\x0b\x32$.pagedserve.executor.v1.RequestEvent\"\x10\n\x0eGetInfoRequest\"\x8d\x02\n\x0fGetInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x1a\n\x12max_context_tokens\x18\x02 \x01(\r\x12\x12\n\nvocab_size\x18\x03 \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x1b\n\x13num_active_requests\x18\x05 \x01(\r\x12\x19\n\x11\x62lock_size_tokens\x18\x06 \x01(\r\x12\x12\n\nnum_blocks\x18\x07 \x01(\r\x12\x13\n\x0b\x65xecutor_id\x18\x08 \x01(\t\x12\x0f\n\x07pool_id\x18\t \x01(\t\x12\x1d\n\x15num_preemptions_total\x18\n \x01(\x04\x12\x15\n\reos_token_ids\x18\x0b \x03(\r2\xc6\x01\n\x08\x45xecutor\x12^\n\x07\x43onnect\x12&.pagedserve.executor.v1.ConnectRequest\x1a\'.pagedserve.executor.v1.ConnectResponse(\x01\x30\x01\x12Z\n\x07GetInfo\x12&.pagedserve.executor.v1.GetInfoRequest\x1a\'.pagedserve.executor.v1.GetInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%pagedserve/executor/v1/executor.proto\x12\x16pagedserve.executor.v1\x1a\x1epagedserve/v1/generation.proto\"\xf4\x01\n\x0fSamplingOptions\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\t\n\x01n\x18\x06 \x01(\r\x12\x12\n\nbeam_width\x18\x07 \x01(\r\x12\x16\n\x0estop_token_ids\x18\x08 \x03(\r\x12\x10\n\x08logprobs\x18\t \x01(\x08\x12\x15\n\reos_token_ids\x18\n \x03(\r\x12\x12\n\nignore_eos\x18\x0b \x01(\x08\x12\x18\n\x10use_prefix_cache\x18\x0c \x01(\x08\"\xfd\x01\n\rSubmitRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12\x39\n\x08sampling\x18\x03 \x01(\x0b\x32\'.pagedserve.executor.v1.SamplingOptions\x12N\n\rtrace_context\x18\x04 \x03(\x0b\x32\x37.pagedserve.executor.v1.SubmitRequest.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x8a\x01\n\x0e\x43onnectRequest\x12\x37\n\x06submit\x18\x01 \x01(\x0b\x32%.pagedserve.executor.v1.SubmitRequestH\x00\x12\x37\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32%.pagedserve.executor.v1.CancelRequestH\x00\x42\x06\n\x04kind\"-\n\x0cRequestError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xae\x02\n\x0cRequestEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x10\n\x08logprobs\x18\x04 \x03(\x02\x12\x32\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x1b.pagedserve.v1.FinishReason\x12\x1a\n\x12\x63umulative_logprob\x18\x06 \x01(\x01\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x07 \x01(\r\x12\x33\n\x05\x65rror\x18\x08 \x01(\x0b\x32$.pagedserve.executor.v1.RequestError\x12\x19\n\x11replaces_previous\x18\t \x01(\x08\x12\x18\n\x10request_finished\x18\n \x01(\x08\"G\n\x0f\x43onnectResponse\x12\x34\n\x06\x65vents\x18\x01 \x03(\x0b\x32$.pagedserve.executor.v1.RequestEvent\"\x10\n\x0eGetInfoRequest\"\x8d\x02\n\x0fGetInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x1a\n\x12max_context_tokens\x18\x02 \x01(\r\x12\x12\n\nvocab_size\x18\x03 \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x1b\n\x13num_active_requests\x18\x05 \x01(\r\x12\x19\n\x11\x62lock_size_tokens\x18\x06 \x01(\r\x12\x12\n\nnum_blocks\x18\x07 \x01(\r\x12\x13\n\x0b\x65xecutor_id\x18\x08 \x01(\t\x12\x0f\n\x07pool_id\x18\t \x01(\t\x12\x1d\n\x15num_preemptions_total\x18\n \x01(\x04\x12\x15\n\reos_token_ids\x18\x0b \x03(\r2\xc6\x01\n\x08\x45xecutor\x12^\n\x07\x43onnect\x12&.pagedserve.executor.v1.ConnectRequest\x1a\'.pagedserve.executor.v1.ConnectResponse(\x01\x30\x01\x12Z\n\x07GetInfo\x12&.pagedserve.executor.v1.GetInfoRequest\x1a\'.pagedserve.executor.v1.GetInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pagedserve.executor.v1.executor_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_SUBMITREQUEST_TRACECONTEXTENTRY']._loaded_options = None
+  _globals['_SUBMITREQUEST_TRACECONTEXTENTRY']._serialized_options = b'8\001'
   _globals['_SAMPLINGOPTIONS']._serialized_start=98
   _globals['_SAMPLINGOPTIONS']._serialized_end=342
-  _globals['_SUBMITREQUEST']._serialized_start=344
-  _globals['_SUBMITREQUEST']._serialized_end=464
-  _globals['_CANCELREQUEST']._serialized_start=466
-  _globals['_CANCELREQUEST']._serialized_end=501
-  _globals['_CONNECTREQUEST']._serialized_start=504
-  _globals['_CONNECTREQUEST']._serialized_end=642
-  _globals['_REQUESTERROR']._serialized_start=644
-  _globals['_REQUESTERROR']._serialized_end=689
-  _globals['_REQUESTEVENT']._serialized_start=692
-  _globals['_REQUESTEVENT']._serialized_end=994
-  _globals['_CONNECTRESPONSE']._serialized_start=996
-  _globals['_CONNECTRESPONSE']._serialized_end=1067
-  _globals['_GETINFOREQUEST']._serialized_start=1069
-  _globals['_GETINFOREQUEST']._serialized_end=1085
-  _globals['_GETINFORESPONSE']._serialized_start=1088
-  _globals['_GETINFORESPONSE']._serialized_end=1357
-  _globals['_EXECUTOR']._serialized_start=1360
-  _globals['_EXECUTOR']._serialized_end=1558
+  _globals['_SUBMITREQUEST']._serialized_start=345
+  _globals['_SUBMITREQUEST']._serialized_end=598
+  _globals['_SUBMITREQUEST_TRACECONTEXTENTRY']._serialized_start=547
+  _globals['_SUBMITREQUEST_TRACECONTEXTENTRY']._serialized_end=598
+  _globals['_CANCELREQUEST']._serialized_start=600
+  _globals['_CANCELREQUEST']._serialized_end=635
+  _globals['_CONNECTREQUEST']._serialized_start=638
+  _globals['_CONNECTREQUEST']._serialized_end=776
+  _globals['_REQUESTERROR']._serialized_start=778
+  _globals['_REQUESTERROR']._serialized_end=823
+  _globals['_REQUESTEVENT']._serialized_start=826
+  _globals['_REQUESTEVENT']._serialized_end=1128
+  _globals['_CONNECTRESPONSE']._serialized_start=1130
+  _globals['_CONNECTRESPONSE']._serialized_end=1201
+  _globals['_GETINFOREQUEST']._serialized_start=1203
+  _globals['_GETINFOREQUEST']._serialized_end=1219
+  _globals['_GETINFORESPONSE']._serialized_start=1222
+  _globals['_GETINFORESPONSE']._serialized_end=1491
+  _globals['_EXECUTOR']._serialized_start=1494
+  _globals['_EXECUTOR']._serialized_end=1692
 # @@protoc_insertion_point(module_scope)
