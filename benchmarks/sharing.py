@@ -264,16 +264,20 @@ def plot(results: list[RunResult], workloads: list[Workload], path: str) -> None
         colors = ["tab:blue" if r.kind == "parallel" else "tab:orange" for r in rows]
         axis.bar(labels, [r.saved_pct for r in rows], color=colors)
         for r, x in zip(rows, range(len(rows)), strict=True):
-            axis.text(x, r.saved_pct + 1, f"{r.saved_pct:.1f}", ha="center", fontsize=8)
-        for kind, (low, high), color in (
-            ("parallel", workload.paper_parallel_pct, "tab:blue"),
-            ("beam", workload.paper_beam_pct, "tab:orange"),
+            axis.text(
+                x, r.saved_pct + 1, f"{r.saved_pct:.1f}", ha="center", fontsize=8, zorder=4,
+                bbox={"facecolor": "white", "edgecolor": "none", "pad": 1},
+            )  # fmt: skip
+        for kind, (low, high) in (
+            ("parallel", workload.paper_parallel_pct),
+            ("beam", workload.paper_beam_pct),
         ):
             xs = [i for i, r in enumerate(rows) if r.kind == kind]
             if xs:
+                # Drawn over the bars, hatched, so that it shows where a bar covers it.
                 axis.fill_between(
-                    [xs[0] - 0.4, xs[-1] + 0.4], low, high, color=color, alpha=0.15,
-                    label=f"paper {kind}: {low}-{high}%",
+                    [xs[0] - 0.45, xs[-1] + 0.45], low, high, facecolor="none", edgecolor="black",
+                    hatch="//", linewidth=0.8, zorder=3, label=f"paper {kind}: {low}-{high}%",
                 )  # fmt: skip
         axis.set_title(workload.name)
         axis.set_ylabel("KV blocks saved by sharing (%)")
