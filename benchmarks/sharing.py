@@ -70,6 +70,12 @@ WORKLOADS = [
     Workload("Alpaca-like", 16, (20, 60), (24, 48), (6.1, 9.8), (37.6, 55.2)),
     Workload("ShareGPT-like", 8, (150, 300), (150, 250), (16.2, 30.5), (44.3, 66.3)),
 ]
+# Not run by default (--workloads): Alpaca-like with the paper's mean lengths for
+# Alpaca (19 prompt, 58 output tokens), to see how much the prompt length alone moves
+# the parallel-sampling figure.
+EXTRA_WORKLOADS = [
+    Workload("Alpaca-paper-means", 16, (10, 28), (40, 77), (6.1, 9.8), (37.6, 55.2)),
+]
 MODES = [
     Mode("n=1", n=1),
     *(Mode(f"n={n}", n=n) for n in (2, 4, 6)),
@@ -235,6 +241,11 @@ def paper_range(workload: Workload, mode: Mode) -> str:
 
 def table(results: list[RunResult], workloads: list[Workload], modes: list[Mode]) -> str:
     by_name = {w.name: w for w in workloads}
+    sizes = [
+        f"{w.name}: {w.num_requests} requests, prompts {w.prompt_tokens[0]}-{w.prompt_tokens[1]}"
+        f" tokens, outputs {w.output_tokens[0]}-{w.output_tokens[1]} tokens"
+        for w in workloads
+    ]
     by_label = {m.label: m for m in modes}
     lines = [
         "| Workload | Mode | Saved by sharing, ours (%) | Paper, Fig. 15 (%) | KV utilization (%)"
@@ -247,7 +258,7 @@ def table(results: list[RunResult], workloads: list[Workload], modes: list[Mode]
             f"| {r.workload} | {r.mode} | {r.saved_pct:.1f} | {paper} | {r.kv_utilization_pct:.1f}"
             f" | {r.peak_used_blocks} / {r.peak_logical_blocks} | {r.num_samples} | {r.duration_s:.0f} |"
         )
-    return "\n".join(lines)
+    return "\n".join(sizes + [""] + lines)
 
 
 def plot(results: list[RunResult], workloads: list[Workload], path: str) -> None:
@@ -298,7 +309,11 @@ def shrink(workload: Workload) -> Workload:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny workloads, a smoke run")
-    parser.add_argument("--workloads", default=",".join(w.name for w in WORKLOADS))
+    parser.add_argument(
+        "--workloads",
+        default=",".join(w.name for w in WORKLOADS),
+        help=f"comma-separated; also {','.join(w.name for w in EXTRA_WORKLOADS)}",
+    )
     parser.add_argument("--modes", default=",".join(m.label for m in MODES))
     parser.add_argument("--num-blocks", type=int, default=2048)
     parser.add_argument("--json", help="write the results as JSON here")
@@ -308,7 +323,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    workloads = [w for w in WORKLOADS if w.name in args.workloads.split(",")]
+    workloads = [w for w in WORKLOADS + EXTRA_WORKLOADS if w.name in args.workloads.split(",")]
     modes = [m for m in MODES if m.label in args.modes.split(",")]
     if args.quick:
         workloads = [shrink(w) for w in workloads]
