@@ -10,6 +10,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
+from pagedserve.common.config import env_setting
+
 ENV_PREFIX = "PAGEDSERVE_BLOCKMGR_"
 
 
@@ -89,7 +91,7 @@ class BlockManagerConfig:
         parser.add_argument(
             "--internal-token",
             dest="internal_token",
-            default=environ.get("PAGEDSERVE_INTERNAL_TOKEN", defaults.internal_token),
+            default=env_setting("PAGEDSERVE_INTERNAL_TOKEN", defaults.internal_token, environ),
             help="token callers must present (env PAGEDSERVE_INTERNAL_TOKEN; health stays open)",
         )
         for name, help_text in (

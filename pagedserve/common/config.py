@@ -1,7 +1,8 @@
 """Service configuration: one dataclass per service, mapped one to one onto flags and env vars.
 
 A field `max_num_seqs: int = 256` becomes the flag `--max-num-seqs` and the
-environment variable `PAGEDSERVE_MAX_NUM_SEQS` (the flag wins). Help text comes
+environment variable `PAGEDSERVE_MAX_NUM_SEQS` (the flag wins), or the file named by
+`PAGEDSERVE_MAX_NUM_SEQS_FILE` (container secrets). Help text comes
 from `field(metadata={"help": ...})`. Each dataclass validates itself in
 `validate()`, raising ConfigError with the flag's name.
 """
@@ -47,6 +48,18 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def env_setting(name: str, default=None, environ=os.environ):
+    """The value of environment variable `name`, or else the contents of the file that
+    `name_FILE` names (how container secrets arrive), or else default."""
+    if name in environ:
+        return environ[name]
+    secret_file = environ.get(name + "_FILE")
+    if secret_file:
+        with open(secret_file) as handle:
+            return handle.read().strip()
+    return default
+
+
 def parse_config(cls: type[T], argv: list[str] | None, prog: str, description: str) -> T:
     """Builds cls from argv and PAGEDSERVE_* variables, then validates it."""
     hints = typing.get_type_hints(cls)
@@ -54,7 +67,7 @@ def parse_config(cls: type[T], argv: list[str] | None, prog: str, description: s
     for field in dataclasses.fields(cls):
         kind = _base_type(hints[field.name])
         env_name = "PAGEDSERVE_" + field.name.upper()
-        default = os.environ.get(env_name, field.default)
+        default = env_setting(env_name, field.default)
         if kind is bool:
             default = _parse_bool(default) if isinstance(default, str) else default
             converter = _parse_bool
