@@ -8,15 +8,12 @@ SIGTERM releases the memory and exits.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from dataclasses import dataclass
 
 import grpc
 import torch
 
-from pagedserve.common.config import log_config, option, parse_config, require
-from pagedserve.common.logs import setup_logging
+from pagedserve.common.config import option, require
 from pagedserve.common.metrics import serve_metrics
 from pagedserve.common.security import AioTokenAuthInterceptor, warn_if_exposed
 from pagedserve.common.server import (
@@ -25,8 +22,8 @@ from pagedserve.common.server import (
     bind,
     serve_until_signal,
 )
+from pagedserve.common.service_main import run_service
 from pagedserve.common.service_options import ServiceOptions
-from pagedserve.common.tracing import init_tracing, shutdown_tracing
 from pagedserve.executor.blockmgr_link import BlockManagerLink
 from pagedserve.executor.kv_pool import PoolSpec, create_pool, dtype_from_name
 from pagedserve.executor.model_config import load_model_config
@@ -150,14 +147,4 @@ async def _serve(config: PoolKeeperConfig, log) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    log = setup_logging("kvpool")
-    config = parse_config(PoolKeeperConfig, argv, "pagedserve kvpool", __doc__.splitlines()[0])
-    log_config(log, config)
-    started = time.monotonic()
-    init_tracing("kvpool")  # before any channel or server exists
-    try:
-        asyncio.run(_serve(config, log))
-    finally:
-        shutdown_tracing()
-    log.info("pool keeper stopped after %.0f s", time.monotonic() - started)
-    return 0
+    return run_service("kvpool", PoolKeeperConfig, argv, __doc__.splitlines()[0], _serve)

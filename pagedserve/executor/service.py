@@ -13,8 +13,7 @@ import time
 import grpc
 import torch
 
-from pagedserve.common.config import ConfigError, log_config, parse_config
-from pagedserve.common.logs import setup_logging
+from pagedserve.common.config import ConfigError
 from pagedserve.common.metrics import serve_metrics
 from pagedserve.common.security import AioTokenAuthInterceptor, warn_if_exposed
 from pagedserve.common.server import (
@@ -24,7 +23,7 @@ from pagedserve.common.server import (
     serve_until_signal,
     set_not_serving,
 )
-from pagedserve.common.tracing import init_tracing, shutdown_tracing
+from pagedserve.common.service_main import run_service
 from pagedserve.executor.blockmgr_link import (
     BlockManagerLink,
     PoolNotFoundError,
@@ -282,12 +281,4 @@ async def _serve(config: ExecutorConfig, log) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    log = setup_logging("executor")
-    config = parse_config(ExecutorConfig, argv, "pagedserve executor", __doc__.splitlines()[0])
-    log_config(log, config)
-    init_tracing("executor")  # before any channel or server exists
-    try:
-        asyncio.run(_serve(config, log))
-    finally:
-        shutdown_tracing()
-    return 0
+    return run_service("executor", ExecutorConfig, argv, __doc__.splitlines()[0], _serve)

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 
 import grpc
 
-from pagedserve.common.config import log_config, parse_config
-from pagedserve.common.logs import setup_logging
 from pagedserve.common.metrics import serve_metrics
 from pagedserve.common.security import AioTokenAuthInterceptor, warn_if_exposed
 from pagedserve.common.server import (
@@ -26,7 +24,7 @@ from pagedserve.common.server import (
     serve_until_signal,
     set_not_serving,
 )
-from pagedserve.common.tracing import init_tracing, shutdown_tracing
+from pagedserve.common.service_main import run_service
 from pagedserve.executor.model_store import resolve_model_path
 from pagedserve.gateway.config import GatewayConfig
 from pagedserve.gateway.detokenizer import CompletionText
@@ -343,12 +341,4 @@ async def _serve(config: GatewayConfig, log) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    log = setup_logging("gateway")
-    config = parse_config(GatewayConfig, argv, "pagedserve gateway", __doc__.splitlines()[0])
-    log_config(log, config)
-    init_tracing("gateway")  # before any channel or server exists
-    try:
-        asyncio.run(_serve(config, log))
-    finally:
-        shutdown_tracing()
-    return 0
+    return run_service("gateway", GatewayConfig, argv, __doc__.splitlines()[0], _serve)
