@@ -84,3 +84,33 @@ def _code_of(client, request):
     except grpc.RpcError as error:
         return error.code()
     return grpc.StatusCode.OK
+
+
+def test_aborting_parallel_samples_frees_every_sample(client, stack):
+    request = pb.GenerateRequest(
+        request_id="abort-samples",
+        prompt="Tell me a long story.",
+        sampling=pb.SamplingParams(n=4, max_tokens=400, temperature=1.0, seed=3, ignore_eos=True),
+    )
+    stream = client.GenerateStream(request, timeout=120)
+    seen = {next(stream).index for _ in range(8)}
+    assert stack.pool_stats().num_sequences == 4  # all four samples hold blocks
+    assert client.Abort(pb.AbortRequest(request_id="abort-samples")).aborted
+    final = {m.index: m.finish_reason for m in stream if m.finish_reason}
+    assert final == dict.fromkeys(range(4), pb.FINISH_REASON_ABORTED)
+    assert seen <= set(range(4))
+    assert stack.wait_no_blocks_held().num_sequences == 0
+
+
+def test_cancelling_a_beam_search_frees_every_beam(client, stack):
+    request = pb.GenerateRequest(
+        prompt="Tell me a long story.",
+        sampling=pb.SamplingParams(beam_width=4, max_tokens=400, temperature=0, ignore_eos=True),
+    )
+    future = client.Generate.future(request, timeout=120)
+    deadline = time.monotonic() + 60
+    while stack.pool_stats().num_sequences < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)  # beams are forked after the prompt's prefill
+    assert stack.pool_stats().num_sequences == 4
+    future.cancel()
+    assert stack.wait_no_blocks_held().num_sequences == 0

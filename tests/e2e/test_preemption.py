@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import random
+import time
 
 import grpc
 import pytest
@@ -65,6 +66,7 @@ def test_small_pool_completes_everything_with_the_same_tokens(unconstrained_outp
         executor = executor_pb2_grpc.ExecutorStub(stack.channel(stack.executors[0]))
         assert executor.GetInfo(executor_pb2.GetInfoRequest()).num_preemptions_total > 0
         assert stats.used_blocks == 0 and stats.num_sequences == 0 and stats.swapped_blocks == 0
+        _cancel_while_some_are_preempted(stack, client)
         # A request larger than the whole pool can never run: refused at once.
         too_big = pb.GenerateRequest(
             prompt="hello", sampling=pb.SamplingParams(max_tokens=SMALL_POOL_BLOCKS * 16)
@@ -74,3 +76,23 @@ def test_small_pool_completes_everything_with_the_same_tokens(unconstrained_outp
         assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     finally:
         assert stack.stop() == 0
+
+
+def _cancel_while_some_are_preempted(stack, client) -> None:
+    """Cancels the whole load at a moment when a preemption has just happened:
+    requests that are running, waiting, preempted or swapped out must all let go."""
+    executor = executor_pb2_grpc.ExecutorStub(stack.channel(stack.executors[0]))
+
+    def preemptions() -> int:
+        return executor.GetInfo(executor_pb2.GetInfoRequest()).num_preemptions_total
+
+    before = preemptions()
+    streams = [client.GenerateStream(request, timeout=600) for request in _workload()]
+    deadline = time.monotonic() + 300
+    while preemptions() == before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert preemptions() > before
+    for stream in streams:
+        stream.cancel()
+    stats = stack.wait_no_blocks_held(timeout_s=90)
+    assert stats.used_blocks == 0 and stats.num_sequences == 0 and stats.swapped_blocks == 0
