@@ -59,6 +59,9 @@ class UpConfig:
     public_token: str = option("", "token clients must present to the gateway")
     max_queued_requests: int = option(0, "gateway: requests in flight beyond this are refused")
     max_prompt_tokens: int = option(0, "gateway: longest prompt accepted (0: the context length)")
+    max_requests_per_connection: int = option(
+        0, "gateway: requests in flight per client connection (0: no limit)"
+    )
 
     def validate(self) -> None:
         require(self.num_executors >= 1, "num_executors", "must be >= 1")
@@ -165,6 +168,7 @@ class Supervisor:
             metrics_port=self.metrics_port(0),
             max_queued_requests=c.max_queued_requests,
             max_prompt_tokens=c.max_prompt_tokens,
+            max_requests_per_connection=c.max_requests_per_connection,
         )
         self.start("gateway", ["gateway", *gateway_flags], c.port)
 

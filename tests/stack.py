@@ -32,8 +32,8 @@ class Stack:
     executors: list[str]
     channels: list[grpc.Channel] = field(default_factory=list)
 
-    def channel(self, address: str) -> grpc.Channel:
-        channel = grpc.insecure_channel(address)
+    def channel(self, address: str, options=None) -> grpc.Channel:
+        channel = grpc.insecure_channel(address, options=options)
         self.channels.append(channel)
         return channel
 

@@ -22,6 +22,9 @@ class GatewayConfig(ServiceOptions):
         0, "requests in flight beyond this get RESOURCE_EXHAUSTED at once (0: no limit)"
     )
     max_prompt_tokens: int = option(0, "longest prompt accepted, in tokens (0: the context length)")
+    max_requests_per_connection: int = option(
+        0, "requests one client connection may have in flight (0: no limit)"
+    )
     public_token: str = option(
         "", "token clients must present (authorization: Bearer <token>); empty: none"
     )
@@ -35,4 +38,7 @@ class GatewayConfig(ServiceOptions):
         require(self.max_beam_width >= 1, "max_beam_width", "must be >= 1")
         require(self.max_queued_requests >= 0, "max_queued_requests", "must be >= 0")
         require(self.max_prompt_tokens >= 0, "max_prompt_tokens", "must be >= 0")
+        require(
+            self.max_requests_per_connection >= 0, "max_requests_per_connection", "must be >= 0"
+        )
         self.validate_service_options()

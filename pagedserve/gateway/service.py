@@ -9,6 +9,8 @@ error) is cancelled at its executor, which frees its blocks.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass
@@ -86,6 +88,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         self.limits = limits
         # The model's end-of-sequence ids, from its executors: the tokenizer's own
         # eos_token can disagree (a GGUF conversion may set it to another token).
+        self._in_flight_by_peer: collections.Counter[str] = collections.Counter()
         self.eos_token_ids = eos_token_ids
         self.accepting = True
         self._active: dict[str, tuple[ExecutorLink, str]] = {}
@@ -148,15 +151,34 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         record = RequestRecord()
         code, message = grpc.StatusCode.CANCELLED, "the client went away"
         try:
-            async for delta in self._run(request, record):
-                record.add_tokens(len(delta.token_ids))
-                yield delta
+            with self._connection_slot(context.peer()):
+                async for delta in self._run(request, record):
+                    record.add_tokens(len(delta.token_ids))
+                    yield delta
             code, message = grpc.StatusCode.OK, ""
         except RequestFailed as error:
             code, message = error.code, str(error)
             await context.abort(error.code, message)
         finally:
             record.finish(code, message)
+
+    @contextlib.contextmanager
+    def _connection_slot(self, peer: str):
+        """Counts a request against its client connection; raises RequestFailed past the limit."""
+        limit = self.config.max_requests_per_connection
+        if limit and self._in_flight_by_peer[peer] >= limit:
+            raise RequestFailed(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{limit} requests of this connection are already in flight "
+                "(--max-requests-per-connection); retry later or open another connection",
+            )
+        self._in_flight_by_peer[peer] += 1
+        try:
+            yield
+        finally:
+            self._in_flight_by_peer[peer] -= 1
+            if not self._in_flight_by_peer[peer]:
+                del self._in_flight_by_peer[peer]
 
     def _admit(self, request: pb.GenerateRequest, record: RequestRecord):
         """Checks, validates and routes; returns (request_id, validated, link) or raises RequestFailed."""

@@ -10,9 +10,11 @@ import grpc
 import pytest
 
 from pagedserve.v1 import generation_pb2 as pb
+from pagedserve.v1 import generation_pb2_grpc
 from tests.stack import start_stack
 
 NUM_STREAMS = 24
+PER_CONNECTION = 20  # below NUM_STREAMS: one connection cannot hold them all
 MAX_TOKENS = 24
 LONG_RUN = pb.SamplingParams(max_tokens=MAX_TOKENS, temperature=0, ignore_eos=True)
 
@@ -51,6 +53,8 @@ def test_limits_then_sigterm_under_load(tmp_path):
             str(NUM_STREAMS),
             "--max-prompt-tokens",
             "64",
+            "--max-requests-per-connection",
+            str(PER_CONNECTION),
             stderr=log_file,
         )
     try:
@@ -63,17 +67,33 @@ def test_limits_then_sigterm_under_load(tmp_path):
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "--max-prompt-tokens" in raised.value.details()
 
+        # One connection may hold PER_CONNECTION requests; the rest come on a second one.
+        other_stub = generation_pb2_grpc.TextGenerationStub(
+            stack.channel(stack.gateway, options=[("grpc.use_local_subchannel_pool", 1)])
+        )
         streams = [
-            stub.GenerateStream(
+            (stub if i < PER_CONNECTION else other_stub).GenerateStream(
                 pb.GenerateRequest(prompt=f"Count to {i}:", sampling=LONG_RUN), timeout=300
             )
             for i in range(NUM_STREAMS)
         ]
         # Every stream has produced a token, so all are in flight at the gateway.
         firsts = [next(stream) for stream in streams]
+        assert all(first.token_ids for first in firsts)
 
         with pytest.raises(grpc.RpcError) as raised:
-            stub.Generate(pb.GenerateRequest(prompt="One more", sampling=LONG_RUN), timeout=60)
+            stub.Generate(pb.GenerateRequest(prompt="Another one", sampling=LONG_RUN), timeout=60)
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--max-requests-per-connection" in raised.value.details()
+
+        # A third connection, under its own limit, meets the gateway's overall one.
+        third_stub = generation_pb2_grpc.TextGenerationStub(
+            stack.channel(stack.gateway, options=[("grpc.use_local_subchannel_pool", 1)])
+        )
+        with pytest.raises(grpc.RpcError) as raised:
+            third_stub.Generate(
+                pb.GenerateRequest(prompt="One more", sampling=LONG_RUN), timeout=60
+            )
         assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "--max-queued-requests" in raised.value.details()
 
