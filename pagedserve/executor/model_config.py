@@ -38,11 +38,6 @@ class ModelConfig:
     # Llama 3 style rotary scaling parameters, or None for plain RoPE.
     rope_scaling: dict | None = field(default=None, hash=False, compare=False)
 
-    @property
-    def kv_elements_per_token(self) -> int:
-        """Elements of K and V per token over all layers (times the dtype size for bytes)."""
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim
-
 
 def _as_tuple(value) -> tuple[int, ...]:
     if value is None:

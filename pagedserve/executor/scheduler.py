@@ -28,8 +28,6 @@ from pagedserve.executor.step_plan import BlockCopies, ScheduledChunk, StepPlan
 
 log = logging.getLogger(__name__)
 
-PREEMPTION_MODES = ("recompute", "swap")
-
 
 @dataclass(frozen=True)
 class SchedulerConfig:
