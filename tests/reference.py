@@ -43,7 +43,7 @@ def hf_encode_chat(messages: list[dict[str, str]]) -> list[int]:
 
 def hf_beams(prompt_token_ids: list[int], num_beams: int, max_new_tokens: int) -> list[list[int]]:
     """transformers' beam search (its defaults), all num_beams results best first, each cut after EOS."""
-    model, tokenizer = hf_model_and_tokenizer()
+    model, _ = hf_model_and_tokenizer()
     with torch.inference_mode():
         output = model.generate(
             torch.tensor([prompt_token_ids]),
@@ -54,7 +54,9 @@ def hf_beams(prompt_token_ids: list[int], num_beams: int, max_new_tokens: int) -
             do_sample=False,
         )
     beams = []
-    eos = tokenizer.eos_token_id
+    # The model's own end-of-sequence id, as generate uses it (a GGUF-converted
+    # tokenizer's eos_token can name another token).
+    eos = model.generation_config.eos_token_id
     for row in output[:, len(prompt_token_ids) :].tolist():
         # Shorter beams are padded with the pad token, which is EOS for this model.
         beams.append(row[: row.index(eos) + 1] if eos in row else row)

@@ -25,6 +25,7 @@ from pagedserve.blockmgr.v1 import blockmgr_pb2 as pb
 from pagedserve.blockmgr.v1 import blockmgr_pb2_grpc as pb_grpc
 from pagedserve.common.metrics import REGISTRY, serve_metrics
 from pagedserve.common.security import TokenAuthInterceptor, server_credentials, warn_if_exposed
+from pagedserve.common.server import bind
 from pagedserve.common.tracing import init_tracing, shutdown_tracing
 
 logger = logging.getLogger(__name__)
@@ -186,7 +187,7 @@ class RunningServer:
 
 def serve(config: BlockManagerConfig, manager: BlockManager | None = None) -> RunningServer:
     """Starts the server (health, reflection, lease reaper) and returns at once.
-    Raises RuntimeError when the port cannot be bound."""
+    Raises OSError when the port cannot be bound."""
     config.validate()
     manager = manager or BlockManager(default_lease_ms=config.lease_ms)
     lock = threading.Lock()
@@ -202,13 +203,7 @@ def serve(config: BlockManagerConfig, manager: BlockManager | None = None) -> Ru
     )
     warn_if_exposed(config.host, config.internal_token, "block manager")
     credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
-    address = f"{config.host}:{config.port}"
-    if credentials is None:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, credentials)
-    if port == 0:
-        raise RuntimeError(f"cannot listen on {config.host}:{config.port}")
+    port = bind(server, config.host, config.port, credentials)
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -44,9 +44,18 @@ def set_not_serving(health_servicer: health.HealthServicer, service_names: Itera
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
 
+def aio_server(token: str) -> grpc.aio.Server:
+    """An asyncio server that requires token on every RPC but health (no token: open)."""
+    from pagedserve.common.security import AioTokenAuthInterceptor
+
+    interceptors = [AioTokenAuthInterceptor(token)] if token else []
+    return grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
+
+
 def bind(server, host: str, port: int, credentials: grpc.ServerCredentials | None = None) -> int:
     """Binds host:port (port 0 picks a free one), with TLS when credentials are given;
-    returns the bound port."""
+    returns the bound port, raises OSError when it cannot listen. (Listening beyond
+    loopback without a token is warned about by security.warn_if_exposed.)"""
     address = f"{host}:{port}"
     if credentials is None:
         bound = server.add_insecure_port(address)
@@ -54,8 +63,6 @@ def bind(server, host: str, port: int, credentials: grpc.ServerCredentials | Non
         bound = server.add_secure_port(address, credentials)
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port}")
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("listening on %s:%d, reachable from other machines", host, bound)
     return bound
 
 

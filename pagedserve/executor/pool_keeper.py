@@ -10,15 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import grpc
 import torch
 
 from pagedserve.common.config import option, require
 from pagedserve.common.metrics import serve_metrics
-from pagedserve.common.security import AioTokenAuthInterceptor, warn_if_exposed
+from pagedserve.common.security import warn_if_exposed
 from pagedserve.common.server import (
-    SERVER_OPTIONS,
     add_health_and_reflection,
+    aio_server,
     bind,
     serve_until_signal,
 )
@@ -127,10 +126,7 @@ async def _serve(config: PoolKeeperConfig, log) -> None:
             config.num_swap_blocks,
             model.name,
         )
-        interceptors = (
-            [AioTokenAuthInterceptor(config.internal_token)] if config.internal_token else []
-        )
-        server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
+        server = aio_server(config.internal_token)
         health = add_health_and_reflection(server, ["pagedserve.kvpool"])
         warn_if_exposed(config.host, config.internal_token, "pool keeper")
         port = bind(server, config.host, config.port, config.server_credentials())

@@ -15,10 +15,10 @@ import torch
 
 from pagedserve.common.config import ConfigError
 from pagedserve.common.metrics import serve_metrics
-from pagedserve.common.security import AioTokenAuthInterceptor, warn_if_exposed
+from pagedserve.common.security import warn_if_exposed
 from pagedserve.common.server import (
-    SERVER_OPTIONS,
     add_health_and_reflection,
+    aio_server,
     bind,
     serve_until_signal,
     set_not_serving,
@@ -247,8 +247,7 @@ async def _serve(config: ExecutorConfig, log) -> None:
     stop_heartbeat = link.start_heartbeat(registered.executor_id, registered.lease_ms / 3000)
     engine.start()
     servicer = ExecutorServicer(engine, info)
-    interceptors = [AioTokenAuthInterceptor(config.internal_token)] if config.internal_token else []
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
+    server = aio_server(config.internal_token)
     pb_grpc.add_ExecutorServicer_to_server(servicer, server)
     health = add_health_and_reflection(server, [SERVICE_NAME])
     warn_if_exposed(config.host, config.internal_token, "executor")

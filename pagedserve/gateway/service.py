@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import grpc
 
 from pagedserve.common.metrics import serve_metrics
-from pagedserve.common.security import AioTokenAuthInterceptor, warn_if_exposed
+from pagedserve.common.security import warn_if_exposed
 from pagedserve.common.server import (
-    SERVER_OPTIONS,
     add_health_and_reflection,
+    aio_server,
     bind,
     serve_until_signal,
     set_not_serving,
@@ -332,8 +332,7 @@ async def _serve(config: GatewayConfig, log) -> None:
     servicer = TextGenerationServicer(
         config, tokenizer, Router(links), limits, tuple(info.eos_token_ids)
     )
-    interceptors = [AioTokenAuthInterceptor(config.public_token)] if config.public_token else []
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
+    server = aio_server(config.public_token)
     pb_grpc.add_TextGenerationServicer_to_server(servicer, server)
     health = add_health_and_reflection(server, [SERVICE_NAME])
     warn_if_exposed(config.host, config.public_token, "gateway")
