@@ -51,8 +51,11 @@ class ModelRunner:
         logits_indices: list[int] = []
         sampled_chunks: list[ScheduledChunk] = []
         max_blocks = max(len(chunk.seq.block_ids) for chunk in chunks)
-        block_tables = torch.zeros((len(chunks), max_blocks), dtype=torch.int32)
-        for row, chunk in enumerate(chunks):
+        # Padding entries (0) are never read: seq_lens bounds every sequence's table.
+        padded_tables = [
+            chunk.seq.block_ids + [0] * (max_blocks - len(chunk.seq.block_ids)) for chunk in chunks
+        ]
+        for chunk in chunks:
             seq, start, end = chunk.seq, chunk.start, chunk.start + chunk.num_new_tokens
             table = seq.block_ids
             input_ids.extend(seq.token_ids[start:end])
@@ -60,7 +63,6 @@ class ModelRunner:
             slot_mapping.extend(
                 table[p // block_size] * block_size + p % block_size for p in range(start, end)
             )
-            block_tables[row, : len(table)] = torch.tensor(table, dtype=torch.int32)
             query_start_loc.append(len(input_ids))
             seq_lens.append(end)
             if chunk.needs_logits:
@@ -72,7 +74,7 @@ class ModelRunner:
 
         batch = AttentionBatch(
             slot_mapping=to_device(slot_mapping, torch.int64),
-            block_tables=block_tables.to(self.device, non_blocking=True),
+            block_tables=to_device(padded_tables, torch.int32),
             query_start_loc=to_device(query_start_loc, torch.int32),
             seq_lens=to_device(seq_lens, torch.int32),
             decode_only=len(input_ids) == len(chunks),
