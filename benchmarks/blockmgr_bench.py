@@ -17,14 +17,18 @@ import sys
 import time
 from collections.abc import Callable
 
+# isort: off
+import pagedserve  # noqa: F401  before grpc, as in every pagedserve process (common/grpc_core.py)
 import grpc
+
+# isort: on
 
 from pagedserve.blockmgr import convert, step_codec
 from pagedserve.blockmgr.block_pool import BlockPool
 from pagedserve.blockmgr.client import BlockManagerClient
 from pagedserve.blockmgr.journal import Journal
 from pagedserve.blockmgr.manager import BlockManager
-from pagedserve.blockmgr.ops import AllocateOp, AppendOp, FreeOp
+from pagedserve.blockmgr.ops import AllocateOp, AppendBatchOp, AppendOp, FreeOp
 from pagedserve.blockmgr.pool_info import DeviceKind, PoolInfo
 from pagedserve.blockmgr.v1 import blockmgr_pb2 as pb
 from pagedserve.blockmgr.v1 import blockmgr_pb2_grpc as pb_grpc
@@ -162,15 +166,17 @@ def start_server_process() -> tuple[subprocess.Popen, str]:
 def bench_decode_grpc(num_seqs: int, num_steps: int) -> dict[str, list[float]]:
     """Per-step seconds over loopback to a server in another process: an empty
     Step (the transport floor), a prebuilt request of one AppendOp per sequence
-    on the raw stub, and the typed client building the request from plain ops
-    every step (it packs them into one AppendBatchOp)."""
+    on the raw stub, the typed client building the request from one AppendOp
+    object per sequence every step (it packs them into one AppendBatchOp), and
+    the typed client sent one AppendBatchOp, as the executor sends its decode
+    appends."""
     process, target = start_server_process()
     try:
         with BlockManagerClient(target) as client:
             # Room for every token the timed steps append: running out would
             # turn appends into ok=false results and measure something else.
             blocks_per_seq = -(
-                -(PROMPT_TOKENS + BLOCK_SIZE_TOKENS + num_steps + 40) // BLOCK_SIZE_TOKENS
+                -(PROMPT_TOKENS + BLOCK_SIZE_TOKENS + 2 * num_steps + 40) // BLOCK_SIZE_TOKENS
             )
             pool_id = client.register_pool(pool_info(num_seqs * blocks_per_seq + 64))
             ex = client.register_executor(pool_id, lease_ms=600_000).executor_id
@@ -180,15 +186,25 @@ def bench_decode_grpc(num_seqs: int, num_steps: int) -> dict[str, list[float]]:
             empty = pb.StepRequest(executor_id=ex)
             request = decode_request(ex, num_seqs)
             ops = [AppendOp(seq_id, [7]) for seq_id in range(num_seqs)]
+            seq_ids = list(range(num_seqs))
             for _ in range(20):
                 step(empty)
             floor = timed(lambda: step(empty), num_steps)
             raw = timed(lambda: step(request), num_steps // 2)
             typed = timed(lambda: client.step(ex, ops), num_steps // 2)
+            # What an executor holds each step: the running ids and their new tokens.
+            batch = timed(
+                lambda: client.step(ex, [AppendBatchOp(seq_ids, [7] * num_seqs)]), num_steps // 2
+            )
             channel.close()
             stats = client.get_stats(pool_id)
             assert stats.free_blocks > 0, "the pool ran out during the benchmark"
-        return {"grpc empty step": floor, "grpc raw AppendOps": raw, "grpc client (packed)": typed}
+        return {
+            "grpc empty step": floor,
+            "grpc raw AppendOps": raw,
+            "grpc client (packed)": typed,
+            "grpc AppendBatchOp": batch,
+        }
     finally:
         process.terminate()
         process.wait()
@@ -225,7 +241,7 @@ def main() -> None:
         for label, samples in results.items():
             print(report(label, samples))
         core = percentile(results["core"], 0.5)
-        wire = percentile(results["grpc client (packed)"], 0.5)
+        wire = percentile(results["grpc AppendBatchOp"], 0.5)
         print(
             f"  per step p50: {core * 1e3:.3f} ms in process vs {wire * 1e3:.3f} ms over gRPC "
             f"({wire / core:.1f}x); per sequence {core / num_seqs * 1e6:.2f} us vs "

@@ -9,7 +9,7 @@ not it returns NO_ROOM before changing anything.
 
 from __future__ import annotations
 
-from collections.abc import Sequence as AbcSequence
+from collections.abc import Iterator
 
 from pagedserve.blockmgr.block import Block
 from pagedserve.blockmgr.block_pool import BlockPool
@@ -195,6 +195,7 @@ class SequenceAllocator:
         self._journal_entries.append((self._undo_append, seq, (num_old_tokens, len(table))))
         seq.token_ids.extend(token_ids)
         if not copy_last and not num_new_blocks:
+            self._set_last_block_maybe_shared(seq, False)
             return OK_EMPTY
         replaced: tuple[int, ...] = ()
         replaced_ids: tuple[int, ...] = ()
@@ -202,44 +203,57 @@ class SequenceAllocator:
             replaced, replaced_ids = self._copy_last_block(seq)
         new_blocks = [pool.take() for _ in range(num_new_blocks)]
         table.extend(new_blocks)
+        # The last block is now a new one, a copy, or was the sequence's own already.
+        self._set_last_block_maybe_shared(seq, False)
         return OpResult(True, tuple(block.block_id for block in new_blocks), replaced, replaced_ids)
 
-    def append_in_place_run(
-        self,
-        sequences: Sequences,
-        seq_ids: AbcSequence[int],
-        token_ids: AbcSequence[int],
-        start: int,
-        results: list[OpResult],
-    ) -> int:
-        """The decode step's hot loop: appends token_ids[i] to seq_ids[i] from
-        `start` on for as long as each append is the trivial case (a live
-        device sequence whose partly filled last block is its own) and returns
-        the index of the first pair it left alone (len(seq_ids) when none).
-        Such appends take no block and cannot be invalid, so the caller
-        validates and applies the returned pair the general way."""
-        get = sequences.get
+    def append_token_run(
+        self, pairs: Iterator[tuple[Sequence | None, int]], results: list[OpResult]
+    ) -> tuple[Sequence | None, int] | None:
+        """The decode step's hot loop: takes (sequence, token id) pairs from
+        `pairs` and appends each token for as long as the append is one of
+        the two common cases of a live device sequence: its partly filled last
+        block is its own (no block taken), or its last block is full and a free
+        block is at hand (one block taken). Returns the first pair it left
+        alone (None when pairs ran out), which cannot be applied without
+        validation or a copy; the caller applies it the general way."""
         block_size = self.block_size_tokens
         max_tokens = self.max_sequence_tokens
+        pool = self.block_pool
         log = self._journal_entries.append
-        undo = self._undo_append
-        add_result = results.append
-        index = start
-        end = len(seq_ids)
-        while index < end:
-            seq = get(seq_ids[index])
+        in_place: list[Sequence] = []  # one journal entry for a run of these
+        for pair in pairs:
+            seq, token_id = pair
             if seq is None or seq.host_block_ids is not None:
-                return index
+                break
             tokens = seq.token_ids
             num_tokens = len(tokens)
+            if num_tokens >= max_tokens:
+                break
             table = seq.block_table
-            if not num_tokens % block_size or num_tokens >= max_tokens or table[-1].ref_count > 1:
-                return index
-            log((undo, seq, (num_tokens, len(table))))
-            tokens.append(token_ids[index])
-            add_result(OK_EMPTY)
-            index += 1
-        return index
+            if num_tokens % block_size:
+                if seq.last_block_maybe_shared:
+                    break  # perhaps copy-on-write
+                tokens.append(token_id)
+                in_place.append(seq)
+                continue
+            if not pool.num_allocatable:
+                break
+            if in_place:  # keep the journal in order
+                log((self._undo_append_run, in_place, None))
+                results.extend([OK_EMPTY] * len(in_place))
+                in_place = []
+            log((self._undo_append, seq, (num_tokens, len(table))))
+            tokens.append(token_id)
+            block = pool.take()
+            table.append(block)
+            results.append(OpResult(True, (block.block_id,)))
+        else:
+            pair = None
+        if in_place:
+            log((self._undo_append_run, in_place, None))
+            results.extend([OK_EMPTY] * len(in_place))
+        return pair
 
     def _copy_last_block(self, seq: Sequence) -> tuple[tuple[int], tuple[int]]:
         pool = self.block_pool
@@ -281,6 +295,7 @@ class SequenceAllocator:
         child = parent.fork(child_seq_id)
         for block in child.block_table:
             self.block_pool.touch(block)
+        self._set_last_block_maybe_shared(parent, True)
         self._add_sequence(sequences, child)
         return OpResult(True, tuple(child.block_ids()))
 
@@ -345,6 +360,22 @@ class SequenceAllocator:
         num_tokens, num_blocks = lengths
         del seq.token_ids[num_tokens:]
         del seq.block_table[num_blocks:]
+
+    def _set_last_block_maybe_shared(self, seq: Sequence, value: bool) -> None:
+        if seq.last_block_maybe_shared is not value:
+            self.journal.record(
+                self._undo_last_block_maybe_shared, seq, seq.last_block_maybe_shared
+            )
+            seq.last_block_maybe_shared = value
+
+    @staticmethod
+    def _undo_last_block_maybe_shared(seq: Sequence, value: bool) -> None:
+        seq.last_block_maybe_shared = value
+
+    @staticmethod
+    def _undo_append_run(appended: list[Sequence], _unused: None) -> None:
+        for seq in appended:  # each took exactly one token and no block
+            del seq.token_ids[-1]
 
     def _undo_replace(self, seq: Sequence, replaced: tuple[int, Block]) -> None:
         position, block = replaced

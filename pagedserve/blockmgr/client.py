@@ -90,7 +90,7 @@ class BlockManagerClient:
 
     def step(self, executor_id: str, ops: Sequence[BlockOp]) -> StepResult:
         """Applies the ops all or nothing; see BlockManager.step for the errors."""
-        request = convert.step_request_to_pb(executor_id, ops)
+        request = convert.step_request_to_pb(executor_id, ops, sparse_results=True)
         return step_codec.step_result_from_bytes(self._call(self._step_raw, request))
 
     def get_stats(self, pool_id: str) -> PoolStats:

@@ -190,7 +190,9 @@ def _append_batch_pb(seq_ids: Sequence[int], token_ids: Sequence[int]) -> pb.Blo
     return pb.BlockOp(append_batch=pb.AppendBatchOp(seq_ids=seq_ids, token_ids=token_ids))
 
 
-def step_request_to_pb(executor_id: str, ops: Sequence[BlockOp]) -> pb.StepRequest:
+def step_request_to_pb(
+    executor_id: str, ops: Sequence[BlockOp], sparse_results: bool = False
+) -> pb.StepRequest:
     """The request for `ops`. Runs of two or more single-token AppendOps are
     packed into one AppendBatchOp, which yields the same results in the same
     positions; everything else is sent op by op."""
@@ -214,10 +216,13 @@ def step_request_to_pb(executor_id: str, ops: Sequence[BlockOp]) -> pb.StepReque
         flush()
         messages.append(op_to_pb(op))
     flush()
-    return pb.StepRequest(executor_id=executor_id, ops=messages)
+    return pb.StepRequest(executor_id=executor_id, ops=messages, sparse_results=sparse_results)
 
 
-def step_result_to_pb(step: StepResult) -> pb.StepResponse:
+def step_result_to_pb(step: StepResult, sparse: bool = False) -> pb.StepResponse:
+    """The response message; with sparse, only the results that are not the
+    shared OK_EMPTY, with their indices (StepRequest.sparse_results)."""
+    listed = [index for index, result in enumerate(step.results) if result is not OK_EMPTY]
     response = pb.StepResponse(
         copy_src_block_ids=step.copy_src_block_ids,
         copy_dst_block_ids=step.copy_dst_block_ids,
@@ -226,9 +231,11 @@ def step_result_to_pb(step: StepResult) -> pb.StepResponse:
         swap_in_host_block_ids=step.swap_in_host_block_ids,
         swap_in_device_block_ids=step.swap_in_device_block_ids,
         num_free_blocks=step.num_free_blocks,
+        result_indices=listed if sparse else (),
+        num_results=len(step.results),
     )
     add_result = response.results.add
-    for result in step.results:
+    for result in (step.results[index] for index in listed) if sparse else step.results:
         if result.new_block_ids or result.replaced_positions or result.num_cached_tokens:
             add_result(
                 ok=result.ok,

@@ -1,17 +1,20 @@
-"""The Step response on the wire, encoded and decoded without a Python
-object per result: the decode step's hot path on both sides.
+"""The Step response on the wire: the decode step's hot path on both sides.
 
 A StepResponse is written as its results entries one by one (the shared
 OK_EMPTY / NO_ROOM results and the one-new-block result as ready bytes)
 followed by the encoding of all other fields; protobuf parses concatenated
 encodings as one merged message, so any protobuf reader sees the same message
-as step_result_to_pb would give (tests check this). The reader recognises runs
-of bare ok entries in the bytes and visits only the other results.
+as step_result_to_pb would give (tests check this). Clients that ask for
+sparse results (StepRequest.sparse_results; ours do) get only the results
+that are not a bare ok, so a decode step of n sequences costs a few entries
+rather than n on both sides.
 """
 
 from __future__ import annotations
 
-import re
+import functools
+from itertools import compress, count, repeat
+from operator import is_not
 
 from pagedserve.blockmgr.convert import op_result_from_pb, step_result_from_pb
 from pagedserve.blockmgr.ops import NO_ROOM, OK_EMPTY, OpResult, StepResult
@@ -23,35 +26,28 @@ _OK_EMPTY_BYTES = b"\x0a\x02\x08\x01"
 _NO_ROOM_BYTES = b"\x0a\x00"
 
 
-def step_result_to_bytes(step: StepResult) -> bytes:
+def step_result_to_bytes(step: StepResult, sparse: bool = False) -> bytes:
     """The serialized StepResponse, built without a message object per result.
 
     Protobuf parses concatenated encodings as one merged message, so the
-    results are encoded one by one (the shared OK_EMPTY / NO_ROOM results as
-    constant bytes) and followed by the encoding of all the other fields.
-    Equal, once parsed, to step_result_to_pb(step) (tests check this)."""
+    results are encoded one by one (the shared OK_EMPTY / NO_ROOM results and
+    one-new-block results as ready bytes) and followed by the encoding of all
+    the other fields. Equal, once parsed, to step_result_to_pb(step, sparse)
+    (tests check this). With sparse, OK_EMPTY results are left out and the
+    others listed in result_indices (see StepRequest.sparse_results)."""
     chunks = []
     add = chunks.append
-    for result in step.results:
-        if result is OK_EMPTY:
-            add(_OK_EMPTY_BYTES)
-        elif result is NO_ROOM:
-            add(_NO_ROOM_BYTES)
-        elif (
-            len(result.new_block_ids) == 1
-            and not result.replaced_positions
-            and not result.num_cached_tokens
-        ):
-            add(_one_new_block_bytes(result.new_block_ids[0]))
-        else:
-            body = pb.OpResult(
-                ok=result.ok,
-                new_block_ids=result.new_block_ids,
-                replaced_positions=result.replaced_positions,
-                replaced_block_ids=result.replaced_block_ids,
-                num_cached_tokens=result.num_cached_tokens,
-            ).SerializeToString()
-            add(b"\x0a" + _varint(len(body)) + body)
+    results = step.results
+    # The indices of the results that are not OK_EMPTY, found in C.
+    listed = list(compress(count(), map(is_not, results, repeat(OK_EMPTY))))
+    written = 0  # dense: results[:written] are in chunks
+    for index in listed:
+        if not sparse and index > written:
+            add(_OK_EMPTY_BYTES * (index - written))
+        written = index + 1
+        add(_result_entry_bytes(results[index]))
+    if not sparse and len(results) > written:
+        add(_OK_EMPTY_BYTES * (len(results) - written))
     rest = pb.StepResponse(
         copy_src_block_ids=step.copy_src_block_ids,
         copy_dst_block_ids=step.copy_dst_block_ids,
@@ -60,11 +56,34 @@ def step_result_to_bytes(step: StepResult) -> bytes:
         swap_in_host_block_ids=step.swap_in_host_block_ids,
         swap_in_device_block_ids=step.swap_in_device_block_ids,
         num_free_blocks=step.num_free_blocks,
+        result_indices=listed if sparse else (),
+        num_results=len(results),
     )
     add(rest.SerializeToString())
     return b"".join(chunks)
 
 
+def _result_entry_bytes(result: OpResult) -> bytes:
+    """One StepResponse.results entry (field 1, length-delimited)."""
+    if result is NO_ROOM:
+        return _NO_ROOM_BYTES
+    if (
+        len(result.new_block_ids) == 1
+        and not result.replaced_positions
+        and not result.num_cached_tokens
+    ):
+        return _one_new_block_bytes(result.new_block_ids[0])
+    body = pb.OpResult(
+        ok=result.ok,
+        new_block_ids=result.new_block_ids,
+        replaced_positions=result.replaced_positions,
+        replaced_block_ids=result.replaced_block_ids,
+        num_cached_tokens=result.num_cached_tokens,
+    ).SerializeToString()
+    return b"\x0a" + _varint(len(body)) + body
+
+
+@functools.lru_cache(maxsize=1 << 16)
 def _one_new_block_bytes(block_id: int) -> bytes:
     # A decode append that crossed into a new block: {ok: true, new_block_ids: [id]}
     # (fields 1 varint, 2 packed), as a results entry.
@@ -83,50 +102,14 @@ def _varint(value: int) -> bytes:
 
 
 def step_result_from_bytes(data: bytes) -> StepResult:
-    """Parses a serialized StepResponse. When every result is a bare ok=true
-    (the usual decode step), the encoding starts with that many identical
-    entries and no result message needs to be visited."""
+    """Parses a serialized StepResponse, sparse or not; the results not
+    listed in a sparse one are OK_EMPTY."""
     message = pb.StepResponse.FromString(data)
-    results = _results_from_bytes(data, message)
-    if results is None:
+    if not message.result_indices and len(message.results) == message.num_results:
         return step_result_from_pb(message)
     step = step_result_from_pb(message, with_results=False)
+    results = [OK_EMPTY] * message.num_results
+    for index, result in zip(message.result_indices, message.results, strict=True):
+        results[index] = op_result_from_pb(result)
     step.results = results
     return step
-
-
-_OK_EMPTY_RUN = re.compile(b"(?:" + re.escape(_OK_EMPTY_BYTES) + b")*")
-
-
-def _results_from_bytes(data: bytes, message: pb.StepResponse) -> list[OpResult] | None:
-    """The results, taking runs of bare ok=true entries straight from the
-    bytes (one regex match per run) and visiting only the other entries.
-    None when the entries are not laid out first and contiguously (legal
-    protobuf, but not what servers write), so the caller takes the slow path."""
-    results: list[OpResult] = []
-    messages = message.results
-    num_results = len(messages)
-    position = 0
-    while len(results) < num_results:
-        run_end = _OK_EMPTY_RUN.match(data, position).end()
-        if run_end > position:
-            results.extend([OK_EMPTY] * ((run_end - position) // len(_OK_EMPTY_BYTES)))
-            position = run_end
-            continue
-        if data[position : position + 1] != b"\x0a":
-            return None
-        length, position = _read_varint(data, position + 1)
-        position += length
-        results.append(op_result_from_pb(messages[len(results)]))
-    return results if len(results) == num_results else None
-
-
-def _read_varint(data: bytes, position: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, position
-        shift += 7

@@ -111,23 +111,20 @@ def apply_append_batch(
     allocator: SequenceAllocator, sequences: Sequences, results: Results, op: Any
 ) -> None:
     """One token to each sequence, as that many AppendOps."""
-    seq_ids = op.seq_ids
-    token_ids = op.token_ids
+    # Plain lists: indexing a protobuf repeated field costs several times more.
+    seq_ids = list(op.seq_ids)
+    token_ids = list(op.token_ids)
     if len(seq_ids) != len(token_ids):
         raise op_error(
             InvalidArgumentError,
             len(results),
             f"append_batch: {len(seq_ids)} seq_ids but {len(token_ids)} token_ids",
         )
-    index = 0
-    while True:
-        index = allocator.append_in_place_run(sequences, seq_ids, token_ids, index, results)
-        if index == len(seq_ids):
-            return
-        _append_one(
-            allocator, sequences, results, seq_ids[index], [token_ids[index]], "append_batch"
-        )
-        index += 1
+    first_result = len(results)
+    pairs = zip(map(sequences.get, seq_ids), token_ids, strict=True)  # lengths checked above
+    while (left := allocator.append_token_run(pairs, results)) is not None:
+        seq_id = seq_ids[len(results) - first_result]
+        _append_one(allocator, sequences, results, seq_id, [left[1]], "append_batch")
 
 
 def apply_computed(

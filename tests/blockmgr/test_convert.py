@@ -3,6 +3,8 @@ single-token appends, and round trips of the plain types."""
 
 from __future__ import annotations
 
+import pytest
+
 from pagedserve.blockmgr import convert, step_codec
 from pagedserve.blockmgr.ops import (
     NO_ROOM,
@@ -44,6 +46,17 @@ def test_hand_built_response_bytes_parse_like_the_message() -> None:
     parsed = pb.StepResponse.FromString(step_codec.step_result_to_bytes(step))
     assert parsed == convert.step_result_to_pb(step)
     assert len(parsed.results) == 7 and not parsed.results[1].ok
+    assert parsed.num_results == 7 and not parsed.result_indices
+
+
+def test_sparse_response_lists_only_what_is_not_a_bare_ok() -> None:
+    step = sample_step()
+    parsed = pb.StepResponse.FromString(step_codec.step_result_to_bytes(step, sparse=True))
+    assert parsed == convert.step_result_to_pb(step, sparse=True)
+    assert list(parsed.result_indices) == [1, 2, 3, 4, 5] and parsed.num_results == 7
+    assert [result.ok for result in parsed.results] == [False, True, True, True, True]
+    assert list(parsed.results[3].new_block_ids) == [1_000_000]
+    assert parsed.copy_dst_block_ids == [7] and parsed.num_free_blocks == 200_000
 
 
 def test_results_are_read_from_bytes_around_runs_of_ok() -> None:
@@ -59,12 +72,18 @@ def test_results_are_read_from_bytes_around_runs_of_ok() -> None:
     )
 
 
-def test_response_bytes_round_trip_to_the_same_step() -> None:
+@pytest.mark.parametrize("sparse", [False, True])
+def test_response_bytes_round_trip_to_the_same_step(sparse: bool) -> None:
     step = sample_step()
-    assert step_codec.step_result_from_bytes(step_codec.step_result_to_bytes(step)) == step
+    data = step_codec.step_result_to_bytes(step, sparse)
+    assert step_codec.step_result_from_bytes(data) == step
     all_ok = StepResult(results=[OK_EMPTY] * 3, num_free_blocks=1)
-    back = step_codec.step_result_from_bytes(step_codec.step_result_to_bytes(all_ok))
+    back = step_codec.step_result_from_bytes(step_codec.step_result_to_bytes(all_ok, sparse))
     assert back == all_ok and back.results[0] is OK_EMPTY
+    empty = StepResult(num_free_blocks=4)
+    assert (
+        step_codec.step_result_from_bytes(step_codec.step_result_to_bytes(empty, sparse)) == empty
+    )
 
 
 def test_single_token_append_runs_are_packed() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import queue
 import re
 import signal
 import subprocess
@@ -34,7 +35,7 @@ from pagedserve.blockmgr.ops import (
     SwapInOp,
     SwapOutOp,
 )
-from pagedserve.blockmgr.service import SERVICE_NAME, serve
+from pagedserve.blockmgr.service import MAX_WORKERS, SERVICE_NAME, serve
 from pagedserve.blockmgr.v1 import blockmgr_pb2 as pb
 from pagedserve.blockmgr.v1 import blockmgr_pb2_grpc as pb_grpc
 
@@ -253,3 +254,36 @@ def test_client_packs_decode_appends_and_results_stay_in_place(server, client, s
     assert len(server.manager.sequences(ex)[1].token_ids) == 3  # the batch was undone
     with pytest.raises(InvalidArgumentError, match="append_batch"):
         client.step(ex, [AppendBatchOp([1, 2], [1])])
+
+
+def test_open_reflection_streams_do_not_stall_steps(server, client) -> None:
+    """Block-manager calls have a thread of their own: long-lived streams of
+    the other services (a reflection client that keeps its stream open holds
+    a server worker) must not take every worker away from Step."""
+    pool_id = client.register_pool(make_pool_info(num_blocks=8, block_size_tokens=2))
+    ex = client.register_executor(pool_id).executor_id
+    list_services = reflection_pb2.ServerReflectionRequest(list_services="")
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        reflection_stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        held_open = []
+        for _ in range(MAX_WORKERS):  # every worker for the other services
+            requests: queue.SimpleQueue = queue.SimpleQueue()
+            requests.put(list_services)
+            stream = reflection_stub.ServerReflectionInfo(iter(requests.get, None))
+            assert next(stream).list_services_response.service  # the stream is being served
+            held_open.append((requests, stream))
+        step = client.step(ex, [AllocateOp(1, [1, 2, 3])])
+        assert step.results[0].new_block_ids == (0, 1)
+        assert client.get_stats(pool_id).used_blocks == 2
+        for requests, stream in held_open:
+            requests.put(None)  # ends the request stream
+            assert list(stream) == []
+
+
+def test_unparsable_request_is_invalid_argument(server) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        raw_step = channel.unary_unary(f"/{SERVICE_NAME}/Step")
+        with pytest.raises(grpc.RpcError) as raised:
+            raw_step(b"\xff\xff\xff")
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "does not parse" in raised.value.details()

@@ -361,6 +361,9 @@ class BlockManagerMachine(RuleBasedStateMachine):
             for seq in self.manager.sequences(executor_id).values():
                 for block in seq.block_table:
                     references[block.block_id] = references.get(block.block_id, 0) + 1
+                # The decode fast path trusts this flag instead of the ref count.
+                if seq.block_table and not seq.last_block_maybe_shared:
+                    assert seq.block_table[-1].ref_count == 1
         in_queue = set(pool.free_block_ids())
         held = {
             b.block_id

@@ -197,12 +197,14 @@ class BlockOp(_message.Message):
     def __init__(self, allocate: _Optional[_Union[AllocateOp, _Mapping]] = ..., append: _Optional[_Union[AppendOp, _Mapping]] = ..., computed: _Optional[_Union[ComputedOp, _Mapping]] = ..., fork: _Optional[_Union[ForkOp, _Mapping]] = ..., free: _Optional[_Union[FreeOp, _Mapping]] = ..., swap_out: _Optional[_Union[SwapOutOp, _Mapping]] = ..., swap_in: _Optional[_Union[SwapInOp, _Mapping]] = ..., append_batch: _Optional[_Union[AppendBatchOp, _Mapping]] = ...) -> None: ...
 
 class StepRequest(_message.Message):
-    __slots__ = ("executor_id", "ops")
+    __slots__ = ("executor_id", "ops", "sparse_results")
     EXECUTOR_ID_FIELD_NUMBER: _ClassVar[int]
     OPS_FIELD_NUMBER: _ClassVar[int]
+    SPARSE_RESULTS_FIELD_NUMBER: _ClassVar[int]
     executor_id: str
     ops: _containers.RepeatedCompositeFieldContainer[BlockOp]
-    def __init__(self, executor_id: _Optional[str] = ..., ops: _Optional[_Iterable[_Union[BlockOp, _Mapping]]] = ...) -> None: ...
+    sparse_results: bool
+    def __init__(self, executor_id: _Optional[str] = ..., ops: _Optional[_Iterable[_Union[BlockOp, _Mapping]]] = ..., sparse_results: _Optional[bool] = ...) -> None: ...
 
 class OpResult(_message.Message):
     __slots__ = ("ok", "new_block_ids", "replaced_positions", "replaced_block_ids", "num_cached_tokens")
@@ -219,7 +221,7 @@ class OpResult(_message.Message):
     def __init__(self, ok: _Optional[bool] = ..., new_block_ids: _Optional[_Iterable[int]] = ..., replaced_positions: _Optional[_Iterable[int]] = ..., replaced_block_ids: _Optional[_Iterable[int]] = ..., num_cached_tokens: _Optional[int] = ...) -> None: ...
 
 class StepResponse(_message.Message):
-    __slots__ = ("results", "copy_src_block_ids", "copy_dst_block_ids", "swap_out_device_block_ids", "swap_out_host_block_ids", "swap_in_host_block_ids", "swap_in_device_block_ids", "num_free_blocks")
+    __slots__ = ("results", "copy_src_block_ids", "copy_dst_block_ids", "swap_out_device_block_ids", "swap_out_host_block_ids", "swap_in_host_block_ids", "swap_in_device_block_ids", "num_free_blocks", "result_indices", "num_results")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     COPY_SRC_BLOCK_IDS_FIELD_NUMBER: _ClassVar[int]
     COPY_DST_BLOCK_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -228,6 +230,8 @@ class StepResponse(_message.Message):
     SWAP_IN_HOST_BLOCK_IDS_FIELD_NUMBER: _ClassVar[int]
     SWAP_IN_DEVICE_BLOCK_IDS_FIELD_NUMBER: _ClassVar[int]
     NUM_FREE_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_INDICES_FIELD_NUMBER: _ClassVar[int]
+    NUM_RESULTS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[OpResult]
     copy_src_block_ids: _containers.RepeatedScalarFieldContainer[int]
     copy_dst_block_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -236,7 +240,9 @@ class StepResponse(_message.Message):
     swap_in_host_block_ids: _containers.RepeatedScalarFieldContainer[int]
     swap_in_device_block_ids: _containers.RepeatedScalarFieldContainer[int]
     num_free_blocks: int
-    def __init__(self, results: _Optional[_Iterable[_Union[OpResult, _Mapping]]] = ..., copy_src_block_ids: _Optional[_Iterable[int]] = ..., copy_dst_block_ids: _Optional[_Iterable[int]] = ..., swap_out_device_block_ids: _Optional[_Iterable[int]] = ..., swap_out_host_block_ids: _Optional[_Iterable[int]] = ..., swap_in_host_block_ids: _Optional[_Iterable[int]] = ..., swap_in_device_block_ids: _Optional[_Iterable[int]] = ..., num_free_blocks: _Optional[int] = ...) -> None: ...
+    result_indices: _containers.RepeatedScalarFieldContainer[int]
+    num_results: int
+    def __init__(self, results: _Optional[_Iterable[_Union[OpResult, _Mapping]]] = ..., copy_src_block_ids: _Optional[_Iterable[int]] = ..., copy_dst_block_ids: _Optional[_Iterable[int]] = ..., swap_out_device_block_ids: _Optional[_Iterable[int]] = ..., swap_out_host_block_ids: _Optional[_Iterable[int]] = ..., swap_in_host_block_ids: _Optional[_Iterable[int]] = ..., swap_in_device_block_ids: _Optional[_Iterable[int]] = ..., num_free_blocks: _Optional[int] = ..., result_indices: _Optional[_Iterable[int]] = ..., num_results: _Optional[int] = ...) -> None: ...
 
 class GetStatsRequest(_message.Message):
     __slots__ = ("pool_id",)
