@@ -44,21 +44,69 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+# What the block manager leaves out of a sparse response: ok and nothing else.
+_BARE_OK = pb.OpResult(ok=True)
+
+
 @dataclass
 class _Call:
-    """One Step call being built, and what to do with each op's result."""
+    """One Step call being built, and what to do with each op's result (by result index)."""
 
     request: pb.StepRequest
+    block_size_tokens: int
+    num_results: int = 0  # an append_batch op has one result per sequence
     appends: list[tuple[int, Sequence]] = field(default_factory=list)
     forks: list[tuple[int, Sequence]] = field(default_factory=list)
     admissions: list[tuple[int, Request, list[Sequence]]] = field(default_factory=list)
     swap_outs: list[tuple[int, Sequence]] = field(default_factory=list)
 
-    def add_append(self, seq: Sequence) -> None:
-        self.appends.append((len(self.request.ops), seq))
-        op = self.request.ops.add().append
-        op.seq_id = seq.seq_id
-        op.token_ids.extend(seq.token_ids[seq.num_tokens_at_blockmgr :])
+    def add_op(self) -> pb.BlockOp:
+        """A new op at the end of the call; its result index is num_results - 1."""
+        self.num_results += 1
+        return self.request.ops.add()
+
+    def add_computed(self, seq: Sequence) -> None:
+        """Reports progress when a full block was completed since the last report.
+
+        Full computed blocks are all the block manager does anything with (it
+        publishes them to the prefix cache), so a decode step reports for one
+        sequence in block_size_tokens rather than for every sequence."""
+        block_size = self.block_size_tokens
+        if seq.num_computed_tokens // block_size > seq.num_computed_reported // block_size:
+            op = self.add_op().computed
+            op.seq_id = seq.seq_id
+            op.num_computed_tokens = seq.num_computed_tokens
+            seq.num_computed_reported = seq.num_computed_tokens
+
+    def add_appends(self, seqs: list[Sequence]) -> None:
+        """Appends each sequence's tokens that the block manager does not hold
+        yet: one append_batch op for every sequence with one new token (the
+        decode step), an append op for each other."""
+        one_token: list[Sequence] = []
+        for seq in seqs:
+            if seq.num_tokens - seq.num_tokens_at_blockmgr == 1:
+                one_token.append(seq)
+                continue
+            self.appends.append((self.num_results, seq))
+            op = self.add_op().append
+            op.seq_id = seq.seq_id
+            op.token_ids.extend(seq.token_ids[seq.num_tokens_at_blockmgr :])
+        if not one_token:
+            return
+        batch = self.request.ops.add().append_batch
+        batch.seq_ids.extend([seq.seq_id for seq in one_token])
+        batch.token_ids.extend([seq.token_ids[-1] for seq in one_token])
+        for seq in one_token:
+            self.appends.append((self.num_results, seq))
+            self.num_results += 1
+
+
+def _dense_results(response: pb.StepResponse) -> list[pb.OpResult]:
+    """Every op's result, by index: the listed ones, a bare ok for the rest."""
+    results = [_BARE_OK] * response.num_results
+    for index, result in zip(response.result_indices, response.results, strict=True):
+        results[index] = result
+    return results
 
 
 class Scheduler:
@@ -151,10 +199,12 @@ class Scheduler:
         plan = StepPlan()
         call = self._new_call()
         self._add_forks(call)
+        growing = []
         for seq in self._running_sequences():
-            self._add_computed(call.request, seq)
+            call.add_computed(seq)
             if seq.num_tokens > seq.num_tokens_at_blockmgr:
-                call.add_append(seq)
+                growing.append(seq)
+        call.add_appends(growing)
         self._add_admissions(call)
         failed = self._send(call, plan)
         if failed:
@@ -164,10 +214,11 @@ class Scheduler:
 
     def _new_call(self) -> _Call:
         """A call that starts with the pending frees (after their final progress report)."""
-        call = _Call(pb.StepRequest(executor_id=self.executor_id))
+        request = pb.StepRequest(executor_id=self.executor_id, sparse_results=True)
+        call = _Call(request, self.config.block_size_tokens)
         for seq in self._released:
-            self._add_computed(call.request, seq)
-            call.request.ops.add().free.seq_id = seq.seq_id
+            call.add_computed(seq)
+            call.add_op().free.seq_id = seq.seq_id
             seq.forget_blocks()
         self._released.clear()
         return call
@@ -175,7 +226,7 @@ class Scheduler:
     def _send(self, call: _Call, plan: StepPlan) -> list[Sequence]:
         """Makes the call, applies its results; returns the sequences whose append found no block."""
         response = self._step_call(call.request)
-        results = response.results
+        results = _dense_results(response)
         self._free_blocks = response.num_free_blocks
         plan.copies.append(BlockCopies.from_response(response))
         for index, child in call.forks:
@@ -195,24 +246,15 @@ class Scheduler:
         self.waiting.extendleft(reversed(not_admitted))  # still first in line, in their order
         return failed
 
-    @staticmethod
-    def _add_computed(request: pb.StepRequest, seq: Sequence) -> None:
-        # Reporting progress lets the block manager publish full blocks to the prefix cache.
-        if seq.num_computed_tokens > seq.num_computed_reported:
-            op = request.ops.add().computed
-            op.seq_id = seq.seq_id
-            op.num_computed_tokens = seq.num_computed_tokens
-            seq.num_computed_reported = seq.num_computed_tokens
-
     def _add_forks(self, call: _Call) -> None:
         # Before any append: a child must not inherit its parent's newest token.
         for parent, child in self._pending_forks:
             if child.is_finished:
                 continue  # aborted before it ever held a block
-            call.forks.append((len(call.request.ops), child))
+            call.forks.append((call.num_results, child))
             # The child holds what the parent holds now; its own tokens append after.
             child.num_tokens_at_blockmgr = parent.num_tokens_at_blockmgr
-            op = call.request.ops.add().fork
+            op = call.add_op().fork
             op.parent_seq_id = parent.seq_id
             op.child_seq_id = child.seq_id
         self._pending_forks.clear()
@@ -253,12 +295,12 @@ class Scheduler:
             self.waiting.popleft()
             free_blocks -= needed
             token_budget -= sum(seq.num_tokens - seq.num_computed_tokens for seq in seqs)
-            call.admissions.append((len(call.request.ops), candidate, seqs))
+            call.admissions.append((call.num_results, candidate, seqs))
             for seq in seqs:
                 if seq.status is SequenceStatus.SWAPPED:
-                    call.request.ops.add().swap_in.seq_id = seq.seq_id
+                    call.add_op().swap_in.seq_id = seq.seq_id
                     continue
-                op = call.request.ops.add().allocate
+                op = call.add_op().allocate
                 op.seq_id = seq.seq_id
                 op.token_ids.extend(seq.token_ids)
                 op.use_prefix_cache = candidate.sampling.use_prefix_cache
@@ -312,8 +354,7 @@ class Scheduler:
             failed = [seq for seq in failed if seq.request is not victim]
             call = self._new_call()
             self._preempt(victim, call)
-            for seq in failed:
-                call.add_append(seq)
+            call.add_appends(failed)
             failed = self._send(call, plan)
         self.num_preemptions_total += num_preempted
         return num_preempted
@@ -329,12 +370,12 @@ class Scheduler:
                 continue
             if mode == "swap" and seq.num_tokens_at_blockmgr:
                 seq.status = SequenceStatus.SWAPPED
-                call.swap_outs.append((len(call.request.ops), seq))
-                call.request.ops.add().swap_out.seq_id = seq.seq_id
+                call.swap_outs.append((call.num_results, seq))
+                call.add_op().swap_out.seq_id = seq.seq_id
             else:
                 seq.status = SequenceStatus.WAITING
-                self._add_computed(call.request, seq)  # computed blocks stay in the prefix cache
-                call.request.ops.add().free.seq_id = seq.seq_id
+                call.add_computed(seq)  # computed blocks stay in the prefix cache
+                call.add_op().free.seq_id = seq.seq_id
                 seq.forget_blocks()
         self.waiting.appendleft(request)
 
