@@ -1,7 +1,7 @@
 """gRPC C-core settings that have to be chosen before `grpc` is first imported.
 
 The C core reads GRPC_EXPERIMENTS once, when the `grpc` module loads. In the
-grpcio releases measured here (1.84, 1.85) its EventEngine client and listener
+grpcio release measured here (1.85) its EventEngine client and listener
 are on by default; they move each socket's reads and writes onto the core's own
 thread pool, which adds a thread hand-off (and, for Python, a GIL hand-off) to
 every call. Turning them off brings back the polling engine in which the thread
@@ -22,7 +22,7 @@ import sys
 from importlib import metadata
 
 LOW_LATENCY_EXPERIMENTS = "-event_engine_client,-event_engine_listener"
-MEASURED_GRPCIO_RELEASES = ("1.84.", "1.85.")
+MEASURED_GRPCIO_RELEASES = ("1.85.",)
 
 
 def prefer_low_latency_io() -> bool:

@@ -1,0 +1,117 @@
+"""The cost of one empty unary gRPC call on loopback, with gRPC's default I/O
+engine and with the setting every pagedserve process uses
+(pagedserve/common/grpc_core.py), each side in a fresh process.
+
+Run from the repository root:  python -m benchmarks.grpc_floor [--calls N] [--rounds R]
+Not a test: figures depend on the machine (see docs/blockmgr.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from importlib import metadata
+
+ENGINES = {
+    "grpc default": None,
+    "pagedserve (EventEngine client/listener off)": "LOW_LATENCY",
+}
+METHOD = "/floor.Floor/Empty"
+
+
+def serve() -> None:
+    from concurrent import futures
+
+    import grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: b"")
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("floor.Floor", {"Empty": handler}),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(port, flush=True)
+    threading.Event().wait()
+
+
+def measure(port: int, num_calls: int) -> None:
+    import grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(METHOD)
+        for _ in range(200):
+            call(b"")
+        samples = []
+        gc.disable()
+        for _ in range(num_calls):
+            start = time.perf_counter()
+            call(b"")
+            samples.append(time.perf_counter() - start)
+    samples.sort()
+    print(samples[len(samples) // 2] * 1e3, samples[int(0.99 * len(samples))] * 1e3)
+
+
+def environment(engine: str | None) -> dict[str, str]:
+    from pagedserve.common.grpc_core import LOW_LATENCY_EXPERIMENTS
+
+    env = dict(os.environ)
+    env.pop("GRPC_EXPERIMENTS", None)
+    if engine is not None:
+        env["GRPC_EXPERIMENTS"] = LOW_LATENCY_EXPERIMENTS
+    return env
+
+
+def one_round(engine: str | None, num_calls: int) -> tuple[float, float]:
+    # Without `import pagedserve`: the variable is set (or not) here, explicitly.
+    env = environment(engine)
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve"], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        port = int(server.stdout.readline())
+        client = subprocess.run(
+            [sys.executable, __file__, "--measure", str(port), str(num_calls)],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
+        p50, p99 = (float(value) for value in client.stdout.split())
+        return p50, p99
+    finally:
+        server.kill()
+        server.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--measure", nargs=2, type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve()
+        return
+    if args.measure:
+        measure(*args.measure)
+        return
+    print(
+        f"python {platform.python_version()}, grpcio {metadata.version('grpcio')}, "
+        f"{os.cpu_count()} cpus; empty unary call on 127.0.0.1, {args.calls} calls a round"
+    )
+    for round_index in range(args.rounds):  # interleaved, so drift hits both alike
+        for label, engine in ENGINES.items():
+            p50, p99 = one_round(engine, args.calls)
+            print(f"  round {round_index + 1}  {label:<46} p50 {p50:.3f} ms  p99 {p99:.3f} ms")
+
+
+if __name__ == "__main__":
+    main()
