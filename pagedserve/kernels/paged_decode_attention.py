@@ -10,12 +10,8 @@ import functools
 import torch
 
 from pagedserve.kernels._backend import dot_in_fp32, dot_precision, next_power_of_2, tl, triton
-from pagedserve.kernels.paged_attention import (
-    _LOG2_E,
-    _check_shapes,
-    attend_kv_tile,
-    paged_attention_reference,
-)
+from pagedserve.kernels.attention_tiles import LOG2_E, attend_paged_tile, check_attention_shapes
+from pagedserve.kernels.paged_attention import paged_attention_reference
 
 
 def paged_decode_attention_reference(
@@ -26,11 +22,17 @@ def paged_decode_attention_reference(
     seq_lens: torch.Tensor,  # [num_seqs] int32
     scale: float,
 ) -> torch.Tensor:  # [num_seqs, num_heads, head_dim], query's dtype
-    """Pure torch: the varlen reference with one query per sequence."""
+    """Pure torch: the varlen reference with one query per sequence, whose new
+    key and value are the cache's entries at the sequence's last position."""
     num_seqs = query.shape[0]
     query_start_loc = torch.arange(num_seqs + 1, dtype=torch.int32, device=query.device)
+    block_size = key_cache.shape[1]
+    last = seq_lens.long() - 1  # [num_seqs]
+    last_blocks = block_tables.gather(1, (last // block_size)[:, None])[:, 0].long()
+    key = key_cache[last_blocks, last % block_size]  # [num_seqs, num_kv_heads, head_dim]
+    value = value_cache[last_blocks, last % block_size]
     return paged_attention_reference(
-        query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale
+        query, key, value, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale
     )
 
 
@@ -100,22 +102,19 @@ def _decode_partition_kernel(
     row_sum = tl.zeros([GROUP_BLOCK], dtype=tl.float32)
     acc = tl.zeros([GROUP_BLOCK, HEAD_DIM], dtype=tl.float32)
     block_table_row_ptr = block_tables_ptr + seq.to(tl.int64) * block_table_stride_seq
-    row_pos = tl.zeros([GROUP_BLOCK], dtype=tl.int32)  # unused: no causal mask in decode
     # Whole tiles without masks, then at most one tile that crosses key_limit.
     full_end = first_token + ((key_limit - first_token) // BLOCK_N) * BLOCK_N
     for tile_first in range(first_token, full_end, BLOCK_N):
-        row_max, row_sum, acc = attend_kv_tile(
+        row_max, row_sum, acc = attend_paged_tile(
             q, row_max, row_sum, acc, key_cache_ptr, value_cache_ptr, block_table_row_ptr,
-            kv_head * cache_stride_head, tile_first, key_limit, row_pos, scale_log2,
-            cache_stride_block, cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, False, False,
-            DOT_IN_FP32, DOT_PRECISION,
+            kv_head * cache_stride_head, tile_first, key_limit, scale_log2, cache_stride_block,
+            cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, False, DOT_IN_FP32, DOT_PRECISION,
         )  # fmt: skip
     if full_end < key_limit:
-        row_max, row_sum, acc = attend_kv_tile(
+        row_max, row_sum, acc = attend_paged_tile(
             q, row_max, row_sum, acc, key_cache_ptr, value_cache_ptr, block_table_row_ptr,
-            kv_head * cache_stride_head, full_end, key_limit, row_pos, scale_log2,
-            cache_stride_block, cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, True, False,
-            DOT_IN_FP32, DOT_PRECISION,
+            kv_head * cache_stride_head, full_end, key_limit, scale_log2, cache_stride_block,
+            cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, True, DOT_IN_FP32, DOT_PRECISION,
         )  # fmt: skip
 
     if SINGLE_PARTITION:
@@ -234,7 +233,7 @@ def paged_decode_attention_triton(
     """
     num_seqs, num_heads, head_dim = query.shape
     _, block_size, num_kv_heads, _ = key_cache.shape
-    _check_shapes(query, key_cache, value_cache)
+    check_attention_shapes(query, key_cache, value_cache)
     if query.stride(2) != 1:
         query = query.contiguous()
     if out is None:
@@ -264,7 +263,7 @@ def paged_decode_attention_triton(
         grid = (num_seqs, num_kv_heads, num_partitions)
     _decode_partition_kernel[grid](
         query, key_cache, value_cache, block_tables, seq_lens, out,
-        partial_out, partial_max, partial_sum, scale * _LOG2_E, partition_tokens,
+        partial_out, partial_max, partial_sum, scale * LOG2_E, partition_tokens,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2), block_tables.stride(0),
         num_partitions,

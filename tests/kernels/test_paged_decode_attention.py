@@ -72,7 +72,12 @@ def test_dispatchers_use_triton_when_asked(monkeypatch):
     assert_close(paged_decode_attention(*args), expected)
     query_start_loc = torch.arange(len(seq_lens) + 1, dtype=torch.int32, device=DEVICE)
     query, key_cache, value_cache, block_tables, lens, scale = args
-    out = paged_attention(query, key_cache, value_cache, block_tables, query_start_loc, lens, scale)
+    new_key = torch.stack([k[-1] for k in keys]).to(DEVICE)  # [num_seqs, num_kv_heads, head_dim]
+    new_value = torch.stack([v[-1] for v in values]).to(DEVICE)
+    out = paged_attention(
+        query, new_key, new_value, key_cache, value_cache, block_tables, query_start_loc, lens,
+        scale,
+    )  # fmt: skip
     assert_close(out, expected)
 
 
@@ -84,6 +89,9 @@ def test_triton_heads_fastest_grid():
     for partition_tokens in (64, None):
         out = torch.full_like(args[0], float("nan"))
         paged_decode_attention_triton(
-            *args, out=out, partition_tokens=partition_tokens, config={"HEADS_FASTEST": True}
+            *args,
+            out=out,
+            partition_tokens=partition_tokens,
+            config={"HEADS_FASTEST": True, "BLOCK_N": 32},
         )
         assert_close(out, expected)
