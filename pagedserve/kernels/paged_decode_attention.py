@@ -175,8 +175,11 @@ def _decode_merge_kernel(
     tl.store(out_ptr + out_offsets, out.to(out_ptr.dtype.element_ty))
 
 
-# Programs to aim for: enough to fill every multiprocessor several times over.
-_PROGRAMS_PER_SM = 4
+# Programs to aim for: about two per multiprocessor. Measured on an H100
+# (docs/kernels-notes.md v4): batch 32 x 8 kv heads (256 programs on 132
+# multiprocessors) read fastest with one partition per sequence at every
+# context from 1k to 32k, and batch 1 with about 32 partitions.
+_PROGRAMS_PER_SM = 2
 # Below this many keys a partition's fixed costs (query load, merge) dominate.
 _MIN_PARTITION_TOKENS = 256
 # The merge kernel holds [partitions, head_dim] fp32 in registers: keep it small.
@@ -198,7 +201,9 @@ def choose_partition_tokens(
     max_seq_len is the block table's capacity, an upper bound on every seq_len.
     """
     target_programs = _PROGRAMS_PER_SM * _num_sms(device)
-    wanted = triton.cdiv(target_programs, num_seqs * num_kv_heads)
+    programs = num_seqs * num_kv_heads  # per partition
+    # Rounded, not rounded up: 256 programs against a target of 264 stay whole.
+    wanted = (target_programs + programs // 2) // programs
     most = max(1, min(_MAX_PARTITIONS, triton.cdiv(max_seq_len, _MIN_PARTITION_TOKENS)))
     num_partitions = max(1, min(wanted, most))
     tokens = triton.cdiv(max_seq_len, num_partitions)
@@ -206,11 +211,11 @@ def choose_partition_tokens(
 
 
 def _decode_config(head_dim: int) -> dict:
-    """Launch options measured on an H100 (head size 128, bf16; docs/kernels-notes.md v2):
-    2 warps and 4 stages matched 4 warps at batch >= 32 and read 82% of copy
-    bandwidth at batch 1 x 32k against 71%."""
+    """Launch options measured on an H100 (head size 128, bf16; docs/kernels-notes.md v4):
+    128 keys x 4 warps x 3 stages was fastest at long contexts and within 1% of
+    the best variant at every batch and context of the sweep."""
     if head_dim <= 128:
-        return {"BLOCK_N": 64, "num_warps": 2, "num_stages": 4, "HEADS_FASTEST": False}
+        return {"BLOCK_N": 128, "num_warps": 4, "num_stages": 3, "HEADS_FASTEST": False}
     return {"BLOCK_N": 32, "num_warps": 4, "num_stages": 2, "HEADS_FASTEST": False}
 
 
