@@ -439,7 +439,7 @@ V3_LAUNCH = {"BLOCK_N": 64, "num_warps": 2, "num_stages": 4}
 DECODE_SWEEP = [
     ("v3 default", V3_LAUNCH, "v3"),  # v3's launch options and partition rule
     ("v3 launch, v4 partitions", V3_LAUNCH, None),
-    ("heads-fastest", {"HEADS_FASTEST": True}, None),
+    ("sequence-major grid", {"HEADS_FASTEST": False}, None),
     ("n32 w2 s6", {"BLOCK_N": 32, "num_warps": 2, "num_stages": 6}, None),
 ]
 PARTITION_SWEEP = [(f"part{p}", None, p) for p in (256, 512, 1024, 2048)]
