@@ -1,6 +1,7 @@
 """paged_decode_attention: reference vs dense float64 attention, Triton vs reference."""
 
 import importlib
+import itertools
 
 import pytest
 import torch
@@ -84,18 +85,18 @@ def test_dispatchers_use_triton_when_asked(monkeypatch):
     assert_close(out, expected)
 
 
-def test_triton_heads_fastest_grid():
-    """The grid order that puts the kv heads of one block side by side."""
+def test_triton_both_grid_orders():
+    """kv-head-major (the default at head size <= 128) and sequence-major grids."""
     seq_lens = lengths_around(16)
     args, _, _ = make_inputs(seq_lens, 8, 2, 64, 16, torch.float32)
     expected = paged_decode_attention_reference(*args)
-    for partition_tokens in (64, None):
+    for partition_tokens, heads_fastest in itertools.product((64, None), (True, False)):
         out = torch.full_like(args[0], float("nan"))
         paged_decode_attention_triton(
             *args,
             out=out,
             partition_tokens=partition_tokens,
-            config={"HEADS_FASTEST": True, "BLOCK_N": 32},
+            config={"HEADS_FASTEST": heads_fastest, "BLOCK_N": 32},
         )
         assert_close(out, expected)
 
