@@ -5,7 +5,8 @@ Order: (1) each Triton kernel against its torch reference at full size;
 (2) the card's copy bandwidth (device-to-device copy, bytes read + written);
 (3) paged decode against torch SDPA on a contiguous cache at the same shapes;
 (4) paged prefill against SDPA causal on the same lengths stored contiguously;
-(5) copy_blocks and write_kv_cache against the copy bandwidth. The table is
+(5) copy_blocks, write_kv_cache and the layer ops (rms_norm, add_rms_norm,
+silu_and_mul, rotary_embedding) against the copy bandwidth. The table is
 printed last and written, with every figure, to --out.
 """
 
@@ -23,12 +24,28 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pagedserve.kernels.copy_blocks import copy_blocks_reference, copy_blocks_triton  # noqa: E402
 from pagedserve.kernels.paged_attention import (  # noqa: E402
+    gather_sequence_kv,
     paged_attention_reference,
     paged_attention_triton,
 )
 from pagedserve.kernels.paged_decode_attention import (  # noqa: E402
     paged_decode_attention_reference,
     paged_decode_attention_triton,
+)
+from pagedserve.kernels.rms_norm import (  # noqa: E402
+    add_rms_norm_reference,
+    add_rms_norm_triton,
+    rms_norm_reference,
+    rms_norm_triton,
+)
+from pagedserve.kernels.rotary_embedding import (  # noqa: E402
+    rope_cos_sin_cache,
+    rotary_embedding_reference,
+    rotary_embedding_triton,
+)
+from pagedserve.kernels.silu_and_mul import (  # noqa: E402
+    silu_and_mul_reference,
+    silu_and_mul_triton,
 )
 from pagedserve.kernels.swap_blocks import swap_blocks  # noqa: E402
 from pagedserve.kernels.write_kv_cache import (  # noqa: E402
@@ -110,6 +127,16 @@ def make_paged(seq_lens, num_kv_heads, head_dim, dtype, copies=1, spare_blocks=7
     return key_cache, value_cache, tables, lens
 
 
+def new_tokens_kv(key_cache, value_cache, table, seqs):
+    """The new tokens' K and V ([num_tokens, kv_heads, head_dim] each), copied
+    from the cache, for seqs = [(seq_len, q_len), ...]."""
+    keys, values = [], []
+    for seq, (seq_len, q_len) in enumerate(seqs):
+        keys.append(gather_sequence_kv(key_cache, table[seq], seq_len)[seq_len - q_len :])
+        values.append(gather_sequence_kv(value_cache, table[seq], seq_len)[seq_len - q_len :])
+    return torch.cat(keys), torch.cat(values)
+
+
 def run_checks() -> None:
     """Each Triton kernel against its reference at serving sizes."""
     for num_heads, num_kv_heads, head_dim, dtype, tol in [
@@ -125,7 +152,10 @@ def run_checks() -> None:
         expected = paged_decode_attention_reference(*args)
         check(f"decode {tag}", rel_err(paged_decode_attention_triton(*args), expected), tol)
         qsl = torch.arange(len(seq_lens) + 1, dtype=torch.int32, device=DEVICE)
-        out = paged_attention_triton(query, key_cache, value_cache, tables[0], qsl, lens, args[-1])
+        new_kv = new_tokens_kv(key_cache, value_cache, tables[0], [(n, 1) for n in seq_lens])
+        out = paged_attention_triton(
+            query, *new_kv, key_cache, value_cache, tables[0], qsl, lens, args[-1]
+        )
         check(f"varlen-as-decode {tag}", rel_err(out, expected), tol)
         # Mixed batch: decode, chunked prefill (cached context), full prefill.
         seqs = [(1, 1), (17, 17), (1000, 1000), (3000, 500), (4099, 1), (16, 16), (2048, 2048)]
@@ -135,12 +165,13 @@ def run_checks() -> None:
         q_lens = torch.tensor([0] + [q for _, q in seqs], device=DEVICE)
         qsl = q_lens.cumsum(0).to(torch.int32)
         query = torch.randn(int(qsl[-1]), num_heads, head_dim, device=DEVICE, dtype=dtype)
-        args = (query, key_cache, value_cache, tables[0], qsl, lens, head_dim**-0.5)
+        new_kv = new_tokens_kv(key_cache, value_cache, tables[0], seqs)
+        args = (query, *new_kv, key_cache, value_cache, tables[0], qsl, lens, head_dim**-0.5)
         expected = paged_attention_reference(*args)
-        out = torch.full_like(query, float("nan"))
-        check(
-            f"prefill mixed {tag}", rel_err(paged_attention_triton(*args, out=out), expected), tol
-        )
+        for name, config in PREFILL_CHECKED:
+            out = torch.full_like(query, float("nan"))
+            out = paged_attention_triton(*args, out=out, config=config)
+            check(f"prefill mixed {tag} {name}", rel_err(out, expected), tol)
 
     pool_shape = (4, 2, 600, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM)
     pool = torch.randn(pool_shape, device=DEVICE, dtype=DTYPE)
@@ -171,6 +202,61 @@ def run_checks() -> None:
     torch.cuda.synchronize()
     ok_in = torch.equal(host_pool[:, :, host_ids], pool[:, :, device_ids].cpu())
     check("swap_blocks out+in", 0.0 if ok_out and ok_in else float("nan"), 0.0)
+
+
+# Layer-op widths of Llama-3-8B (hidden 4096, MLP 14336, 32/8 heads x 128).
+HIDDEN_SIZE, INTERMEDIATE_SIZE, MAX_POSITION = 4096, 14336, 16384
+
+
+def layer_op_inputs(num_tokens: int) -> dict:
+    return {
+        "x": torch.randn(num_tokens, HIDDEN_SIZE, device=DEVICE, dtype=DTYPE),
+        "residual": torch.randn(num_tokens, HIDDEN_SIZE, device=DEVICE, dtype=DTYPE),
+        "weight": torch.randn(HIDDEN_SIZE, device=DEVICE, dtype=DTYPE),
+        "gate_up": torch.randn(num_tokens, 2 * INTERMEDIATE_SIZE, device=DEVICE, dtype=DTYPE),
+        "positions": torch.randint(0, MAX_POSITION, (num_tokens,), device=DEVICE),
+        "query": torch.randn(num_tokens, NUM_HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE),
+        "key": torch.randn(num_tokens, NUM_KV_HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE),
+        "cos_sin": rope_cos_sin_cache(MAX_POSITION, HEAD_DIM, 500000.0, DEVICE),
+    }
+
+
+def check_layer_ops() -> None:
+    """rms_norm, add_rms_norm, rotary_embedding, silu_and_mul against their references."""
+    t = layer_op_inputs(3000)
+    eps = 1e-5
+    expected = rms_norm_reference(t["x"], t["weight"], eps)
+    check("rms_norm", rel_err(rms_norm_triton(t["x"], t["weight"], eps), expected), 1e-2)
+    ours = add_rms_norm_triton(t["x"], t["residual"], t["weight"], eps)
+    theirs = add_rms_norm_reference(t["x"], t["residual"], t["weight"], eps)
+    err = max(rel_err(a, b) for a, b in zip(ours, theirs, strict=True))
+    check("add_rms_norm", err, 1e-2)
+    expected = silu_and_mul_reference(t["gate_up"])
+    check("silu_and_mul", rel_err(silu_and_mul_triton(t["gate_up"]), expected), 1e-2)
+    ours_q, ours_k = t["query"].clone(), t["key"].clone()
+    rotary_embedding_triton(t["positions"], ours_q, ours_k, t["cos_sin"])
+    rotary_embedding_reference(t["positions"], t["query"], t["key"], t["cos_sin"])
+    err = max(rel_err(ours_q, t["query"]), rel_err(ours_k, t["key"]))
+    check("rotary_embedding", err, 1e-2)
+
+
+def bench_layer_ops(copy_gbps) -> None:
+    """Each op's bytes: its inputs read once and its outputs written once."""
+    for num_tokens in (256, 16384):
+        t = layer_op_inputs(num_tokens)
+        shape = f"{num_tokens} tokens"
+        hidden_bytes = num_tokens * HIDDEN_SIZE * 2
+        ms = bench_ms(lambda t=t: rms_norm_triton(t["x"], t["weight"], 1e-5))
+        add_row("rms_norm triton", shape, ms, 2 * hidden_bytes, copy_gbps)
+        ms = bench_ms(lambda t=t: add_rms_norm_triton(t["x"], t["residual"], t["weight"], 1e-5))
+        add_row("add_rms_norm triton", shape, ms, 4 * hidden_bytes, copy_gbps)
+        ms = bench_ms(lambda t=t: silu_and_mul_triton(t["gate_up"]))
+        add_row("silu_and_mul triton", shape, ms, 3 * num_tokens * INTERMEDIATE_SIZE * 2, copy_gbps)
+        rotary_bytes = 2 * (t["query"].numel() + t["key"].numel()) * 2 + num_tokens * HEAD_DIM * 4
+        ms = bench_ms(
+            lambda t=t: rotary_embedding_triton(t["positions"], t["query"], t["key"], t["cos_sin"])
+        )
+        add_row("rotary_embedding triton", shape, ms, rotary_bytes, copy_gbps)
 
 
 def measure_copy_bandwidth() -> float:
@@ -241,6 +327,8 @@ def bench_decode(batch, context, copy_gbps, configs) -> None:
     check(f"decode b{batch} ctx{context} vs sdpa", rel_err(ours, theirs[:, :, 0]), 1e-2)
     shape = f"b{batch} ctx{context}"
     for name, config, partition in configs:
+        if partition == "v3":
+            partition = v3_partition_tokens(batch, tables[0].shape[1] * BLOCK_SIZE)
 
         def ours_fn(config=config, partition=partition):
             i = pick()
@@ -252,6 +340,14 @@ def bench_decode(batch, context, copy_gbps, configs) -> None:
         eager = f"eager (do_bench, L2 flushed): ours {bench_ms(ours_fn):.4f} ms, sdpa {sdpa_eager_ms:.4f} ms"
         ms = bench_graph_ms(ours_fn, calls)
         add_row(f"decode {name}", shape, ms, kv_bytes, copy_gbps, sdpa_ms, eager)
+
+
+def v3_partition_tokens(num_seqs: int, max_seq_len: int) -> int:
+    """v3's rule: about 4 programs per multiprocessor, partitions of >= 256 keys."""
+    num_sms = torch.cuda.get_device_properties(DEVICE).multi_processor_count
+    wanted = triton.cdiv(4 * num_sms, num_seqs * NUM_KV_HEADS)
+    num_partitions = max(1, min(wanted, 64, triton.cdiv(max_seq_len, 256)))
+    return triton.cdiv(triton.cdiv(max_seq_len, num_partitions), 64) * 64
 
 
 def bench_prefill(batch, length, configs) -> None:
@@ -267,7 +363,10 @@ def bench_prefill(batch, length, configs) -> None:
         blocks = cache[tables[0][:, : triton.cdiv(length, BLOCK_SIZE)].long()]
         return blocks.flatten(1, 2)[:, :length].transpose(1, 2).contiguous()
 
-    k4, v4 = contiguous(key_cache), contiguous(value_cache)
+    k4, v4 = contiguous(key_cache), contiguous(value_cache)  # [batch, kv_heads, length, dim]
+    new_key = k4.transpose(1, 2).flatten(0, 1).contiguous()  # [batch * length, kv_heads, dim]
+    new_value = v4.transpose(1, 2).flatten(0, 1).contiguous()
+    args = (query, new_key, new_value, key_cache, value_cache, tables[0], qsl, lens, scale)
     group = NUM_HEADS // NUM_KV_HEADS
     k4x, v4x = k4.repeat_interleave(group, 1), v4.repeat_interleave(group, 1)
     gqa_ms = bench_ms(
@@ -280,19 +379,12 @@ def bench_prefill(batch, length, configs) -> None:
     )
     sdpa_ms = min(gqa_ms, mha_ms)
     theirs = F.scaled_dot_product_attention(q4, k4x, v4x, is_causal=True, scale=scale)
-    ours = paged_attention_triton(query, key_cache, value_cache, tables[0], qsl, lens, scale)
-    check(
-        f"prefill b{batch} L{length} vs sdpa",
-        rel_err(ours, theirs.transpose(1, 2).flatten(0, 1)),
-        1e-2,
-    )
+    theirs = theirs.transpose(1, 2).flatten(0, 1)
     flops = 4 * batch * NUM_HEADS * HEAD_DIM * length * (length + 1) / 2
     for name, config in configs:
-        ms = bench_ms(
-            lambda config=config: paged_attention_triton(
-                query, key_cache, value_cache, tables[0], qsl, lens, scale, config=config
-            )
-        )
+        ours = paged_attention_triton(*args, config=config)
+        check(f"prefill {name} b{batch} L{length} vs sdpa", rel_err(ours, theirs), 1e-2)
+        ms = bench_ms(lambda config=config: paged_attention_triton(*args, config=config))
         row = {"kernel": f"prefill {name}", "shape": f"b{batch} L{length}", "ms": ms,
                "TFLOP/s": flops / ms / 1e9, "sdpa_ms": sdpa_ms, "vs_sdpa": ms / sdpa_ms,
                "note": f"sdpa gqa {gqa_ms:.3f} ms, mha-expanded {mha_ms:.3f} ms"}  # fmt: skip
@@ -343,19 +435,31 @@ def bench_write_kv_cache(copy_gbps) -> None:
 
 
 DECODE_DEFAULT = [("default", None, None)]
+V3_LAUNCH = {"BLOCK_N": 64, "num_warps": 2, "num_stages": 4}
 DECODE_SWEEP = [
-    ("heads-fastest", {"HEADS_FASTEST": True}, None),
-    ("v2 n64 w4 s3", {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}, None),
-    ("n128 w2 s4", {"BLOCK_N": 128, "num_warps": 2, "num_stages": 4}, None),
-    ("n32 w2 s4", {"BLOCK_N": 32, "num_warps": 2, "num_stages": 4}, None),
-    ("n64 w2 s3", {"BLOCK_N": 64, "num_warps": 2, "num_stages": 3}, None),
+    ("v3 default", V3_LAUNCH, "v3"),  # v3's launch options and partition rule
+    ("v3 launch, v4 partitions", V3_LAUNCH, None),
+    ("sequence-major grid", {"HEADS_FASTEST": False}, None),
+    ("n32 w2 s6", {"BLOCK_N": 32, "num_warps": 2, "num_stages": 6}, None),
 ]
 PARTITION_SWEEP = [(f"part{p}", None, p) for p in (256, 512, 1024, 2048)]
 PREFILL_DEFAULT = [("default", None)]
+LONG_TILES = {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3}
+SHORT_TILES = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
+# Checked at full size against the reference before any timing, at every
+# head size (the tile sizes stay those of the default for the shape).
+PREFILL_CHECKED = [
+    ("default", None),
+    ("pointers", {"NEW_KV_DESCRIPTORS": False}),
+    ("paired", {"PAIRED_TILES": True}),
+    ("single", {"PAIRED_TILES": False}),
+]
 PREFILL_SWEEP = [
-    ("v1 m128 n64 w8 s2", {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}),
-    ("m128 n64 w4 s3", {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}),
-    ("m64 n64 w4 s3", {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}),
+    ("pointers", {"NEW_KV_DESCRIPTORS": False}),
+    ("m128 n128 w8 s3 single", {**LONG_TILES, "PAIRED_TILES": False}),
+    ("m64 n64 w4 s3 paired", {**SHORT_TILES, "PAIRED_TILES": True}),
+    ("m64 n64 w4 s3 single", {**SHORT_TILES, "PAIRED_TILES": False}),
+    ("m128 n64 w8 s3 single", {**LONG_TILES, "BLOCK_N": 64, "PAIRED_TILES": False}),
 ]
 DECODE_SWEEP_SHAPES = {(1, 32768), (32, 1024), (32, 2048), (128, 1024), (256, 2048), (128, 8192)}
 
@@ -402,6 +506,7 @@ def main() -> None:
     print(f"{device_name}; {versions}", flush=True)
     if not args.skip_checks:
         guarded(run_checks)
+        guarded(check_layer_ops)
     copy_gbps = measure_copy_bandwidth()
     print(f"copy bandwidth {copy_gbps:.0f} GB/s", flush=True)
     for batch in (1, 32, 128, 256):
@@ -415,6 +520,7 @@ def main() -> None:
         guarded(bench_prefill, batch, length, configs)
     guarded(bench_copy_blocks, copy_gbps)
     guarded(bench_write_kv_cache, copy_gbps)
+    guarded(bench_layer_ops, copy_gbps)
     table = print_table(copy_gbps)
     header = f"{device_name}, 2026-11-26, {versions}"
     os.makedirs(args.out, exist_ok=True)

@@ -137,8 +137,12 @@ class Attention(nn.Module):
                 q, key_cache, value_cache, batch.block_tables, batch.seq_lens, self.scale
             )
         else:
+            # The new tokens' K/V also go in directly: a prompt with no cached
+            # prefix then reads contiguous tiles instead of gathering blocks.
             out = kernels.paged_attention(
                 q,
+                k,
+                v,
                 key_cache,
                 value_cache,
                 batch.block_tables,

@@ -55,6 +55,8 @@ def write_kv_cache(
 
 def paged_attention(
     query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+    key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim], the new tokens' keys
+    value: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim], the new tokens' values
     key_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
     value_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
     block_tables: torch.Tensor,  # [num_seqs, max_blocks_per_seq] int32
@@ -62,20 +64,19 @@ def paged_attention(
     seq_lens: torch.Tensor,  # [num_seqs] int32, cached tokens including the new ones
     scale: float,
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim], query's dtype
-    """Causal attention of a varlen batch of new tokens over the paged cache.
+    """Causal attention of a varlen batch of new tokens over their cached context
+    (read through the block tables) and over themselves (read from key/value).
 
     Raises ValueError on unsupported shapes (Triton: head_dim not a power of
-    two >= 16, num_heads not a multiple of num_kv_heads; reference: a sequence
-    with more new tokens than seq_len). The Triton path never syncs with the
-    device; the reference reads query_start_loc and seq_lens on the host.
+    two >= 16, num_heads not a multiple of num_kv_heads, key/value not shaped
+    like query's tokens; reference: a sequence with more new tokens than
+    seq_len). The Triton path never syncs with the device; the reference reads
+    query_start_loc and seq_lens on the host.
     """
+    args = (query, key, value, key_cache, value_cache, block_tables, query_start_loc, seq_lens)
     if use_triton(query):
-        return paged_attention_triton(
-            query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale
-        )
-    return paged_attention_reference(
-        query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale
-    )
+        return paged_attention_triton(*args, scale)
+    return paged_attention_reference(*args, scale)
 
 
 def paged_decode_attention(

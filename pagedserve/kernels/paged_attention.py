@@ -1,16 +1,27 @@
 """Paged attention over a varlen batch: prefill, chunked prefill and decode mixed.
 
-The new tokens of all sequences sit back to back in `query`; sequence s owns
-rows query_start_loc[s]:query_start_loc[s+1]. Its keys and values, the new ones
-included, are already in the paged cache: token t of sequence s lives in block
-block_tables[s, t // block_size] at offset t % block_size. The i-th new query
-of a sequence of seq_len tokens and q_len new tokens sits at position
-seq_len - q_len + i and attends to positions 0..that position.
+The new tokens of all sequences sit back to back in `query`, `key` and `value`;
+sequence s owns rows query_start_loc[s]:query_start_loc[s+1]. Its earlier
+tokens (the cached context) are in the paged cache: token t of sequence s lives
+in block block_tables[s, t // block_size] at offset t % block_size. The i-th
+new query of a sequence of seq_len tokens and q_len new tokens sits at
+position seq_len - q_len + i and attends to positions 0..that position.
+
+The new tokens' keys and values are read from `key` and `value`, not from the
+cache (the caller writes them there too, for later steps): a prefill with no
+cached context is then a plain contiguous flash attention, whose tiles can be
+loaded through tensor descriptors (the bulk tensor copy engine on Hopper).
 """
 
 import torch
 
 from pagedserve.kernels._backend import dot_in_fp32, dot_precision, tl, triton
+from pagedserve.kernels.attention_tiles import (
+    LOG2_E,
+    attend_paged_tile,
+    check_attention_shapes,
+    online_softmax_step,
+)
 
 # The reference bounds its fp32 score matrix to this many values (64 MiB) by
 # taking a sequence's queries in chunks.
@@ -65,6 +76,8 @@ def _attend_one_sequence(
 
 def paged_attention_reference(
     query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+    key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim], the new tokens' keys
+    value: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim], the new tokens' values
     key_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
     value_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
     block_tables: torch.Tensor,  # [num_seqs, max_blocks_per_seq] int32
@@ -72,7 +85,8 @@ def paged_attention_reference(
     seq_lens: torch.Tensor,  # [num_seqs] int32
     scale: float,
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim], query's dtype
-    """Pure torch, fp32: per sequence, gather its K/V, masked matmul softmax matmul.
+    """Pure torch, fp32: per sequence, its cached context gathered from the cache
+    and its new K/V from `key`/`value`, then masked matmul, softmax, matmul.
 
     Raises ValueError when a sequence has more new tokens than total tokens.
     """
@@ -85,83 +99,87 @@ def paged_attention_reference(
             continue
         if last - first > seq_len:
             raise ValueError(f"sequence {seq}: {last - first} new tokens > seq_len {seq_len}")
-        key = gather_sequence_kv(key_cache, block_tables[seq], seq_len).float()
-        value = gather_sequence_kv(value_cache, block_tables[seq], seq_len).float()
-        attended = _attend_one_sequence(query[first:last].float(), key, value, scale)
+        context_len = seq_len - (last - first)
+        seq_key = torch.cat(
+            (gather_sequence_kv(key_cache, block_tables[seq], context_len), key[first:last])
+        ).float()
+        seq_value = torch.cat(
+            (gather_sequence_kv(value_cache, block_tables[seq], context_len), value[first:last])
+        ).float()
+        attended = _attend_one_sequence(query[first:last].float(), seq_key, seq_value, scale)
         out[first:last] = attended.to(query.dtype)
     return out
 
 
 @triton.jit
-def attend_kv_tile(
-    q,  # [ROWS, HEAD_DIM] query rows, cache dtype
-    row_max,  # [ROWS] fp32, running max of log2-scaled scores
-    row_sum,  # [ROWS] fp32, running sum of exp2(score - row_max)
-    acc,  # [ROWS, HEAD_DIM] fp32, running sum of weights * values
-    key_cache_ptr,
-    value_cache_ptr,
-    block_table_row_ptr,  # this sequence's row of block_tables
-    kv_head_offset,  # kv_head * cache_stride_head
-    first_token,  # position of the tile's first key
-    key_limit,  # when BOUNDED, keys at or past this position are masked and never read
-    row_pos,  # [ROWS] int32 position of each query row (used when CAUSAL)
-    scale_log2,  # softmax scale * log2(e): exp2 of scaled scores = exp of scores
-    cache_stride_block,
-    cache_stride_slot,
-    BLOCK_SIZE: tl.constexpr,
+def _load_new_kv_tile(
+    key_source,  # DESCRIPTORS: a descriptor over key as [num_tokens, num_kv_heads * HEAD_DIM]; else key_ptr
+    value_source,  # the same for value
+    first_row,  # key/value row of the tile's first key
+    row_limit,  # when BOUNDED (pointer loads), rows at or past this load 0
+    kv_head,
+    kv_stride_token,
+    kv_stride_head,
     HEAD_DIM: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    BOUNDED: tl.constexpr,  # the tile may cross key_limit
-    CAUSAL: tl.constexpr,  # the tile may hold keys after some row's position
-    DOT_IN_FP32: tl.constexpr,  # see _backend.dot_in_fp32
-    DOT_PRECISION: tl.constexpr,  # see _backend.dot_precision
+    BOUNDED: tl.constexpr,
+    DESCRIPTORS: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,
 ):
-    """One online-softmax step over BLOCK_N keys gathered through the block table.
+    """K and V of BLOCK_N consecutive new tokens, each [BLOCK_N, HEAD_DIM].
 
-    Tiles wholly inside the visible keys (BOUNDED and CAUSAL false) take no
-    masks at all: no predicated loads, no selects on the scores.
+    A descriptor load reads rows past the sequence (the next sequence's tokens,
+    or zeros past the tensor's end): the caller's causal mask hides them.
     """
-    tokens = first_token + tl.arange(0, BLOCK_N)  # [BLOCK_N]
-    token_mask = tokens < key_limit
-    dims = tl.arange(0, HEAD_DIM)
-    if BOUNDED:
-        # Padding entries of the block table are never read: masked tokens load 0.
-        block_ids = tl.load(block_table_row_ptr + tokens // BLOCK_SIZE, mask=token_mask, other=0)
+    if DESCRIPTORS:
+        k = key_source.load([first_row, kv_head * HEAD_DIM])
+        v = value_source.load([first_row, kv_head * HEAD_DIM])
     else:
-        block_ids = tl.load(block_table_row_ptr + tokens // BLOCK_SIZE)
-    kv_offsets = (
-        block_ids.to(tl.int64) * cache_stride_block
-        + (tokens % BLOCK_SIZE) * cache_stride_slot
-        + kv_head_offset
-    )  # [BLOCK_N]
-    kv_ptrs = kv_offsets[:, None] + dims[None, :]  # [BLOCK_N, HEAD_DIM]
-    if BOUNDED:
-        k = tl.load(key_cache_ptr + kv_ptrs, mask=token_mask[:, None], other=0.0)
-        v = tl.load(value_cache_ptr + kv_ptrs, mask=token_mask[:, None], other=0.0)
-    else:
-        k = tl.load(key_cache_ptr + kv_ptrs)
-        v = tl.load(value_cache_ptr + kv_ptrs)
+        rows = first_row + tl.arange(0, BLOCK_N)
+        offsets = rows.to(tl.int64)[:, None] * kv_stride_token + kv_head * kv_stride_head
+        ptrs = offsets + tl.arange(0, HEAD_DIM)[None, :]  # [BLOCK_N, HEAD_DIM]
+        if BOUNDED:
+            k = tl.load(key_source + ptrs, mask=(rows < row_limit)[:, None], other=0.0)
+            v = tl.load(value_source + ptrs, mask=(rows < row_limit)[:, None], other=0.0)
+        else:
+            k = tl.load(key_source + ptrs)
+            v = tl.load(value_source + ptrs)
     if DOT_IN_FP32:
         k = k.to(tl.float32)
         v = v.to(tl.float32)
-    scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # [ROWS, BLOCK_N] fp32, unscaled
-    if CAUSAL:
-        visible = token_mask[None, :] & (tokens[None, :] <= row_pos[:, None])
-        scores = tl.where(visible, scores, float("-inf"))
-    elif BOUNDED:
-        scores = tl.where(token_mask[None, :], scores, float("-inf"))
-    # Every row has seen at least one key by its first tile, so new_max is finite.
-    new_max = tl.maximum(row_max, tl.max(scores, axis=1) * scale_log2)
-    weights = tl.exp2(scores * scale_log2 - new_max[:, None])  # [ROWS, BLOCK_N], one FMA
-    rescale = tl.exp2(row_max - new_max)  # [ROWS]
-    row_sum = row_sum * rescale + tl.sum(weights, axis=1)
-    acc = acc * rescale[:, None] + tl.dot(weights.to(v.dtype), v, input_precision=DOT_PRECISION)
-    return new_max, row_sum, acc
+    return k, v
+
+
+@triton.jit
+def _find_tile_slot(query_start_loc_ptr, num_seqs, SLOT_Q: tl.constexpr, SEQS_BLOCK: tl.constexpr):
+    """(sequence, slot within it, q_start, q_len) of this program.
+
+    Sequence s owns programs slot_start(s) .. slot_start(s+1) - 1, with
+    slot_start(s) = query_start_loc[s] // SLOT_Q + s: room for its
+    cdiv(q_len, SLOT_Q) slots of SLOT_Q new tokens (spare slots do nothing).
+    slot_start grows strictly, so the sequence is the count of s >= 1 with
+    slot_start(s) <= this program: a few wide loads rather than a binary
+    search's chain of dependent ones.
+    """
+    program = tl.program_id(0)
+    seq = 0
+    for first in range(1, num_seqs, SEQS_BLOCK):
+        seqs = first + tl.arange(0, SEQS_BLOCK)
+        in_batch = seqs < num_seqs
+        starts = tl.load(query_start_loc_ptr + seqs, mask=in_batch, other=0)
+        passed = in_batch & (starts // SLOT_Q + seqs <= program)
+        seq += tl.sum(passed.to(tl.int32), axis=0)
+    q_start = tl.load(query_start_loc_ptr + seq)
+    q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
+    slot = program - (q_start // SLOT_Q + seq)
+    return seq, slot, q_start, q_len
 
 
 @triton.jit
 def _paged_attention_kernel(
     query_ptr,
+    key_source,  # NEW_KV_DESCRIPTORS: a descriptor of BLOCK_N x HEAD_DIM tiles; else a pointer
+    value_source,
     key_cache_ptr,
     value_cache_ptr,
     block_tables_ptr,
@@ -172,6 +190,8 @@ def _paged_attention_kernel(
     num_seqs,
     query_stride_token,
     query_stride_head,
+    kv_stride_token,  # key and value share their strides
+    kv_stride_head,
     out_stride_token,
     out_stride_head,
     cache_stride_block,
@@ -181,40 +201,88 @@ def _paged_attention_kernel(
     BLOCK_SIZE: tl.constexpr,
     GROUP_SIZE: tl.constexpr,  # query heads per kv head
     HEAD_DIM: tl.constexpr,
-    BLOCK_M: tl.constexpr,  # rows per program: BLOCK_Q tokens x GROUP_SIZE heads
+    BLOCK_M: tl.constexpr,  # rows per query tile: BLOCK_Q tokens x GROUP_SIZE heads
     BLOCK_Q: tl.constexpr,  # BLOCK_M // GROUP_SIZE
     BLOCK_N: tl.constexpr,  # keys per step
+    PAIRED_TILES: tl.constexpr,  # each program takes a long and a short query tile
+    SEQS_BLOCK: tl.constexpr,  # sequences compared per load when finding a program's sequence
+    NEW_KV_DESCRIPTORS: tl.constexpr,  # new K/V tiles through tensor descriptors
     DOT_IN_FP32: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    # Program (tile_index, kv_head) handles BLOCK_Q new tokens of one sequence
-    # and all query heads of one kv head, so each K/V tile is loaded once for
-    # the whole group. Sequence s owns tiles tile_start(s) .. tile_start(s+1)-1
-    # with tile_start(s) = query_start_loc[s] // BLOCK_Q + s, which leaves room
-    # for its cdiv(q_len, BLOCK_Q) tiles; the spare ones return at once.
-    tile_index = tl.program_id(0)
-    kv_head = tl.program_id(1)
-    low = 0
-    high = num_seqs  # invariant: tile_start(low) <= tile_index < tile_start(high)
-    while high - low > 1:
-        mid = (low + high) // 2
-        mid_start = tl.load(query_start_loc_ptr + mid) // BLOCK_Q + mid
-        low = tl.where(mid_start <= tile_index, mid, low)
-        high = tl.where(mid_start <= tile_index, high, mid)
-    seq = low
-    q_start = tl.load(query_start_loc_ptr + seq)
-    q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
-    q_tile = tile_index - (q_start // BLOCK_Q + seq)
-    if q_tile * BLOCK_Q >= q_len:
-        return
+    # Program (slot, kv_head) handles one or two query tiles of one sequence.
+    # Under the causal mask the last tile of a sequence does the most work:
+    # tiles are taken last to first, so that long ones start first and short
+    # ones fill the tail of the launch. Paired, slot p takes tiles n-1-p and
+    # p of the sequence's n: every program does about the same work, and there
+    # are half as many, each with its fixed costs (query load, pipeline fill).
+    tiles_per_slot: tl.constexpr = 2 if PAIRED_TILES else 1
+    seq, slot, q_start, q_len = _find_tile_slot(
+        query_start_loc_ptr, num_seqs, BLOCK_Q * tiles_per_slot, SEQS_BLOCK
+    )
+    long_tile = tl.cdiv(q_len, BLOCK_Q) - 1 - slot
+    short_tile = slot if PAIRED_TILES else long_tile
+    if (long_tile < 0) | (long_tile < short_tile):
+        return  # a spare slot
     seq_len = tl.load(seq_lens_ptr + seq)
-    context_len = seq_len - q_len
+    kv_head = tl.program_id(1)
+    num_tiles_here = tl.where(long_tile > short_tile, 2, 1)
+    for tile_number in range(num_tiles_here):
+        q_tile = long_tile - tile_number * (long_tile - short_tile)
+        _attend_query_tile(
+            query_ptr, key_source, value_source, key_cache_ptr, value_cache_ptr,
+            block_tables_ptr, out_ptr, scale_log2, seq, q_tile, q_start, q_len, seq_len, kv_head,
+            query_stride_token, query_stride_head, kv_stride_token, kv_stride_head,
+            out_stride_token, out_stride_head, cache_stride_block, cache_stride_slot,
+            cache_stride_head, block_table_stride_seq, BLOCK_SIZE, GROUP_SIZE, HEAD_DIM, BLOCK_M,
+            BLOCK_Q, BLOCK_N, NEW_KV_DESCRIPTORS, DOT_IN_FP32, DOT_PRECISION,
+        )  # fmt: skip
 
+
+@triton.jit
+def _attend_query_tile(
+    query_ptr,
+    key_source,
+    value_source,
+    key_cache_ptr,
+    value_cache_ptr,
+    block_tables_ptr,
+    out_ptr,
+    scale_log2,
+    seq,
+    q_tile,  # which BLOCK_Q new tokens of the sequence
+    q_start,
+    q_len,
+    seq_len,
+    kv_head,
+    query_stride_token,
+    query_stride_head,
+    kv_stride_token,
+    kv_stride_head,
+    out_stride_token,
+    out_stride_head,
+    cache_stride_block,
+    cache_stride_slot,
+    cache_stride_head,
+    block_table_stride_seq,
+    BLOCK_SIZE: tl.constexpr,
+    GROUP_SIZE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    NEW_KV_DESCRIPTORS: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Output rows of one query tile: BLOCK_Q new tokens x the GROUP_SIZE query
+    heads of kv_head (row r is token r // GROUP_SIZE, head r % GROUP_SIZE), so
+    that each K/V tile is loaded once for the whole group."""
+    context_len = seq_len - q_len
     rows = tl.arange(0, BLOCK_M)
     q_index = q_tile * BLOCK_Q + rows // GROUP_SIZE  # [BLOCK_M] new-token index
     head = kv_head * GROUP_SIZE + rows % GROUP_SIZE  # [BLOCK_M] query head
     row_mask = (rows < BLOCK_Q * GROUP_SIZE) & (q_index < q_len)
-    row_pos = context_len + q_index  # [BLOCK_M]
     dims = tl.arange(0, HEAD_DIM)
     q_rows = (q_start + q_index).to(tl.int64) * query_stride_token + head * query_stride_head
     q = tl.load(query_ptr + q_rows[:, None] + dims[None, :], mask=row_mask[:, None], other=0.0)
@@ -222,31 +290,51 @@ def _paged_attention_kernel(
         q = q.to(tl.float32)
     else:
         q = q.to(key_cache_ptr.dtype.element_ty)
-
     row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    # 1. The cached context, through the block table: visible to every row.
     block_table_row_ptr = block_tables_ptr + seq.to(tl.int64) * block_table_stride_seq
     kv_head_offset = kv_head * cache_stride_head
-    # Keys before the tile's first query position are visible to every row:
-    # those tiles skip the causal mask. The rest, up to the last row, use it.
-    first_pos = context_len + q_tile * BLOCK_Q
-    unmasked_end = ((first_pos + 1) // BLOCK_N) * BLOCK_N  # <= seq_len
-    kv_end = tl.minimum(seq_len, first_pos + BLOCK_Q)
-    for first_token in range(0, unmasked_end, BLOCK_N):
-        row_max, row_sum, acc = attend_kv_tile(
+    context_full_end = (context_len // BLOCK_N) * BLOCK_N
+    for first_token in range(0, context_full_end, BLOCK_N):
+        row_max, row_sum, acc = attend_paged_tile(
             q, row_max, row_sum, acc, key_cache_ptr, value_cache_ptr, block_table_row_ptr,
-            kv_head_offset, first_token, seq_len, row_pos, scale_log2,
-            cache_stride_block, cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, False, False,
-            DOT_IN_FP32, DOT_PRECISION,
+            kv_head_offset, first_token, context_len, scale_log2, cache_stride_block,
+            cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, False, DOT_IN_FP32, DOT_PRECISION,
         )  # fmt: skip
-    for first_token in range(unmasked_end, kv_end, BLOCK_N):
-        row_max, row_sum, acc = attend_kv_tile(
+    if context_full_end < context_len:
+        row_max, row_sum, acc = attend_paged_tile(
             q, row_max, row_sum, acc, key_cache_ptr, value_cache_ptr, block_table_row_ptr,
-            kv_head_offset, first_token, seq_len, row_pos, scale_log2,
-            cache_stride_block, cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, True, True,
-            DOT_IN_FP32, DOT_PRECISION,
+            kv_head_offset, context_full_end, context_len, scale_log2, cache_stride_block,
+            cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, True, DOT_IN_FP32, DOT_PRECISION,
         )  # fmt: skip
+
+    # 2. The new tokens, contiguous. New keys before the tile's first query are
+    # visible to every row: those tiles take no mask. The rest, up to the last
+    # row, take the causal mask, which also hides rows past the sequence.
+    first_q = q_tile * BLOCK_Q
+    unmasked_end = ((first_q + 1) // BLOCK_N) * BLOCK_N
+    new_end = tl.minimum(q_len, first_q + BLOCK_Q)
+    for first_new in range(0, unmasked_end, BLOCK_N):
+        k, v = _load_new_kv_tile(
+            key_source, value_source, q_start + first_new, 0, kv_head, kv_stride_token,
+            kv_stride_head, HEAD_DIM, BLOCK_N, False, NEW_KV_DESCRIPTORS, DOT_IN_FP32,
+        )  # fmt: skip
+        row_max, row_sum, acc = online_softmax_step(
+            q, k, v, row_max, row_sum, acc, None, scale_log2, False, DOT_PRECISION
+        )
+    for first_new in range(unmasked_end, new_end, BLOCK_N):
+        k, v = _load_new_kv_tile(
+            key_source, value_source, q_start + first_new, q_start + q_len, kv_head,
+            kv_stride_token, kv_stride_head, HEAD_DIM, BLOCK_N, True, NEW_KV_DESCRIPTORS,
+            DOT_IN_FP32,
+        )  # fmt: skip
+        visible = (first_new + tl.arange(0, BLOCK_N))[None, :] <= q_index[:, None]
+        row_max, row_sum, acc = online_softmax_step(
+            q, k, v, row_max, row_sum, acc, visible, scale_log2, True, DOT_PRECISION
+        )
 
     out = acc / row_sum[:, None]
     out_rows = (q_start + q_index).to(tl.int64) * out_stride_token + head * out_stride_head
@@ -257,16 +345,66 @@ def _paged_attention_kernel(
     )
 
 
-def _prefill_config(head_dim: int) -> dict:
-    """Tile sizes and launch options, from a sweep on an H100 (docs/kernels-notes.md v2):
-    128 rows x 64 keys, 8 warps, 3 stages was best or near best at 2k to 8k tokens."""
-    if head_dim <= 128:
-        return {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}
-    return {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
+# Longest sequence (the block table's capacity) from which the larger tiles
+# pay (H100, bf16, head size 128; docs/kernels-notes.md v4).
+_LONG_SEQUENCE_TOKENS = 4096
+# Sequences compared per load when a program looks up its sequence.
+_SEQS_BLOCK = 64
+
+
+def _prefill_config(head_dim: int, max_seq_len: int) -> dict:
+    """Tile sizes and launch options, from shapes alone (no device sync).
+
+    Measured on an H100 (docs/kernels-notes.md v4): for sequences of 4k keys
+    and more, 128 x 128 tiles with 8 warps, one query tile per program; below,
+    64 x 64 tiles with 4 warps and paired query tiles, whose even programs
+    leave no multiprocessor idle at the end of a short launch.
+    """
+    if head_dim > 128:
+        tiles = {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
+        return {**tiles, "PAIRED_TILES": True, "NEW_KV_DESCRIPTORS": True}
+    if max_seq_len >= _LONG_SEQUENCE_TOKENS:
+        tiles = {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3}
+        return {**tiles, "PAIRED_TILES": False, "NEW_KV_DESCRIPTORS": True}
+    tiles = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
+    return {**tiles, "PAIRED_TILES": True, "NEW_KV_DESCRIPTORS": True}
+
+
+def _descriptors_usable(kernel, key: torch.Tensor, value: torch.Tensor) -> bool:
+    """Tensor descriptors need Hopper or later (or the interpreter) and 16-byte
+    aligned bases and row strides."""
+    aligned = all(t.data_ptr() % 16 == 0 for t in (key, value))
+    aligned = aligned and (key.stride(0) * key.element_size()) % 16 == 0
+    if type(kernel).__name__ == "InterpretedFunction":
+        return aligned
+    return aligned and key.is_cuda and torch.cuda.get_device_capability(key.device)[0] >= 9
+
+
+def _rows_contiguous(key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """key and value with each token's heads side by side and equal strides."""
+    head_dim = key.shape[2]
+    if key.stride()[1:] != (head_dim, 1):
+        key = key.contiguous()
+    if value.stride() != key.stride():
+        value = value.contiguous()
+        key = key.contiguous()
+    return key, value
+
+
+def _tile_descriptor(kv: torch.Tensor, block_n: int):
+    """A host-side descriptor of [block_n, head_dim] tiles over kv viewed as
+    [num_tokens, num_kv_heads * head_dim]. Built on the host, it reaches the
+    kernel as a parameter: no program spends time creating one."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    rows = kv.flatten(1)  # a view: each token's heads are side by side
+    return TensorDescriptor(rows, list(rows.shape), list(rows.stride()), [block_n, kv.shape[2]])
 
 
 def paged_attention_triton(
     query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+    key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim], the new tokens' keys
+    value: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim], the new tokens' values
     key_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
     value_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
     block_tables: torch.Tensor,  # [num_seqs, max_blocks_per_seq] int32
@@ -280,48 +418,48 @@ def paged_attention_triton(
 
     Never synchronizes with the device (CUDA-graph safe). Raises ValueError on
     shapes it does not support: head_dim not a power of two >= 16, num_heads
-    not a multiple of num_kv_heads, caches not contiguous.
+    not a multiple of num_kv_heads, caches not contiguous, key or value not
+    [num_tokens, num_kv_heads, head_dim].
     """
     num_tokens, num_heads, head_dim = query.shape
     _, block_size, num_kv_heads, _ = key_cache.shape
-    _check_shapes(query, key_cache, value_cache)
+    check_attention_shapes(query, key_cache, value_cache)
+    kv_shape = (num_tokens, num_kv_heads, head_dim)
+    if tuple(key.shape) != kv_shape or tuple(value.shape) != kv_shape:
+        raise ValueError(f"key {tuple(key.shape)}, value {tuple(value.shape)}: want {kv_shape}")
+    if key.dtype != key_cache.dtype or value.dtype != key_cache.dtype:
+        raise ValueError(f"key/value dtype {key.dtype} differs from the cache's {key_cache.dtype}")
     if query.stride(2) != 1:
         query = query.contiguous()
+    key, value = _rows_contiguous(key, value)
     if out is None:
         out = torch.empty_like(query)
     num_seqs = seq_lens.shape[0]
     if num_tokens == 0 or num_seqs == 0:
         return out
     group_size = num_heads // num_kv_heads
-    config = {**_prefill_config(head_dim), **(config or {})}
+    max_seq_len = block_tables.shape[1] * block_size  # bounds every seq_len
+    config = {**_prefill_config(head_dim, max_seq_len), **(config or {})}
     block_q = config["BLOCK_M"] // group_size
     if block_q < 1:
         raise ValueError(f"BLOCK_M {config['BLOCK_M']} < group size {group_size}")
-    grid = (num_tokens // block_q + num_seqs, num_kv_heads)
+    key_source, value_source = key, value
+    if config["NEW_KV_DESCRIPTORS"] and _descriptors_usable(_paged_attention_kernel, key, value):
+        key_source = _tile_descriptor(key, config["BLOCK_N"])
+        value_source = _tile_descriptor(value, config["BLOCK_N"])
+    else:
+        config["NEW_KV_DESCRIPTORS"] = False
+    tokens_per_slot = block_q * (2 if config["PAIRED_TILES"] else 1)
+    grid = (num_tokens // tokens_per_slot + num_seqs, num_kv_heads)
     _paged_attention_kernel[grid](
-        query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, out,
-        scale * _LOG2_E, num_seqs,
-        query.stride(0), query.stride(1), out.stride(0), out.stride(1),
+        query, key_source, value_source, key_cache, value_cache, block_tables, query_start_loc,
+        seq_lens, out, scale * LOG2_E, num_seqs,
+        query.stride(0), query.stride(1), key.stride(0), key.stride(1), out.stride(0), out.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2), block_tables.stride(0),
         BLOCK_SIZE=block_size, GROUP_SIZE=group_size, HEAD_DIM=head_dim, BLOCK_Q=block_q,
+        SEQS_BLOCK=_SEQS_BLOCK,
         DOT_IN_FP32=dot_in_fp32(_paged_attention_kernel, key_cache.dtype),
         DOT_PRECISION=dot_precision(key_cache.dtype),
         **config,
     )  # fmt: skip
     return out
-
-
-_LOG2_E = 1.4426950408889634
-
-
-def _check_shapes(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor) -> None:
-    num_heads, head_dim = query.shape[1:]
-    num_kv_heads = key_cache.shape[2]
-    if head_dim < 16 or head_dim & (head_dim - 1):
-        raise ValueError(f"head_dim must be a power of two >= 16, got {head_dim}")
-    if num_heads % num_kv_heads:
-        raise ValueError(f"num_heads {num_heads} not a multiple of num_kv_heads {num_kv_heads}")
-    if key_cache.shape != value_cache.shape or key_cache.shape[3] != head_dim:
-        raise ValueError(f"cache shapes {key_cache.shape}, {value_cache.shape} do not fit query")
-    if not (key_cache.is_contiguous() and value_cache.is_contiguous()):
-        raise ValueError("key_cache and value_cache must be contiguous")

@@ -10,12 +10,8 @@ import functools
 import torch
 
 from pagedserve.kernels._backend import dot_in_fp32, dot_precision, next_power_of_2, tl, triton
-from pagedserve.kernels.paged_attention import (
-    _LOG2_E,
-    _check_shapes,
-    attend_kv_tile,
-    paged_attention_reference,
-)
+from pagedserve.kernels.attention_tiles import LOG2_E, attend_paged_tile, check_attention_shapes
+from pagedserve.kernels.paged_attention import paged_attention_reference
 
 
 def paged_decode_attention_reference(
@@ -26,11 +22,17 @@ def paged_decode_attention_reference(
     seq_lens: torch.Tensor,  # [num_seqs] int32
     scale: float,
 ) -> torch.Tensor:  # [num_seqs, num_heads, head_dim], query's dtype
-    """Pure torch: the varlen reference with one query per sequence."""
+    """Pure torch: the varlen reference with one query per sequence, whose new
+    key and value are the cache's entries at the sequence's last position."""
     num_seqs = query.shape[0]
     query_start_loc = torch.arange(num_seqs + 1, dtype=torch.int32, device=query.device)
+    block_size = key_cache.shape[1]
+    last = seq_lens.long() - 1  # [num_seqs]
+    last_blocks = block_tables.gather(1, (last // block_size)[:, None])[:, 0].long()
+    key = key_cache[last_blocks, last % block_size]  # [num_seqs, num_kv_heads, head_dim]
+    value = value_cache[last_blocks, last % block_size]
     return paged_attention_reference(
-        query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale
+        query, key, value, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale
     )
 
 
@@ -100,22 +102,19 @@ def _decode_partition_kernel(
     row_sum = tl.zeros([GROUP_BLOCK], dtype=tl.float32)
     acc = tl.zeros([GROUP_BLOCK, HEAD_DIM], dtype=tl.float32)
     block_table_row_ptr = block_tables_ptr + seq.to(tl.int64) * block_table_stride_seq
-    row_pos = tl.zeros([GROUP_BLOCK], dtype=tl.int32)  # unused: no causal mask in decode
     # Whole tiles without masks, then at most one tile that crosses key_limit.
     full_end = first_token + ((key_limit - first_token) // BLOCK_N) * BLOCK_N
     for tile_first in range(first_token, full_end, BLOCK_N):
-        row_max, row_sum, acc = attend_kv_tile(
+        row_max, row_sum, acc = attend_paged_tile(
             q, row_max, row_sum, acc, key_cache_ptr, value_cache_ptr, block_table_row_ptr,
-            kv_head * cache_stride_head, tile_first, key_limit, row_pos, scale_log2,
-            cache_stride_block, cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, False, False,
-            DOT_IN_FP32, DOT_PRECISION,
+            kv_head * cache_stride_head, tile_first, key_limit, scale_log2, cache_stride_block,
+            cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, False, DOT_IN_FP32, DOT_PRECISION,
         )  # fmt: skip
     if full_end < key_limit:
-        row_max, row_sum, acc = attend_kv_tile(
+        row_max, row_sum, acc = attend_paged_tile(
             q, row_max, row_sum, acc, key_cache_ptr, value_cache_ptr, block_table_row_ptr,
-            kv_head * cache_stride_head, full_end, key_limit, row_pos, scale_log2,
-            cache_stride_block, cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, True, False,
-            DOT_IN_FP32, DOT_PRECISION,
+            kv_head * cache_stride_head, full_end, key_limit, scale_log2, cache_stride_block,
+            cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, True, DOT_IN_FP32, DOT_PRECISION,
         )  # fmt: skip
 
     if SINGLE_PARTITION:
@@ -176,8 +175,11 @@ def _decode_merge_kernel(
     tl.store(out_ptr + out_offsets, out.to(out_ptr.dtype.element_ty))
 
 
-# Programs to aim for: enough to fill every multiprocessor several times over.
-_PROGRAMS_PER_SM = 4
+# Programs to aim for: about two per multiprocessor. Measured on an H100
+# (docs/kernels-notes.md v4): batch 32 x 8 kv heads (256 programs on 132
+# multiprocessors) read fastest with one partition per sequence at every
+# context from 1k to 32k, and batch 1 with about 32 partitions.
+_PROGRAMS_PER_SM = 2
 # Below this many keys a partition's fixed costs (query load, merge) dominate.
 _MIN_PARTITION_TOKENS = 256
 # The merge kernel holds [partitions, head_dim] fp32 in registers: keep it small.
@@ -199,7 +201,9 @@ def choose_partition_tokens(
     max_seq_len is the block table's capacity, an upper bound on every seq_len.
     """
     target_programs = _PROGRAMS_PER_SM * _num_sms(device)
-    wanted = triton.cdiv(target_programs, num_seqs * num_kv_heads)
+    programs = num_seqs * num_kv_heads  # per partition
+    # Rounded, not rounded up: 256 programs against a target of 264 stay whole.
+    wanted = (target_programs + programs // 2) // programs
     most = max(1, min(_MAX_PARTITIONS, triton.cdiv(max_seq_len, _MIN_PARTITION_TOKENS)))
     num_partitions = max(1, min(wanted, most))
     tokens = triton.cdiv(max_seq_len, num_partitions)
@@ -207,11 +211,12 @@ def choose_partition_tokens(
 
 
 def _decode_config(head_dim: int) -> dict:
-    """Launch options measured on an H100 (head size 128, bf16; docs/kernels-notes.md v2):
-    2 warps and 4 stages matched 4 warps at batch >= 32 and read 82% of copy
-    bandwidth at batch 1 x 32k against 71%."""
+    """Launch options measured on an H100 (head size 128, bf16; docs/kernels-notes.md v4):
+    128 keys x 4 warps x 3 stages was fastest at long contexts and within 1% of
+    the best variant at every batch and context of the sweep. The kv-head-major
+    grid read 0.2-0.8% faster at batch >= 128 in each of three runs."""
     if head_dim <= 128:
-        return {"BLOCK_N": 64, "num_warps": 2, "num_stages": 4, "HEADS_FASTEST": False}
+        return {"BLOCK_N": 128, "num_warps": 4, "num_stages": 3, "HEADS_FASTEST": True}
     return {"BLOCK_N": 32, "num_warps": 4, "num_stages": 2, "HEADS_FASTEST": False}
 
 
@@ -234,7 +239,7 @@ def paged_decode_attention_triton(
     """
     num_seqs, num_heads, head_dim = query.shape
     _, block_size, num_kv_heads, _ = key_cache.shape
-    _check_shapes(query, key_cache, value_cache)
+    check_attention_shapes(query, key_cache, value_cache)
     if query.stride(2) != 1:
         query = query.contiguous()
     if out is None:
@@ -264,7 +269,7 @@ def paged_decode_attention_triton(
         grid = (num_seqs, num_kv_heads, num_partitions)
     _decode_partition_kernel[grid](
         query, key_cache, value_cache, block_tables, seq_lens, out,
-        partial_out, partial_max, partial_sum, scale * _LOG2_E, partition_tokens,
+        partial_out, partial_max, partial_sum, scale * LOG2_E, partition_tokens,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2), block_tables.stride(0),
         num_partitions,

@@ -42,15 +42,21 @@ def batch_of(kind: str, block_size: int) -> list[tuple[int, int]]:
 
 
 def make_inputs(seqs, num_heads, num_kv_heads, head_dim, block_size, dtype):
+    """Arguments of paged_attention (the new tokens' K/V equal to their cache
+    entries, as the executor passes them), the dense per-sequence K/V, q_lens."""
     seq_lens = [n for n, _ in seqs]
     q_lens = [q for _, q in seqs]
     key_cache, value_cache, block_tables, keys, values = make_paged_kv(
         seq_lens, num_kv_heads, head_dim, block_size, dtype
     )
     query = random_tensor(sum(q_lens), num_heads, head_dim, dtype=dtype)
+    new_key = torch.cat([k[len(k) - q :] for k, q in zip(keys, q_lens, strict=True)])
+    new_value = torch.cat([v[len(v) - q :] for v, q in zip(values, q_lens, strict=True)])
     starts = torch.tensor([0, *q_lens], dtype=torch.int32).cumsum(0).to(torch.int32)
     args = (
         query,
+        new_key.to(DEVICE),
+        new_value.to(DEVICE),
         key_cache,
         value_cache,
         block_tables,
@@ -59,6 +65,17 @@ def make_inputs(seqs, num_heads, num_kv_heads, head_dim, block_size, dtype):
         head_dim**-0.5,
     )
     return args, keys, values, q_lens
+
+
+def poison_new_tokens_in_cache(args, seqs, block_size: int) -> None:
+    """NaN in the cache slots of every new token: a kernel that reads the new
+    tokens from the cache instead of from key/value then fails."""
+    key_cache, value_cache, block_tables = args[3], args[4], args[5]
+    for seq, (seq_len, q_len) in enumerate(seqs):
+        for position in range(seq_len - q_len, seq_len):
+            block_id = int(block_tables[seq, position // block_size])
+            key_cache[block_id, position % block_size] = float("nan")
+            value_cache[block_id, position % block_size] = float("nan")
 
 
 @pytest.mark.parametrize("kind", ["decode", "prefill", "chunked", "mixed"])
@@ -86,17 +103,38 @@ def test_reference_chunks_long_queries(monkeypatch):
     assert_close(out, dense_attention(args[0], keys, values, q_lens, args[-1]))
 
 
+# New K/V through tensor descriptors or pointers; one or two query tiles per program.
+LOADS_AND_TILES = [
+    pytest.param({"NEW_KV_DESCRIPTORS": True, "PAIRED_TILES": True}, id="descriptors-paired"),
+    pytest.param({"NEW_KV_DESCRIPTORS": True, "PAIRED_TILES": False}, id="descriptors-single"),
+    pytest.param({"NEW_KV_DESCRIPTORS": False, "PAIRED_TILES": True}, id="pointers-paired"),
+]
+
+
+@pytest.mark.parametrize("loads_and_tiles", LOADS_AND_TILES)
 @pytest.mark.parametrize("kind", ["decode", "prefill", "chunked", "mixed"])
 @pytest.mark.parametrize("num_heads,num_kv_heads,head_dim,block_size,dtype", CONFIGS)
-def test_triton_matches_reference(kind, num_heads, num_kv_heads, head_dim, block_size, dtype):
+def test_triton_matches_reference(
+    kind, num_heads, num_kv_heads, head_dim, block_size, dtype, loads_and_tiles
+):
     seqs = batch_of(kind, block_size)
     args, _, _, _ = make_inputs(seqs, num_heads, num_kv_heads, head_dim, block_size, dtype)
     expected = paged_attention_reference(*args)
+    poison_new_tokens_in_cache(args, seqs, block_size)
     out = torch.full_like(args[0], float("nan"))  # poison: every element must be written
-    # Small tiles: several query tiles per sequence and several key steps.
-    config = {"BLOCK_M": 32, "BLOCK_N": 16}
+    # Small tiles: several query tiles per sequence and several key steps, so
+    # that tiles cross into the next sequence's new tokens and past the last.
+    config = {"BLOCK_M": 32, "BLOCK_N": 16, **loads_and_tiles}
     paged_attention_triton(*args, out=out, config=config)
     assert_close(out, expected)
+
+
+def test_reference_reads_new_tokens_from_key_value():
+    seqs = batch_of("chunked", 16)
+    args, keys, values, q_lens = make_inputs(seqs, 4, 2, 64, 16, torch.float32)
+    poison_new_tokens_in_cache(args, seqs, 16)
+    out = paged_attention_reference(*args)
+    assert_close(out, dense_attention(args[0], keys, values, q_lens, args[-1]))
 
 
 def test_triton_default_tiles_long_prefill():
@@ -106,3 +144,41 @@ def test_triton_default_tiles_long_prefill():
     out = torch.full_like(args[0], float("nan"))
     paged_attention_triton(*args, out=out)
     assert_close(out, paged_attention_reference(*args))
+
+
+@pytest.mark.parametrize("descriptors", [True, False], ids=["descriptors", "pointers"])
+def test_triton_strided_key_value(descriptors):
+    """K and V as column slices of one fused projection output (rows wider than
+    num_kv_heads x head_dim), as a fused QKV layer would hand them over."""
+    seqs = [(40, 40), (23, 7), (5, 1)]
+    args, _, _, _ = make_inputs(seqs, 8, 2, 32, 16, torch.float32)
+    query, key, value = args[:3]
+    fused = random_tensor(key.shape[0], 3, 2, 32, dtype=torch.float32)  # [tokens, q|k|v, 2, 32]
+    fused[:, 1], fused[:, 2] = key, value
+    strided_args = (query, fused[:, 1], fused[:, 2], *args[3:])
+    out = torch.full_like(query, float("nan"))
+    config = {"BLOCK_M": 32, "BLOCK_N": 16, "NEW_KV_DESCRIPTORS": descriptors}
+    paged_attention_triton(*strided_args, out=out, config=config)
+    assert_close(out, paged_attention_reference(*args))
+
+
+def test_triton_many_sequences():
+    """More sequences than one lookup load compares (the tile -> sequence search
+    loops), with lengths 1, bs - 1, bs, bs + 1 and a longer one mixed."""
+    lengths = [1, 15, 16, 17, 40]
+    seqs = [(n + (i % 3) * 5, n) for i, n in enumerate(lengths * 15)]  # 75 sequences
+    args, _, _, _ = make_inputs(seqs, 4, 2, 16, 16, torch.float32)
+    for paired in (True, False):
+        out = torch.full_like(args[0], float("nan"))
+        config = {"BLOCK_M": 16, "BLOCK_N": 16, "PAIRED_TILES": paired}
+        paged_attention_triton(*args, out=out, config=config)
+        assert_close(out, paged_attention_reference(*args))
+
+
+def test_triton_rejects_key_value_of_wrong_shape_or_dtype():
+    seqs = [(20, 4)]
+    args, _, _, _ = make_inputs(seqs, 4, 2, 32, 16, torch.float32)
+    with pytest.raises(ValueError, match="key"):
+        paged_attention_triton(args[0], args[1][:3], args[2][:3], *args[3:])
+    with pytest.raises(ValueError, match="dtype"):
+        paged_attention_triton(args[0], args[1].double(), args[2].double(), *args[3:])

@@ -1,5 +1,8 @@
 """paged_decode_attention: reference vs dense float64 attention, Triton vs reference."""
 
+import importlib
+import itertools
+
 import pytest
 import torch
 from paged_kv_helpers import DEVICE, assert_close, dense_attention, make_paged_kv, random_tensor
@@ -49,7 +52,8 @@ def test_triton_matches_reference(
     args, _, _ = make_inputs(seq_lens, num_heads, num_kv_heads, head_dim, block_size, dtype)
     expected = paged_decode_attention_reference(*args)
     out = torch.full_like(args[0], float("nan"))
-    config = {"BLOCK_N": 32} if head_dim > 128 else None
+    # The default tiles for "auto"; small ones for 64-key partitions.
+    config = {"BLOCK_N": 32} if head_dim > 128 or partition_tokens else None
     paged_decode_attention_triton(*args, out=out, partition_tokens=partition_tokens, config=config)
     assert_close(out, expected)
 
@@ -72,18 +76,39 @@ def test_dispatchers_use_triton_when_asked(monkeypatch):
     assert_close(paged_decode_attention(*args), expected)
     query_start_loc = torch.arange(len(seq_lens) + 1, dtype=torch.int32, device=DEVICE)
     query, key_cache, value_cache, block_tables, lens, scale = args
-    out = paged_attention(query, key_cache, value_cache, block_tables, query_start_loc, lens, scale)
+    new_key = torch.stack([k[-1] for k in keys]).to(DEVICE)  # [num_seqs, num_kv_heads, head_dim]
+    new_value = torch.stack([v[-1] for v in values]).to(DEVICE)
+    out = paged_attention(
+        query, new_key, new_value, key_cache, value_cache, block_tables, query_start_loc, lens,
+        scale,
+    )  # fmt: skip
     assert_close(out, expected)
 
 
-def test_triton_heads_fastest_grid():
-    """The grid order that puts the kv heads of one block side by side."""
+def test_triton_both_grid_orders():
+    """kv-head-major (the default at head size <= 128) and sequence-major grids."""
     seq_lens = lengths_around(16)
     args, _, _ = make_inputs(seq_lens, 8, 2, 64, 16, torch.float32)
     expected = paged_decode_attention_reference(*args)
-    for partition_tokens in (64, None):
+    for partition_tokens, heads_fastest in itertools.product((64, None), (True, False)):
         out = torch.full_like(args[0], float("nan"))
         paged_decode_attention_triton(
-            *args, out=out, partition_tokens=partition_tokens, config={"HEADS_FASTEST": True}
+            *args,
+            out=out,
+            partition_tokens=partition_tokens,
+            config={"HEADS_FASTEST": heads_fastest, "BLOCK_N": 32},
         )
         assert_close(out, expected)
+
+
+def test_partition_rule_on_a_132_multiprocessor_card(monkeypatch):
+    """About two programs per multiprocessor: a batch whose sequences x kv heads
+    already nearly reach that keeps one partition per sequence; batch 1 splits."""
+    module = importlib.import_module("pagedserve.kernels.paged_decode_attention")
+    monkeypatch.setattr(module, "_num_sms", lambda device: 132)
+    device = torch.device("cpu")
+    assert module.choose_partition_tokens(32, 8, 1072, device, 128) >= 1072  # one partition
+    assert module.choose_partition_tokens(32, 8, 32816, device, 128) >= 32816
+    tokens = module.choose_partition_tokens(1, 8, 32816, device, 128)
+    assert tokens % 128 == 0 and 30 <= -(-32816 // tokens) <= 36  # about 33 partitions
+    assert module.choose_partition_tokens(1, 8, 1072, device, 128) >= 256  # no tiny partitions
