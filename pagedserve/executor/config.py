@@ -30,6 +30,9 @@ class ExecutorConfig(ServiceOptions):
         60.0, "how long to wait for the block manager and the pool at start"
     )
     shutdown_grace_s: float = option(30.0, "on SIGTERM, how long in-flight requests may run on")
+    warm_up: bool = option(
+        True, "before serving, run a few made-up requests so that the kernels are compiled"
+    )
 
     def validate(self) -> None:
         require(

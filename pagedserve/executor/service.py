@@ -41,9 +41,12 @@ from pagedserve.executor.request import FinishReason, SamplingOptions
 from pagedserve.executor.scheduler import Scheduler, SchedulerConfig
 from pagedserve.executor.v1 import executor_pb2 as pb
 from pagedserve.executor.v1 import executor_pb2_grpc as pb_grpc
+from pagedserve.executor.warm_up import warm_up
 from pagedserve.v1 import generation_pb2 as public_pb
 
 SERVICE_NAME = "pagedserve.executor.v1.Executor"
+# Compiling every kernel variant the warm-up meets, on a cold Triton cache.
+WARM_UP_TIMEOUT_S = 600.0
 _FINISH_TO_PB = {
     None: public_pb.FINISH_REASON_UNSPECIFIED,
     FinishReason.STOP: public_pb.FINISH_REASON_STOP,
@@ -246,6 +249,8 @@ async def _serve(config: ExecutorConfig, log) -> None:
     engine, info, registered = build_engine(config, link, log)
     stop_heartbeat = link.start_heartbeat(registered.executor_id, registered.lease_ms / 3000)
     engine.start()
+    if config.warm_up:
+        warm_up(engine, info.block_size_tokens, info.vocab_size, WARM_UP_TIMEOUT_S)
     servicer = ExecutorServicer(engine, info)
     server = aio_server(config.internal_token)
     pb_grpc.add_ExecutorServicer_to_server(servicer, server)

@@ -7,6 +7,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from pagedserve.executor.warm_up import warm_up_waves
 from pagedserve.v1 import generation_pb2 as pb
 from tests.stack import free_port, start_stack
 
@@ -37,6 +38,20 @@ def metrics_stack():
     stack.metrics_base = base
     yield stack
     assert stack.stop() == 0
+
+
+def test_executor_warms_up_before_serving(metrics_stack):
+    """Before any request: the warm-up's steps ran (the kernels met their shapes)
+    and gave their blocks back."""
+    executor_port = metrics_stack.metrics_base + 3
+    stats = metrics_stack.wait_no_blocks_held()
+    assert stats.used_blocks == 0 and stats.num_sequences == 0
+    samples = scrape(executor_port)
+    # The longest request of each wave takes one step per new token.
+    waves = warm_up_waves(block_size_tokens=16, vocab_size=1000)
+    least_steps = sum(max(new_tokens for _, new_tokens in wave) for wave in waves)
+    assert value(samples, "pagedserve_executor_step_duration_seconds_count") >= least_steps
+    assert value(samples, "pagedserve_executor_requests_running") == 0
 
 
 def test_one_request_moves_the_metrics(metrics_stack):

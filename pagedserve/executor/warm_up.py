@@ -1,0 +1,90 @@
+"""Running a few made-up requests before serving, so that no user waits for a JIT.
+
+On a GPU, Triton compiles a kernel the first time it meets a new variant: a
+dtype, a set of compile-time constants, or a new specialization of an integer
+argument (equal to 1, divisible by 16). The first requests an executor served
+paid for those compilations (docs/gpu.md: 499 output tokens/s on the first
+pass against 1,707 in steady state). The warm-up sends requests of made-up
+token ids through the real engine (scheduler, block manager, model, sampler),
+shaped to reach the common variants: prefills of several lengths in one
+batch, then decodes in batches that shrink to one as the requests end, then a
+lone request. Their blocks come from the block manager like any request's and
+are freed when they end; with prefix caching off they leave nothing to match.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from pagedserve.executor.engine import Engine
+from pagedserve.executor.outputs import SequenceEvent
+from pagedserve.executor.request import SamplingOptions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _WaveSink:
+    """Collects the end of each request of one wave (called on the engine thread)."""
+
+    num_requests: int
+    errors: list[str] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+    num_tokens: int = 0
+
+    def deliver(self, events: list[SequenceEvent]) -> None:
+        for event in events:
+            self.num_tokens += len(event.token_ids)
+            if event.error_code is not None:
+                self.errors.append(f"{event.request_id}: {event.error_message}")
+            if event.request_finished:
+                self.num_requests -= 1
+                if self.num_requests == 0:
+                    self.done.set()
+
+
+def warm_up_waves(block_size_tokens: int, vocab_size: int) -> list[list[tuple[list[int], int]]]:
+    """(prompt token ids, new tokens) of each request, wave by wave."""
+
+    def prompt(length: int) -> list[int]:
+        return [(7 * position + 3) % vocab_size for position in range(length)]
+
+    return [
+        [
+            (prompt(2 * block_size_tokens + 3), 9),
+            (prompt(block_size_tokens), 5),
+            (prompt(3), 2),
+        ],
+        [(prompt(block_size_tokens + 1), 3)],
+    ]
+
+
+def warm_up(engine: Engine, block_size_tokens: int, vocab_size: int, timeout_s: float) -> float:
+    """Runs the warm-up to the end; returns the seconds it took. Raises
+    RuntimeError when a request fails or the warm-up runs past timeout_s."""
+    started_s = time.monotonic()
+    num_tokens = 0
+    for wave_index, wave in enumerate(warm_up_waves(block_size_tokens, vocab_size)):
+        sink = _WaveSink(len(wave))
+        for request_index, (prompt_token_ids, max_tokens) in enumerate(wave):
+            sampling = SamplingOptions(
+                max_tokens=max_tokens,
+                temperature=0.0,
+                top_p=1.0,
+                top_k=0,
+                seed=0,
+                use_prefix_cache=False,
+            )
+            engine.submit(f"warm-up-{wave_index}-{request_index}", prompt_token_ids, sampling, sink)
+        left_s = timeout_s - (time.monotonic() - started_s)
+        if not sink.done.wait(max(0.0, left_s)):
+            raise RuntimeError(f"warm-up did not finish within {timeout_s:.0f} s")
+        if sink.errors:
+            raise RuntimeError("warm-up request failed: " + "; ".join(sink.errors))
+        num_tokens += sink.num_tokens
+    elapsed_s = time.monotonic() - started_s
+    log.info("warm-up: %d tokens generated in %.2f s, before serving", num_tokens, elapsed_s)
+    return elapsed_s
