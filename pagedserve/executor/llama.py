@@ -34,6 +34,10 @@ class AttentionBatch:
     seq_lens: torch.Tensor  # [num_seqs] int32: cached plus new tokens of each sequence
     # Every sequence has exactly one new token: the decode kernel applies.
     decode_only: bool
+    # Some sequence has tokens cached before this step's new ones (chunked
+    # prefill, a prefix-cache hit, decode); False lets the prefill kernel drop
+    # its block-table path.
+    cached_context: bool = True
 
 
 class RMSNorm(nn.Module):
@@ -149,6 +153,7 @@ class Attention(nn.Module):
                 batch.query_start_loc,
                 batch.seq_lens,
                 self.scale,
+                cached_context=batch.cached_context,
             )
         return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))
 

@@ -78,6 +78,7 @@ class ModelRunner:
             query_start_loc=to_device(query_start_loc, torch.int32),
             seq_lens=to_device(seq_lens, torch.int32),
             decode_only=len(input_ids) == len(chunks),
+            cached_context=any(chunk.start > 0 for chunk in chunks),
         )
         return ModelInputs(
             input_ids=to_device(input_ids, torch.int64),

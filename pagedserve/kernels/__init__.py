@@ -63,6 +63,7 @@ def paged_attention(
     query_start_loc: torch.Tensor,  # [num_seqs + 1] int32
     seq_lens: torch.Tensor,  # [num_seqs] int32, cached tokens including the new ones
     scale: float,
+    cached_context: bool = True,  # False only if no sequence has tokens before its new ones
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim], query's dtype
     """Causal attention of a varlen batch of new tokens over their cached context
     (read through the block tables) and over themselves (read from key/value).
@@ -71,11 +72,13 @@ def paged_attention(
     two >= 16, num_heads not a multiple of num_kv_heads, key/value not shaped
     like query's tokens; reference: a sequence with more new tokens than
     seq_len). The Triton path never syncs with the device; the reference reads
-    query_start_loc and seq_lens on the host.
+    query_start_loc and seq_lens on the host. cached_context=False is a promise
+    the caller makes from host-side batch data (the Triton kernel then skips the
+    block-table path); it is not checked.
     """
     args = (query, key, value, key_cache, value_cache, block_tables, query_start_loc, seq_lens)
     if use_triton(query):
-        return paged_attention_triton(*args, scale)
+        return paged_attention_triton(*args, scale, cached_context=cached_context)
     return paged_attention_reference(*args, scale)
 
 

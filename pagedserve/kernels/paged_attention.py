@@ -205,6 +205,7 @@ def _paged_attention_kernel(
     BLOCK_Q: tl.constexpr,  # BLOCK_M // GROUP_SIZE
     BLOCK_N: tl.constexpr,  # keys per step
     PAIRED_TILES: tl.constexpr,  # each program takes a long and a short query tile
+    CACHED_CONTEXT: tl.constexpr,  # False: no sequence has cached context (no gather code)
     SEQS_BLOCK: tl.constexpr,  # sequences compared per load when finding a program's sequence
     NEW_KV_DESCRIPTORS: tl.constexpr,  # new K/V tiles through tensor descriptors
     DOT_IN_FP32: tl.constexpr,
@@ -235,7 +236,7 @@ def _paged_attention_kernel(
             query_stride_token, query_stride_head, kv_stride_token, kv_stride_head,
             out_stride_token, out_stride_head, cache_stride_block, cache_stride_slot,
             cache_stride_head, block_table_stride_seq, BLOCK_SIZE, GROUP_SIZE, HEAD_DIM, BLOCK_M,
-            BLOCK_Q, BLOCK_N, NEW_KV_DESCRIPTORS, DOT_IN_FP32, DOT_PRECISION,
+            BLOCK_Q, BLOCK_N, CACHED_CONTEXT, NEW_KV_DESCRIPTORS, DOT_IN_FP32, DOT_PRECISION,
         )  # fmt: skip
 
 
@@ -271,6 +272,7 @@ def _attend_query_tile(
     BLOCK_M: tl.constexpr,
     BLOCK_Q: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    CACHED_CONTEXT: tl.constexpr,
     NEW_KV_DESCRIPTORS: tl.constexpr,
     DOT_IN_FP32: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
@@ -295,21 +297,27 @@ def _attend_query_tile(
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
     # 1. The cached context, through the block table: visible to every row.
-    block_table_row_ptr = block_tables_ptr + seq.to(tl.int64) * block_table_stride_seq
-    kv_head_offset = kv_head * cache_stride_head
-    context_full_end = (context_len // BLOCK_N) * BLOCK_N
-    for first_token in range(0, context_full_end, BLOCK_N):
-        row_max, row_sum, acc = attend_paged_tile(
-            q, row_max, row_sum, acc, key_cache_ptr, value_cache_ptr, block_table_row_ptr,
-            kv_head_offset, first_token, context_len, scale_log2, cache_stride_block,
-            cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, False, DOT_IN_FP32, DOT_PRECISION,
-        )  # fmt: skip
-    if context_full_end < context_len:
-        row_max, row_sum, acc = attend_paged_tile(
-            q, row_max, row_sum, acc, key_cache_ptr, value_cache_ptr, block_table_row_ptr,
-            kv_head_offset, context_full_end, context_len, scale_log2, cache_stride_block,
-            cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, True, DOT_IN_FP32, DOT_PRECISION,
-        )  # fmt: skip
+    # Compiled only when some sequence may have one: the gather's per-element
+    # pointers raise the whole kernel's register use (sm_90 compile, 64 x 64
+    # tiles: 255 registers with spills against 217 without this path).
+    if CACHED_CONTEXT:
+        block_table_row_ptr = block_tables_ptr + seq.to(tl.int64) * block_table_stride_seq
+        kv_head_offset = kv_head * cache_stride_head
+        context_full_end = (context_len // BLOCK_N) * BLOCK_N
+        for first_token in range(0, context_full_end, BLOCK_N):
+            row_max, row_sum, acc = attend_paged_tile(
+                q, row_max, row_sum, acc, key_cache_ptr, value_cache_ptr, block_table_row_ptr,
+                kv_head_offset, first_token, context_len, scale_log2, cache_stride_block,
+                cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, False, DOT_IN_FP32,
+                DOT_PRECISION,
+            )  # fmt: skip
+        if context_full_end < context_len:
+            row_max, row_sum, acc = attend_paged_tile(
+                q, row_max, row_sum, acc, key_cache_ptr, value_cache_ptr, block_table_row_ptr,
+                kv_head_offset, context_full_end, context_len, scale_log2, cache_stride_block,
+                cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, True, DOT_IN_FP32,
+                DOT_PRECISION,
+            )  # fmt: skip
 
     # 2. The new tokens, contiguous. New keys before the tile's first query are
     # visible to every row: those tiles take no mask. The rest, up to the last
@@ -413,8 +421,14 @@ def paged_attention_triton(
     scale: float,
     out: torch.Tensor | None = None,  # [num_tokens, num_heads, head_dim], written in full
     config: dict | None = None,  # overrides _prefill_config (benchmarks, tests)
+    cached_context: bool = True,  # False only if every seq_len equals its new-token count
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim], query's dtype
     """Triton: one program per (tile of new tokens of one sequence, kv head).
+
+    cached_context=False promises that no sequence has cached context (a batch
+    of fresh prompts): the kernel is then built without the block-table path.
+    The promise is not checked (that would sync); a sequence that breaks it
+    attends only to its new tokens.
 
     Never synchronizes with the device (CUDA-graph safe). Raises ValueError on
     shapes it does not support: head_dim not a power of two >= 16, num_heads
@@ -439,7 +453,11 @@ def paged_attention_triton(
         return out
     group_size = num_heads // num_kv_heads
     max_seq_len = block_tables.shape[1] * block_size  # bounds every seq_len
-    config = {**_prefill_config(head_dim, max_seq_len), **(config or {})}
+    config = {
+        **_prefill_config(head_dim, max_seq_len),
+        "CACHED_CONTEXT": cached_context,
+        **(config or {}),
+    }
     block_q = config["BLOCK_M"] // group_size
     if block_q < 1:
         raise ValueError(f"BLOCK_M {config['BLOCK_M']} < group size {group_size}")

@@ -210,6 +210,12 @@ def choose_partition_tokens(
     return triton.cdiv(tokens, block_n) * block_n
 
 
+# Short programs, few of them: at most this many programs per multiprocessor
+# and this many keys per partition take the small-tile launch options.
+_FEW_PROGRAMS_PER_SM = 4
+_SHORT_PARTITION_TOKENS = 2048
+
+
 def _decode_config(head_dim: int) -> dict:
     """Launch options measured on an H100 (head size 128, bf16; docs/kernels-notes.md v4):
     128 keys x 4 warps x 3 stages was fastest at long contexts and within 1% of
@@ -218,6 +224,20 @@ def _decode_config(head_dim: int) -> dict:
     if head_dim <= 128:
         return {"BLOCK_N": 128, "num_warps": 4, "num_stages": 3, "HEADS_FASTEST": True}
     return {"BLOCK_N": 32, "num_warps": 4, "num_stages": 2, "HEADS_FASTEST": False}
+
+
+def _few_short_programs_config(
+    num_programs: int, partition_tokens: int, device: torch.device
+) -> dict:
+    """Overrides for launches of few, short programs (head size <= 128), from
+    shapes alone: 32 keys x 2 warps x 6 stages. Measured on an H100
+    (docs/kernels-notes.md v5): 1-1.5% faster at batch 32-64 x 1k and batch 1 x
+    32k, but 3% slower at batch 128 x 1k (1,024 programs) and 0.7% at batch
+    32 x 8k (8k keys per program); empty where it does not apply."""
+    few = num_programs <= _FEW_PROGRAMS_PER_SM * _num_sms(device)
+    if few and partition_tokens <= _SHORT_PARTITION_TOKENS:
+        return {"BLOCK_N": 32, "num_warps": 2, "num_stages": 6}
+    return {}
 
 
 def paged_decode_attention_triton(
@@ -246,12 +266,16 @@ def paged_decode_attention_triton(
         out = torch.empty_like(query)
     if num_seqs == 0:
         return out
-    config = {**_decode_config(head_dim), **(config or {})}
     max_seq_len = block_tables.shape[1] * block_size
+    chosen = {**_decode_config(head_dim), **(config or {})}
     if partition_tokens is None:
         partition_tokens = choose_partition_tokens(
-            num_seqs, num_kv_heads, max_seq_len, query.device, config["BLOCK_N"]
+            num_seqs, num_kv_heads, max_seq_len, query.device, chosen["BLOCK_N"]
         )
+    if head_dim <= 128 and config is None:  # 32-key tiles divide the 128-key partitions
+        num_programs = num_seqs * num_kv_heads * triton.cdiv(max_seq_len, partition_tokens)
+        chosen.update(_few_short_programs_config(num_programs, partition_tokens, query.device))
+    config = chosen
     if partition_tokens % config["BLOCK_N"]:
         raise ValueError(f"partition_tokens {partition_tokens} % BLOCK_N {config['BLOCK_N']}")
     num_partitions = triton.cdiv(max_seq_len, partition_tokens)

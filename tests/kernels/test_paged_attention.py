@@ -129,6 +129,22 @@ def test_triton_matches_reference(
     assert_close(out, expected)
 
 
+@pytest.mark.parametrize("loads_and_tiles", LOADS_AND_TILES)
+@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim,block_size,dtype", CONFIGS)
+def test_triton_without_context_path_matches_reference(
+    num_heads, num_kv_heads, head_dim, block_size, dtype, loads_and_tiles
+):
+    """Fresh prompts only: the kernel built without its block-table path."""
+    seqs = batch_of("prefill", block_size)
+    args, _, _, _ = make_inputs(seqs, num_heads, num_kv_heads, head_dim, block_size, dtype)
+    expected = paged_attention_reference(*args)
+    poison_new_tokens_in_cache(args, seqs, block_size)
+    out = torch.full_like(args[0], float("nan"))
+    config = {"BLOCK_M": 32, "BLOCK_N": 16, **loads_and_tiles}
+    paged_attention_triton(*args, out=out, config=config, cached_context=False)
+    assert_close(out, expected)
+
+
 def test_reference_reads_new_tokens_from_key_value():
     seqs = batch_of("chunked", 16)
     args, keys, values, q_lens = make_inputs(seqs, 4, 2, 64, 16, torch.float32)
