@@ -1,13 +1,15 @@
 """gRPC C-core settings that have to be chosen before `grpc` is first imported.
 
 The C core reads GRPC_EXPERIMENTS once, when the `grpc` module loads. In the
-grpcio release measured here (1.85) its EventEngine client and listener
+grpcio releases measured (1.84, 1.85) its EventEngine client and listener
 are on by default; they move each socket's reads and writes onto the core's own
 thread pool, which adds a thread hand-off (and, for Python, a GIL hand-off) to
 every call. Turning them off brings back the polling engine in which the thread
-waiting for a call's completion does the I/O itself. Measured on a 2-core VM
-(docs/blockmgr.md): an empty unary call on loopback went from 0.36-0.39 ms to
-0.24-0.27 ms p50, which is most of a decode step's block-manager call.
+waiting for a call's completion does the I/O itself. Measured with
+benchmarks/grpc_floor.py, an empty unary call on loopback went from 0.36 ms to
+0.19 ms p50 on a 2-core VM (grpcio 1.85.3) and from 0.53-0.59 ms to
+0.25-0.28 ms on a 16-core GPU machine (grpcio 1.84.0): most of a decode
+step's block-manager call (docs/blockmgr.md, docs/gpu.md).
 
 `pagedserve/__init__.py` calls `prefer_low_latency_io()`, so every pagedserve
 process (the services, the CLI, a Python client) gets it. An operator's own
@@ -22,7 +24,7 @@ import sys
 from importlib import metadata
 
 LOW_LATENCY_EXPERIMENTS = "-event_engine_client,-event_engine_listener"
-MEASURED_GRPCIO_RELEASES = ("1.85.",)
+MEASURED_GRPCIO_RELEASES = ("1.84.", "1.85.")
 
 
 def prefer_low_latency_io() -> bool:
