@@ -105,7 +105,8 @@ def step_result_from_bytes(data: bytes) -> StepResult:
     """Parses a serialized StepResponse, sparse or not; the results not
     listed in a sparse one are OK_EMPTY."""
     message = pb.StepResponse.FromString(data)
-    if not message.result_indices and len(message.results) == message.num_results:
+    # Dense: not asked for sparse, or a server that predates it (no num_results).
+    if not message.result_indices and len(message.results) >= message.num_results:
         return step_result_from_pb(message)
     step = step_result_from_pb(message, with_results=False)
     results = [OK_EMPTY] * message.num_results

@@ -102,7 +102,11 @@ class _Call:
 
 
 def _dense_results(response: pb.StepResponse) -> list[pb.OpResult]:
-    """Every op's result, by index: the listed ones, a bare ok for the rest."""
+    """Every op's result, by index: the listed ones, a bare ok for the rest.
+    A block manager that predates sparse results answers densely (and
+    without num_results)."""
+    if not response.result_indices and len(response.results) >= response.num_results:
+        return list(response.results)
     results = [_BARE_OK] * response.num_results
     for index, result in zip(response.result_indices, response.results, strict=True):
         results[index] = result

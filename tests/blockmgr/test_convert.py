@@ -49,6 +49,14 @@ def test_hand_built_response_bytes_parse_like_the_message() -> None:
     assert parsed.num_results == 7 and not parsed.result_indices
 
 
+def test_a_dense_response_without_num_results_still_reads() -> None:
+    """What a block manager that predates sparse results sends."""
+    step = sample_step()
+    older = convert.step_result_to_pb(step)
+    older.ClearField("num_results")
+    assert step_codec.step_result_from_bytes(older.SerializeToString()) == step
+
+
 def test_sparse_response_lists_only_what_is_not_a_bare_ok() -> None:
     step = sample_step()
     parsed = pb.StepResponse.FromString(step_codec.step_result_to_bytes(step, sparse=True))
