@@ -234,19 +234,19 @@ def step_result_to_pb(step: StepResult, sparse: bool = False) -> pb.StepResponse
         result_indices=listed if sparse else (),
         num_results=len(step.results),
     )
-    add_result = response.results.add
-    for result in (step.results[index] for index in listed) if sparse else step.results:
-        if result.new_block_ids or result.replaced_positions or result.num_cached_tokens:
-            add_result(
-                ok=result.ok,
-                new_block_ids=result.new_block_ids,
-                replaced_positions=result.replaced_positions,
-                replaced_block_ids=result.replaced_block_ids,
-                num_cached_tokens=result.num_cached_tokens,
-            )
-        else:
-            add_result(ok=result.ok)
+    selected = (step.results[index] for index in listed) if sparse else step.results
+    response.results.extend(op_result_to_pb(result) for result in selected)
     return response
+
+
+def op_result_to_pb(result: OpResult) -> pb.OpResult:
+    return pb.OpResult(
+        ok=result.ok,
+        new_block_ids=result.new_block_ids,
+        replaced_positions=result.replaced_positions,
+        replaced_block_ids=result.replaced_block_ids,
+        num_cached_tokens=result.num_cached_tokens,
+    )
 
 
 def op_result_from_pb(result: pb.OpResult) -> OpResult:

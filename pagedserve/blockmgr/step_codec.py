@@ -16,7 +16,7 @@ import functools
 from itertools import compress, count, repeat
 from operator import is_not
 
-from pagedserve.blockmgr.convert import op_result_from_pb, step_result_from_pb
+from pagedserve.blockmgr.convert import op_result_from_pb, op_result_to_pb, step_result_from_pb
 from pagedserve.blockmgr.ops import NO_ROOM, OK_EMPTY, OpResult, StepResult
 from pagedserve.blockmgr.v1 import blockmgr_pb2 as pb
 
@@ -73,13 +73,7 @@ def _result_entry_bytes(result: OpResult) -> bytes:
         and not result.num_cached_tokens
     ):
         return _one_new_block_bytes(result.new_block_ids[0])
-    body = pb.OpResult(
-        ok=result.ok,
-        new_block_ids=result.new_block_ids,
-        replaced_positions=result.replaced_positions,
-        replaced_block_ids=result.replaced_block_ids,
-        num_cached_tokens=result.num_cached_tokens,
-    ).SerializeToString()
+    body = op_result_to_pb(result).SerializeToString()
     return b"\x0a" + _varint(len(body)) + body
 
 
