@@ -13,6 +13,7 @@ in the same run. The table is printed last and written to --out.
 """
 
 import argparse
+import importlib
 import json
 import os
 import random
@@ -26,8 +27,10 @@ from triton.testing import do_bench
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pagedserve import kernels  # noqa: E402
-from pagedserve.kernels import paged_attention as prefill_module  # noqa: E402
-from pagedserve.kernels import paged_decode_attention as decode_module  # noqa: E402
+
+# The modules, not the dispatchers of the same names that pagedserve.kernels exports.
+prefill_module = importlib.import_module("pagedserve.kernels.paged_attention")
+decode_module = importlib.import_module("pagedserve.kernels.paged_decode_attention")
 from pagedserve.kernels.precompile import EXECUTOR_KERNELS  # noqa: E402
 
 DEVICE = torch.device("cuda")
@@ -113,8 +116,12 @@ def sweep(shape, num_steps, seed) -> tuple[dict, list[str]]:
             )  # fmt: skip
         if step % 4 == 0:
             num_copies = rng.randint(1, 40)
-            ids = torch.randperm(1001, device=DEVICE)[: 2 * num_copies]
-            kernels.copy_blocks(pool, ids[:num_copies], ids[num_copies:])
+            ids = torch.randperm(1001)[: 2 * num_copies].tolist()
+            # Fresh id tensors, as the executor builds them (a slice at an odd
+            # offset would be another pointer-alignment variant).
+            src = torch.tensor(ids[:num_copies], dtype=torch.int64, device=DEVICE)
+            dst = torch.tensor(ids[num_copies:], dtype=torch.int64, device=DEVICE)
+            kernels.copy_blocks(pool, src, dst)
     torch.cuda.synchronize()
     after = kernels.compiled_variant_counts(DEVICE)
     new_keys = []
@@ -199,10 +206,12 @@ def timing_cases():
     return cases
 
 
-def time_before_after(rounds: int) -> list[dict]:
+def time_before_after(rounds: int, only: str | None = None) -> list[dict]:
     twins = specialized_twins()
     rows = []
     for name, fn in timing_cases():
+        if only and only not in name:
+            continue
         now_ms, old_ms = [], []
         for _ in range(rounds):  # alternate, so drift hits both alike
             now_ms.append(do_bench(fn, warmup=25, rep=100, return_mode="median"))
@@ -218,10 +227,17 @@ def main() -> None:
     parser.add_argument("--out", default=".")
     parser.add_argument("--steps", type=int, default=300, help="random steps per shape")
     parser.add_argument("--rounds", type=int, default=3, help="alternations per timed shape")
+    parser.add_argument("--only-timing", default=None, help="time only cases naming this")
     args = parser.parse_args()
     card = torch.cuda.get_device_name(DEVICE)
     print(f"{card}, torch {torch.__version__}, triton {triton.__version__}", flush=True)
     results = {"card": card, "shapes": {}}
+    if args.only_timing is not None:
+        for row in time_before_after(args.rounds, args.only_timing):
+            now, old = sorted(row["unspecialized_ms"]), sorted(row["specialized_ms"])
+            print(f"{row['case']}: not specialized min {now[0]:.4f} median {now[len(now) // 2]:.4f}"
+                  f" / specialized min {old[0]:.4f} median {old[len(old) // 2]:.4f}")  # fmt: skip
+        return
     for shape_name, shape in SHAPES.items():
         num_heads, num_kv_heads, head_dim, dtype = shape
         started = time.monotonic()

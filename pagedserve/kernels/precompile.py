@@ -123,8 +123,11 @@ class _Scratch:
     def copy_blocks(self) -> int:
         # [num_layers=1, 2, num_blocks=2, block_size, num_kv_heads, head_dim]
         pool = torch.stack((self.key_cache, self.value_cache))[None]
-        ids = torch.arange(2, dtype=torch.int64, device=self.device)
-        copy_blocks_triton(pool, ids[:1], ids[1:])
+        # Two fresh tensors, as the executor's: a slice at an 8-byte offset
+        # would compile the unaligned-pointer variant instead.
+        src = torch.zeros(1, dtype=torch.int64, device=self.device)
+        dst = torch.ones(1, dtype=torch.int64, device=self.device)
+        copy_blocks_triton(pool, src, dst)
         return 1
 
     def prefills(self) -> int:
