@@ -1,15 +1,19 @@
-"""Running a few made-up requests before serving, so that no user waits for a JIT.
+"""Compiling the kernels and running a few made-up requests before serving, so
+that no user waits for a JIT.
 
 On a GPU, Triton compiles a kernel the first time it meets a new variant: a
 dtype, a set of compile-time constants, or a new specialization of an integer
 argument (equal to 1, divisible by 16). The first requests an executor served
 paid for those compilations (docs/gpu.md: 499 output tokens/s on the first
-pass against 1,707 in steady state). The warm-up sends requests of made-up
-token ids through the real engine (scheduler, block manager, model, sampler),
-shaped to reach the common variants: prefills of several lengths in one
-batch, then decodes in batches that shrink to one as the requests end, then a
-lone request. Their blocks come from the block manager like any request's and
-are freed when they end; with prefix caching off they leave nothing to match.
+pass against 1,707 in steady state). First, kernels.precompile launches every
+attention and cache kernel in every configuration its launch rules can choose
+for the model's shape, on scratch tensors (never the shared pool). Then the
+warm-up sends requests of made-up token ids through the real engine
+(scheduler, block manager, model, sampler), which also brings torch's own
+kernels and the sampler up: prefills of several lengths in one batch, then
+decodes in batches that shrink to one as the requests end, then a lone
+request. Their blocks come from the block manager like any request's and are
+freed when they end; with prefix caching off they leave nothing to match.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from pagedserve import kernels
 from pagedserve.executor.engine import Engine
+from pagedserve.executor.model_runner import ModelRunner
 from pagedserve.executor.outputs import SequenceEvent
 from pagedserve.executor.request import SamplingOptions
 
@@ -62,9 +68,32 @@ def warm_up_waves(block_size_tokens: int, vocab_size: int) -> list[list[tuple[li
     ]
 
 
+def precompile_kernels(runner: ModelRunner) -> float:
+    """kernels.precompile for the runner's model and pool; returns the seconds
+    it took (about 0 on CPU, where the torch references serve)."""
+    config = runner.model.config
+    model_dtype = next(runner.model.parameters()).dtype
+    started_s = time.monotonic()
+    launches = kernels.precompile(
+        config.num_heads,
+        config.num_kv_heads,
+        config.head_dim,
+        model_dtype,
+        runner.block_size,
+        runner.device,
+        cache_dtype=runner.kv_pool.dtype,
+    )
+    elapsed_s = time.monotonic() - started_s
+    log.info("warm-up: kernels precompiled (%d launches) in %.2f s", launches, elapsed_s)
+    return elapsed_s
+
+
 def warm_up(engine: Engine, block_size_tokens: int, vocab_size: int, timeout_s: float) -> float:
-    """Runs the warm-up to the end; returns the seconds it took. Raises
-    RuntimeError when a request fails or the warm-up runs past timeout_s."""
+    """Precompiles the kernels, then runs the warm-up requests to the end;
+    returns the seconds both took. Raises RuntimeError when a request fails or
+    the requests run past timeout_s; ValueError from kernels.precompile on a
+    model shape the kernels do not support."""
+    precompile_s = precompile_kernels(engine.runner)
     started_s = time.monotonic()
     num_tokens = 0
     for wave_index, wave in enumerate(warm_up_waves(block_size_tokens, vocab_size)):
@@ -87,4 +116,4 @@ def warm_up(engine: Engine, block_size_tokens: int, vocab_size: int, timeout_s: 
         num_tokens += sink.num_tokens
     elapsed_s = time.monotonic() - started_s
     log.info("warm-up: %d tokens generated in %.2f s, before serving", num_tokens, elapsed_s)
-    return elapsed_s
+    return precompile_s + elapsed_s

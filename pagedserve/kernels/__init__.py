@@ -19,6 +19,7 @@ from pagedserve.kernels.paged_decode_attention import (
     paged_decode_attention_reference,
     paged_decode_attention_triton,
 )
+from pagedserve.kernels.precompile import compiled_variant_counts, precompile
 from pagedserve.kernels.rms_norm import (
     add_rms_norm_reference,
     add_rms_norm_triton,
@@ -167,9 +168,11 @@ def silu_and_mul(
 
 __all__ = [
     "add_rms_norm",
+    "compiled_variant_counts",
     "copy_blocks",
     "paged_attention",
     "paged_decode_attention",
+    "precompile",
     "rms_norm",
     "rope_cos_sin_cache",
     "rotary_embedding",

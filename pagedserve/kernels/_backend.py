@@ -26,7 +26,12 @@ try:
     HAS_TRITON = True
 except ImportError:  # CPU-only install: references only.
     HAS_TRITON = False
-    triton = types.SimpleNamespace(jit=lambda fn: fn, cdiv=lambda a, b: -(-a // b))
+
+    def _identity_jit(fn=None, **_options):
+        # Both spellings: @triton.jit and @triton.jit(do_not_specialize=[...]).
+        return fn if fn is not None else (lambda inner: inner)
+
+    triton = types.SimpleNamespace(jit=_identity_jit, cdiv=lambda a, b: -(-a // b))
     tl = types.SimpleNamespace(constexpr=None)
 
 # "auto" (default): Triton for CUDA tensors, torch otherwise.

@@ -23,7 +23,9 @@ def copy_blocks_reference(
     pool[:, :, dst_block_ids] = pool[:, :, src_block_ids]
 
 
-@triton.jit
+# num_blocks is fixed for a pool, but not specialized all the same: a variant
+# compiled on a scratch pool (kernels.precompile) then serves every pool.
+@triton.jit(do_not_specialize=["num_blocks"])
 def _copy_blocks_kernel(
     pool_ptr,
     src_block_ids_ptr,

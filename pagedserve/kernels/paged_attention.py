@@ -175,7 +175,10 @@ def _find_tile_slot(query_start_loc_ptr, num_seqs, SLOT_Q: tl.constexpr, SEQS_BL
     return seq, slot, q_start, q_len
 
 
-@triton.jit
+# Integers that change from step to step are not specialized (docs/kernels-notes.md
+# v6): Triton would otherwise compile a variant for each of "equal to 1",
+# "divisible by 16" and neither, and a serving executor meets all three.
+@triton.jit(do_not_specialize=["num_seqs", "block_table_stride_seq"])
 def _paged_attention_kernel(
     query_ptr,
     key_source,  # NEW_KV_DESCRIPTORS: a descriptor of BLOCK_N x HEAD_DIM tiles; else a pointer
@@ -360,6 +363,21 @@ _LONG_SEQUENCE_TOKENS = 4096
 _SEQS_BLOCK = 64
 
 
+# Launch options by head size and sequence length; _prefill_config picks one.
+_WIDE_HEAD_CONFIG = {
+    "BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2,
+    "PAIRED_TILES": True, "NEW_KV_DESCRIPTORS": True,
+}  # fmt: skip
+_LONG_SEQUENCE_CONFIG = {
+    "BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3,
+    "PAIRED_TILES": False, "NEW_KV_DESCRIPTORS": True,
+}  # fmt: skip
+_SHORT_SEQUENCE_CONFIG = {
+    "BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3,
+    "PAIRED_TILES": True, "NEW_KV_DESCRIPTORS": True,
+}  # fmt: skip
+
+
 def _prefill_config(head_dim: int, max_seq_len: int) -> dict:
     """Tile sizes and launch options, from shapes alone (no device sync).
 
@@ -369,13 +387,18 @@ def _prefill_config(head_dim: int, max_seq_len: int) -> dict:
     leave no multiprocessor idle at the end of a short launch.
     """
     if head_dim > 128:
-        tiles = {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
-        return {**tiles, "PAIRED_TILES": True, "NEW_KV_DESCRIPTORS": True}
+        return dict(_WIDE_HEAD_CONFIG)
     if max_seq_len >= _LONG_SEQUENCE_TOKENS:
-        tiles = {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3}
-        return {**tiles, "PAIRED_TILES": False, "NEW_KV_DESCRIPTORS": True}
-    tiles = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
-    return {**tiles, "PAIRED_TILES": True, "NEW_KV_DESCRIPTORS": True}
+        return dict(_LONG_SEQUENCE_CONFIG)
+    return dict(_SHORT_SEQUENCE_CONFIG)
+
+
+def prefill_configs(head_dim: int) -> list[dict]:
+    """Every launch configuration _prefill_config can choose at this head size
+    (kernels.precompile compiles each, with and without cached context)."""
+    if head_dim > 128:
+        return [dict(_WIDE_HEAD_CONFIG)]
+    return [dict(_SHORT_SEQUENCE_CONFIG), dict(_LONG_SEQUENCE_CONFIG)]
 
 
 def _descriptors_usable(kernel, key: torch.Tensor, value: torch.Tensor) -> bool:

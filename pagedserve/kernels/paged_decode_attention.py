@@ -36,7 +36,10 @@ def paged_decode_attention_reference(
     )
 
 
-@triton.jit
+# Per-step integers are not specialized (docs/kernels-notes.md v6).
+# partition_tokens stays specialized: it is always a multiple of BLOCK_N >= 32,
+# so its specialization never changes.
+@triton.jit(do_not_specialize=["block_table_stride_seq", "num_partitions"])
 def _decode_partition_kernel(
     query_ptr,
     key_cache_ptr,
@@ -139,7 +142,7 @@ def _decode_partition_kernel(
         )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_partitions"])
 def _decode_merge_kernel(
     seq_lens_ptr,
     out_ptr,
@@ -214,6 +217,7 @@ def choose_partition_tokens(
 # and this many keys per partition take the small-tile launch options.
 _FEW_PROGRAMS_PER_SM = 4
 _SHORT_PARTITION_TOKENS = 2048
+_FEW_SHORT_PROGRAMS_OPTIONS = {"BLOCK_N": 32, "num_warps": 2, "num_stages": 6}
 
 
 def _decode_config(head_dim: int) -> dict:
@@ -236,8 +240,23 @@ def _few_short_programs_config(
     32 x 8k (8k keys per program); empty where it does not apply."""
     few = num_programs <= _FEW_PROGRAMS_PER_SM * _num_sms(device)
     if few and partition_tokens <= _SHORT_PARTITION_TOKENS:
-        return {"BLOCK_N": 32, "num_warps": 2, "num_stages": 6}
+        return dict(_FEW_SHORT_PROGRAMS_OPTIONS)
     return {}
+
+
+def decode_configs(head_dim: int) -> list[dict]:
+    """Every launch configuration the rules above can choose at this head size
+    (kernels.precompile compiles each, with one partition and with several)."""
+    if head_dim > 128:
+        return [_decode_config(head_dim)]
+    return [_decode_config(head_dim), {**_decode_config(head_dim), **_FEW_SHORT_PROGRAMS_OPTIONS}]
+
+
+# Partition counts the launch can choose: 1 (no merge) to _MAX_PARTITIONS. The
+# merge kernel is compiled per power of two of the count (PARTITIONS_BLOCK).
+def partition_count_classes() -> list[int]:
+    """One partition count per compiled variant: 1, 2, 4, ... _MAX_PARTITIONS."""
+    return [1 << power for power in range(_MAX_PARTITIONS.bit_length())]
 
 
 def paged_decode_attention_triton(
