@@ -31,7 +31,8 @@ class ExecutorConfig(ServiceOptions):
     )
     shutdown_grace_s: float = option(30.0, "on SIGTERM, how long in-flight requests may run on")
     warm_up: bool = option(
-        True, "before serving, run a few made-up requests so that the kernels are compiled"
+        True,
+        "before serving, compile the kernels and run a few made-up requests through the engine",
     )
 
     def validate(self) -> None:
