@@ -21,11 +21,14 @@ class Sequence:
     (registered, or found already cached), the last of them hashing to
     `last_block_hash`, the parent hash of the next block.
 
-    `last_block_maybe_shared` is False only when the last block is the
-    sequence's own (ref count 1). Only a fork shares a block that is not
-    full, so a fork sets it on both sides and an append that leaves the last
-    block the sequence's own clears it. The decode step's hot loop reads this
-    flag rather than the block, one memory access fewer per sequence.
+    `last_block_maybe_shared` is False only when a partly filled last block
+    is the sequence's own (ref count 1); a full last block may be shared
+    through the prefix cache whatever the flag says, and is never written.
+    Only a fork shares a block that is not full, so a fork sets the flag on
+    both sides and an append that leaves the last block the sequence's own
+    clears it. The decode step's hot loop reads this flag rather than the
+    block before writing into a partly filled one, one memory access fewer
+    per sequence.
     """
 
     # The decode step's hot loop reads the first three: declared first, they

@@ -361,8 +361,11 @@ class BlockManagerMachine(RuleBasedStateMachine):
             for seq in self.manager.sequences(executor_id).values():
                 for block in seq.block_table:
                     references[block.block_id] = references.get(block.block_id, 0) + 1
-                # The decode fast path trusts this flag instead of the ref count.
-                if seq.block_table and not seq.last_block_maybe_shared:
+                # The decode fast path trusts this flag instead of the ref count
+                # when it writes into a partly filled last block (a full one can
+                # be shared through the prefix cache, and is never written).
+                partly_filled = len(seq.token_ids) % self.block_size != 0
+                if seq.block_table and partly_filled and not seq.last_block_maybe_shared:
                     assert seq.block_table[-1].ref_count == 1
         in_queue = set(pool.free_block_ids())
         held = {
