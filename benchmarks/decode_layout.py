@@ -29,6 +29,7 @@ from triton.testing import do_bench
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.gpu_timing import capture_graph, rel_err  # noqa: E402
 from pagedserve.kernels._backend import dot_in_fp32, dot_precision, next_power_of_2  # noqa: E402
 from pagedserve.kernels.attention_tiles import LOG2_E  # noqa: E402
 from pagedserve.kernels.paged_decode_attention import (  # noqa: E402
@@ -102,12 +103,6 @@ def decode_head_major(
     return out
 
 
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    if not torch.isfinite(actual).all():
-        return float("nan")
-    return ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
-
-
 def make_inputs(batch: int, context: int, copies: int, device: torch.device):
     """Slot-major caches with `copies` block tables over disjoint shuffled blocks,
     the head-major copies, and one query per copy."""
@@ -161,20 +156,6 @@ def check_small_against_reference(device: torch.device) -> list[str]:
         if not ok:
             failures.append(f"reference hf={heads_fastest}")
     return failures
-
-
-def graph_of(fn, calls: int) -> torch.cuda.CUDAGraph:
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    return graph
 
 
 def bench_shape(batch: int, context: int, rounds: int) -> tuple[dict, list[str]]:
@@ -233,7 +214,7 @@ def bench_shape(batch: int, context: int, rounds: int) -> tuple[dict, list[str]]
         err = rel_err(fn(), expected)
         if not err <= 1e-2:
             failures.append(f"{name} b{batch} ctx{context}: {err:.2e}")
-    graphs = {name: graph_of(fn, calls) for name, fn in variants.items()}
+    graphs = {name: capture_graph(fn, calls) for name, fn in variants.items()}
     times = {name: [] for name in variants}
     for _ in range(rounds):
         for name, graph in graphs.items():

@@ -32,6 +32,7 @@ from triton.testing import do_bench
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.gpu_timing import capture_graph, rel_err  # noqa: E402
 from pagedserve.kernels._backend import (  # noqa: E402
     dot_in_fp32,
     dot_precision,
@@ -296,12 +297,6 @@ def decode_v7(query, key_cache, value_cache, block_tables, seq_lens, scale, out)
 VERSIONS = {"v7": decode_v7, "v8": decode_v8}
 
 
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    if not torch.isfinite(actual).all():
-        return float("nan")
-    return ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
-
-
 def check_small_against_reference() -> list[str]:
     """Both versions against the torch reference at uneven lengths, the table
     wider than every sequence (padding entries poisoned), at 1 and 32 sequences."""
@@ -335,20 +330,6 @@ def check_small_against_reference() -> list[str]:
             if not ok:
                 failures.append(f"reference {name} {num_seqs} seqs")
     return failures
-
-
-def graph_of(fn, calls: int) -> torch.cuda.CUDAGraph:
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    return graph
 
 
 def make_inputs(batch: int, context: int, copies: int):
@@ -415,7 +396,7 @@ def bench_shape(batch: int, context: int, rounds: int) -> tuple[dict, list[str]]
         err = rel_err(fn(), expected)
         if not err <= 1e-2:
             failures.append(f"{name} b{batch} ctx{context}: {err:.2e}")
-    graphs = {name: graph_of(fn, calls) for name, fn in variants.items()}
+    graphs = {name: capture_graph(fn, calls) for name, fn in variants.items()}
     times = {name: [] for name in variants}
     for _ in range(rounds):
         for name, graph in graphs.items():

@@ -22,6 +22,7 @@ from triton.testing import do_bench
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.gpu_timing import capture_graph, rel_err  # noqa: E402
 from pagedserve.kernels.copy_blocks import copy_blocks_reference, copy_blocks_triton  # noqa: E402
 from pagedserve.kernels.paged_attention import (  # noqa: E402
     gather_sequence_kv,
@@ -75,28 +76,12 @@ def bench_graph_ms(fn, calls: int) -> float:
     host's launch overhead; each captured call takes the next rotated input.
     """
     try:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):  # compile and warm up outside the capture
-                fn()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(calls):
-                fn()
+        graph = capture_graph(fn, calls)  # compiles and warms up outside the capture
     except RuntimeError as error:
         print(f"graph capture failed ({error}); timing eagerly", flush=True)
         FAILURES.append("graph capture")
         return bench_ms(fn)
     return do_bench(graph.replay, warmup=25, rep=100, return_mode="median") / calls
-
-
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    if not torch.isfinite(actual).all():
-        return float("nan")
-    diff = (actual.double() - expected.double()).norm()
-    return (diff / expected.double().norm()).item()
 
 
 def check(name: str, err: float, tol: float) -> None:
