@@ -24,10 +24,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.gpu_timing import capture_graph, rel_err  # noqa: E402
 from pagedserve.kernels.copy_blocks import copy_blocks_reference, copy_blocks_triton  # noqa: E402
-from pagedserve.kernels.paged_attention import (  # noqa: E402
+from pagedserve.kernels.paged_attention import paged_attention_triton  # noqa: E402
+from pagedserve.kernels.paged_attention_reference import (  # noqa: E402
     gather_sequence_kv,
     paged_attention_reference,
-    paged_attention_triton,
 )
 from pagedserve.kernels.paged_decode_attention import (  # noqa: E402
     paged_decode_attention_reference,

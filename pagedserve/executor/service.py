@@ -250,7 +250,7 @@ async def _serve(config: ExecutorConfig, log) -> None:
     stop_heartbeat = link.start_heartbeat(registered.executor_id, registered.lease_ms / 3000)
     engine.start()
     if config.warm_up:
-        warm_up(engine, info.block_size_tokens, info.vocab_size, WARM_UP_TIMEOUT_S)
+        warm_up(engine, WARM_UP_TIMEOUT_S)
     servicer = ExecutorServicer(engine, info)
     server = aio_server(config.internal_token)
     pb_grpc.add_ExecutorServicer_to_server(servicer, server)

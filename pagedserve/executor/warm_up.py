@@ -88,7 +88,7 @@ def precompile_kernels(runner: ModelRunner) -> float:
     return elapsed_s
 
 
-def warm_up(engine: Engine, block_size_tokens: int, vocab_size: int, timeout_s: float) -> float:
+def warm_up(engine: Engine, timeout_s: float) -> float:
     """Precompiles the kernels, then runs the warm-up requests to the end;
     returns the seconds both took. Raises RuntimeError when a request fails or
     the requests run past timeout_s; ValueError from kernels.precompile on a
@@ -96,7 +96,8 @@ def warm_up(engine: Engine, block_size_tokens: int, vocab_size: int, timeout_s: 
     precompile_s = precompile_kernels(engine.runner)
     started_s = time.monotonic()
     num_tokens = 0
-    for wave_index, wave in enumerate(warm_up_waves(block_size_tokens, vocab_size)):
+    waves = warm_up_waves(engine.runner.block_size, engine.vocab_size)
+    for wave_index, wave in enumerate(waves):
         sink = _WaveSink(len(wave))
         for request_index, (prompt_token_ids, max_tokens) in enumerate(wave):
             sampling = SamplingOptions(

@@ -14,7 +14,8 @@ import torch
 
 from pagedserve.kernels._backend import use_triton
 from pagedserve.kernels.copy_blocks import copy_blocks_reference, copy_blocks_triton
-from pagedserve.kernels.paged_attention import paged_attention_reference, paged_attention_triton
+from pagedserve.kernels.paged_attention import paged_attention_triton
+from pagedserve.kernels.paged_attention_reference import paged_attention_reference
 from pagedserve.kernels.paged_decode_attention import (
     paged_decode_attention_reference,
     paged_decode_attention_triton,

@@ -82,3 +82,12 @@ __all__ = [
     "triton",
     "use_triton",
 ]
+
+
+def rows_contiguous(x: torch.Tensor) -> torch.Tensor:
+    """x [tokens, heads, head_dim] with each token's heads side by side (the
+    token stride is free): x itself when it already is, else a contiguous copy."""
+    _, num_heads, head_dim = x.shape
+    if x.stride(2) == 1 and x.stride(1) == head_dim:
+        return x
+    return x.contiguous()

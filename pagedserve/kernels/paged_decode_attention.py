@@ -11,7 +11,7 @@ import torch
 
 from pagedserve.kernels._backend import dot_in_fp32, dot_precision, next_power_of_2, tl, triton
 from pagedserve.kernels.attention_tiles import LOG2_E, attend_paged_tile, check_attention_shapes
-from pagedserve.kernels.paged_attention import paged_attention_reference
+from pagedserve.kernels.paged_attention_reference import paged_attention_reference
 
 
 def paged_decode_attention_reference(

@@ -7,7 +7,7 @@ scatters one row of `num_kv_heads * head_dim` values per token into K and V.
 
 import torch
 
-from pagedserve.kernels._backend import next_power_of_2, tl, triton
+from pagedserve.kernels._backend import next_power_of_2, rows_contiguous, tl, triton
 
 
 def write_kv_cache_reference(
@@ -60,14 +60,6 @@ def _write_kv_cache_kernel(
     tl.store(value_cache_ptr + cache_row + cols, v.to(value_cache_ptr.dtype.element_ty), mask=mask)
 
 
-def _rows_contiguous(x: torch.Tensor) -> torch.Tensor:
-    """x with each token's [heads, head_dim] row contiguous (token stride free)."""
-    _, num_heads, head_dim = x.shape
-    if x.stride(2) == 1 and x.stride(1) == head_dim:
-        return x
-    return x.contiguous()
-
-
 def write_kv_cache_triton(
     key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
     value: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
@@ -81,8 +73,8 @@ def write_kv_cache_triton(
         raise ValueError("key_cache and value_cache must be contiguous")
     if num_tokens == 0:
         return
-    key = _rows_contiguous(key)
-    value = _rows_contiguous(value)
+    key = rows_contiguous(key)
+    value = rows_contiguous(value)
     row_numel = num_kv_heads * head_dim
     _write_kv_cache_kernel[(num_tokens,)](
         key,

@@ -6,7 +6,8 @@ import pytest
 import torch
 from paged_kv_helpers import DEVICE, assert_close, dense_attention, make_paged_kv, random_tensor
 
-from pagedserve.kernels.paged_attention import paged_attention_reference, paged_attention_triton
+from pagedserve.kernels.paged_attention import paged_attention_triton
+from pagedserve.kernels.paged_attention_reference import paged_attention_reference
 
 # (num_heads, num_kv_heads, head_dim, block_size, dtype)
 CONFIGS = [
@@ -93,8 +94,8 @@ def test_reference_matches_dense(kind, num_heads, num_kv_heads, head_dim, block_
 
 def test_reference_chunks_long_queries(monkeypatch):
     """The score-size bound splits queries into chunks without changing the result."""
-    # importlib: the package's paged_attention attribute is the dispatcher, not the module.
-    module = importlib.import_module("pagedserve.kernels.paged_attention")
+    # importlib: the package's paged_attention_reference attribute is the function.
+    module = importlib.import_module("pagedserve.kernels.paged_attention_reference")
 
     seqs = [(40, 40), (23, 7)]
     args, keys, values, q_lens = make_inputs(seqs, 4, 2, 64, 16, torch.float32)
