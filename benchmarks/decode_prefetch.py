@@ -32,7 +32,7 @@ from triton.testing import do_bench
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.gpu_timing import capture_graph, rel_err  # noqa: E402
+from benchmarks.gpu_timing import capture_graph, copy_bandwidth_gbs, rel_err  # noqa: E402
 from pagedserve.kernels._backend import (  # noqa: E402
     dot_in_fp32,
     dot_precision,
@@ -405,13 +405,6 @@ def bench_shape(batch: int, context: int, rounds: int) -> tuple[dict, list[str]]
     return {"times_ms": times, "kv_bytes": kv_bytes}, failures
 
 
-def copy_bandwidth_gbs() -> float:
-    source = torch.empty(1 << 29, dtype=torch.int16, device=DEVICE).random_()
-    target = torch.empty_like(source)
-    ms = do_bench(lambda: target.copy_(source), warmup=25, rep=200, return_mode="median")
-    return 2 * source.numel() * 2 / ms / 1e6
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=".", help="folder for the JSON")
@@ -422,7 +415,7 @@ def main() -> None:
     device_name = torch.cuda.get_device_name()
     print(f"{device_name}; torch {torch.__version__}, triton {triton.__version__}", flush=True)
     failures = check_small_against_reference()
-    copy_gbs = copy_bandwidth_gbs()
+    copy_gbs = copy_bandwidth_gbs(1 << 30, DEVICE)
     print(f"copy bandwidth {copy_gbs:.0f} GB/s", flush=True)
     results = []
     for batch, context in SHAPES:

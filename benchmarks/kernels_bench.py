@@ -22,7 +22,7 @@ from triton.testing import do_bench
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.gpu_timing import capture_graph, rel_err  # noqa: E402
+from benchmarks.gpu_timing import capture_graph, copy_bandwidth_gbs, rel_err  # noqa: E402
 from pagedserve.kernels.copy_blocks import copy_blocks_reference, copy_blocks_triton  # noqa: E402
 from pagedserve.kernels.paged_attention import paged_attention_triton  # noqa: E402
 from pagedserve.kernels.paged_attention_reference import (  # noqa: E402
@@ -242,14 +242,6 @@ def bench_layer_ops(copy_gbps) -> None:
             lambda t=t: rotary_embedding_triton(t["positions"], t["query"], t["key"], t["cos_sin"])
         )
         add_row("rotary_embedding triton", shape, ms, rotary_bytes, copy_gbps)
-
-
-def measure_copy_bandwidth() -> float:
-    """GB/s of a 4 GiB device-to-device copy, bytes read plus written."""
-    src = torch.randint(0, 255, (4 << 30,), dtype=torch.uint8, device=DEVICE)
-    dst = torch.empty_like(src)
-    ms = bench_ms(lambda: dst.copy_(src))
-    return 2 * (4 << 30) / ms / 1e6
 
 
 def add_row(kind, shape, ms, bytes_moved, copy_gbps, baseline_ms=None, note=""):
@@ -507,7 +499,7 @@ def main() -> None:
     if not args.skip_checks:
         guarded(run_checks)
         guarded(check_layer_ops)
-    copy_gbps = measure_copy_bandwidth()
+    copy_gbps = copy_bandwidth_gbs(device=DEVICE)
     print(f"copy bandwidth {copy_gbps:.0f} GB/s", flush=True)
     for batch in (1, 32, 64, 128, 256):
         for context in (1024, 2048, 8192, 32768):
