@@ -203,13 +203,11 @@ class Scheduler:
         plan = StepPlan()
         call = self._new_call()
         self._add_forks(call)
-        growing = []
-        for seq in self._running_sequences():
+        running = list(self._running_sequences())
+        for seq in running:
             call.add_computed(seq)
-            if seq.num_tokens > seq.num_tokens_at_blockmgr:
-                growing.append(seq)
-        call.add_appends(growing)
-        self._add_admissions(call)
+        call.add_appends([seq for seq in running if seq.num_tokens > seq.num_tokens_at_blockmgr])
+        self._add_admissions(call, running)
         failed = self._send(call, plan)
         if failed:
             plan.num_preempted = self._preempt_until_appended(failed, plan)
@@ -269,16 +267,15 @@ class Scheduler:
                 if seq.status is SequenceStatus.RUNNING:
                     yield seq
 
-    def _token_demand(self) -> int:
-        return sum(seq.num_tokens - seq.num_computed_tokens for seq in self._running_sequences())
-
     def _blocks_to_admit(self, seqs: list[Sequence]) -> int:
         return sum(self.blocks_needed(seq.num_tokens) for seq in seqs)
 
-    def _add_admissions(self, call: _Call) -> None:
-        token_budget = self.config.max_num_batched_tokens - self._token_demand()
+    def _add_admissions(self, call: _Call, running: list[Sequence]) -> None:
+        """running: the sequences running before this call, in arrival order."""
+        token_demand = sum(seq.num_tokens - seq.num_computed_tokens for seq in running)
+        token_budget = self.config.max_num_batched_tokens - token_demand
         # Each running sequence may need one more block for this step's append.
-        free_blocks = self._free_blocks - sum(1 for _ in self._running_sequences())
+        free_blocks = self._free_blocks - len(running)
         num_running = len(self.running)
         while (
             self.waiting
