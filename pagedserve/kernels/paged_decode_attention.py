@@ -120,6 +120,26 @@ def _decode_partition_kernel(
             cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, True, DOT_IN_FP32, DOT_PRECISION,
         )  # fmt: skip
 
+    store_partition_result(
+        acc, row_max, row_sum, seq, partition, head, row_mask, num_kv_heads,
+        out_ptr, partial_out_ptr, partial_max_ptr, partial_sum_ptr,
+        out_stride_seq, out_stride_head, num_partitions, GROUP_SIZE, HEAD_DIM, SINGLE_PARTITION,
+    )  # fmt: skip
+
+
+@triton.jit
+def store_partition_result(
+    acc,  # [GROUP_BLOCK, HEAD_DIM] fp32, unnormalised
+    row_max,  # [GROUP_BLOCK] fp32
+    row_sum,  # [GROUP_BLOCK] fp32
+    seq, partition, head, row_mask, num_kv_heads,
+    out_ptr, partial_out_ptr, partial_max_ptr, partial_sum_ptr,
+    out_stride_seq, out_stride_head, num_partitions,
+    GROUP_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, SINGLE_PARTITION: tl.constexpr,
+):  # fmt: skip
+    """A partition program's end: the normalised output when it is the only
+    partition, else its partial output and softmax statistics for the merge."""
+    dims = tl.arange(0, HEAD_DIM)
     if SINGLE_PARTITION:
         out_offsets = seq.to(tl.int64) * out_stride_seq + head * out_stride_head
         out = acc / row_sum[:, None]
