@@ -1,7 +1,10 @@
 """`pagedserve up`: every service as its own OS process, started in order and supervised.
 
 Order of start: block manager, pool keeper, executor(s), gateway; each must
-report SERVING on grpc health before the next starts. If any process exits,
+report SERVING on grpc health before the next starts. With --tls-cert every
+port serves TLS, and the services verify each other with --tls-ca (and, with
+--tls-client-ca, present --tls-client-cert to each other: mutual TLS on the
+internal ports; the gateway's public port asks clients for no certificate). If any process exits,
 the others are stopped and `up` exits non-zero. On SIGTERM or Ctrl-C the
 services stop in reverse order (gateway first, so no new request arrives while
 executors drain; block manager and pool keeper last).
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from pagedserve.common import security
 from pagedserve.common.config import flag_name, log_config, option, parse_config, require
 from pagedserve.common.logs import setup_logging
 from pagedserve.common.tracing import init_tracing, shutdown_tracing
@@ -62,30 +66,100 @@ class UpConfig:
     max_requests_per_connection: int = option(
         0, "gateway: requests in flight per client connection (0: no limit)"
     )
+    tls_cert: str = option("", "PEM certificate every service serves TLS with (gateway included)")
+    tls_key: str = option("", "PEM private key of --tls-cert")
+    tls_ca: str = option("", "PEM CA the services verify each other's certificates with")
+    tls_client_ca: str = option(
+        "", "PEM CA: the internal ports require client certificates signed by it (mutual TLS)"
+    )
+    tls_client_cert: str = option("", "PEM client certificate the services present to each other")
+    tls_client_key: str = option("", "PEM private key of --tls-client-cert")
 
     def validate(self) -> None:
         require(self.num_executors >= 1, "num_executors", "must be >= 1")
         require(self.startup_timeout_s > 0, "startup_timeout_s", "must be > 0")
+        require(
+            bool(self.tls_cert) == bool(self.tls_key),
+            "tls_key",
+            "give both --tls-cert and --tls-key",
+        )
+        require(
+            bool(self.tls_cert) == bool(self.tls_ca),
+            "tls_ca",
+            "give --tls-ca with --tls-cert: the services call each other over TLS",
+        )
+        require(
+            bool(self.tls_client_cert) == bool(self.tls_client_key),
+            "tls_client_key",
+            "give both --tls-client-cert and --tls-client-key",
+        )
+        require(
+            bool(self.tls_client_ca) == bool(self.tls_client_cert),
+            "tls_client_cert",
+            "give --tls-client-cert with --tls-client-ca: internal ports then require one",
+        )
+        require(not self.tls_client_ca or bool(self.tls_cert), "tls_client_ca", "needs --tls-cert")
+
+    def tls_server_flags(self, internal: bool) -> list[str]:
+        """A service's flags for its own port; internal ports also ask for client certificates."""
+        client_ca = self.tls_client_ca if internal else ""
+        return flags(**_set(tls_cert=self.tls_cert, tls_key=self.tls_key, tls_client_ca=client_ca))
+
+    def tls_client_flags(self) -> list[str]:
+        """A service's flags for calling the internal services."""
+        return flags(
+            **_set(
+                tls_ca=self.tls_ca,
+                tls_client_cert=self.tls_client_cert,
+                tls_client_key=self.tls_client_key,
+            )
+        )
+
+    def channel_credentials(self) -> grpc.ChannelCredentials | None:
+        """How `up` itself reaches the services (health), None for plaintext."""
+        return security.channel_credentials(self.tls_ca, self.tls_client_cert, self.tls_client_key)
 
 
-def wait_healthy(address: str, process: subprocess.Popen, timeout_s: float) -> None:
+def _set(**settings: str) -> dict[str, str]:
+    return {name: value for name, value in settings.items() if value}
+
+
+def wait_healthy(
+    address: str,
+    process: subprocess.Popen,
+    timeout_s: float,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> None:
     """Polls grpc health until SERVING; raises RuntimeError if the process dies or time runs out."""
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"{' '.join(process.args[3:5])} exited with code {process.returncode}"
-                )
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"{' '.join(process.args[3:5])} exited with code {process.returncode}"
+            )
+        if _is_serving(address, credentials):
+            return
+        time.sleep(0.2)
     raise RuntimeError(f"{address} not healthy after {timeout_s:.0f} s")
+
+
+def _is_serving(address: str, credentials: grpc.ChannelCredentials | None) -> bool:
+    """One health check on a connection of its own. A service binds its port
+    before it starts serving: a TLS handshake begun in between waits for gRPC's
+    20 s connect timeout, so each attempt gets a fresh connection instead."""
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    if credentials is None:
+        channel = grpc.insecure_channel(address, options=options)
+    else:
+        channel = grpc.secure_channel(address, credentials, options=options)
+    with channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=1.0
+            )
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def flags(**settings) -> list[str]:
@@ -98,6 +172,7 @@ class Supervisor:
         self.config = config
         self.processes: list[tuple[str, subprocess.Popen]] = []
         self._stopping = False
+        self._credentials = config.channel_credentials()  # FileNotFoundError names the file
         # Secrets go to the services through their environment, not their command lines.
         self._environment = dict(os.environ)
         for name, value in (
@@ -115,7 +190,8 @@ class Supervisor:
         # Own process group: Ctrl-C reaches `up` alone, which then stops services in order.
         process = subprocess.Popen(command, start_new_session=True, env=self._environment)
         self.processes.append((name, process))
-        wait_healthy(f"{self.config.host}:{port}", process, self.config.startup_timeout_s)
+        address = f"{self.config.host}:{port}"
+        wait_healthy(address, process, self.config.startup_timeout_s, self._credentials)
         log.info("%s is up on %s:%d (pid %d)", name, self.config.host, port, process.pid)
 
     def start_all(self) -> None:
@@ -126,6 +202,7 @@ class Supervisor:
             [
                 "blockmgr",
                 *flags(host=c.host, port=c.blockmgr_port, metrics_port=self.metrics_port(1)),
+                *c.tls_server_flags(internal=True),
             ],
             c.blockmgr_port,
         )
@@ -142,6 +219,7 @@ class Supervisor:
             port=c.kvpool_port,
             metrics_port=self.metrics_port(2),
         )
+        kvpool_flags += c.tls_server_flags(internal=True) + c.tls_client_flags()
         self.start("kvpool", ["kvpool", *kvpool_flags], c.kvpool_port)
         executor_addresses = []
         for index in range(c.num_executors):
@@ -157,6 +235,7 @@ class Supervisor:
                 shutdown_grace_s=c.shutdown_grace_s,
                 metrics_port=self.metrics_port(3 + index),
             )
+            executor_flags += c.tls_server_flags(internal=True) + c.tls_client_flags()
             self.start(f"executor-{index}", ["executor", *executor_flags], port)
             executor_addresses.append(f"{c.host}:{port}")
         gateway_flags = flags(
@@ -170,6 +249,7 @@ class Supervisor:
             max_prompt_tokens=c.max_prompt_tokens,
             max_requests_per_connection=c.max_requests_per_connection,
         )
+        gateway_flags += c.tls_server_flags(internal=False) + c.tls_client_flags()
         self.start("gateway", ["gateway", *gateway_flags], c.port)
 
     def watch(self) -> int:
@@ -206,7 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_config(UpConfig, argv, "pagedserve up", __doc__.splitlines()[0])
     log_config(log, config)
     init_tracing("up")
-    supervisor = Supervisor(config)
+    try:
+        supervisor = Supervisor(config)
+    except FileNotFoundError as error:
+        log.error("start failed: %s", error)
+        return 1
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     signal.signal(signal.SIGINT, supervisor.request_stop)
     code = 0

@@ -31,9 +31,11 @@ class Stack:
     blockmgr: str
     executors: list[str]
     channels: list[grpc.Channel] = field(default_factory=list)
+    # TLS credentials for every port (a stack started with --tls-cert), None: plaintext.
+    credentials: grpc.ChannelCredentials | None = None
 
     def channel(self, address: str, options=None) -> grpc.Channel:
-        channel = grpc.insecure_channel(address, options=options)
+        channel = open_channel(address, self.credentials, options)
         self.channels.append(channel)
         return channel
 
@@ -65,15 +67,25 @@ class Stack:
         return self.process.wait(120)
 
 
+def open_channel(
+    address: str, credentials: grpc.ChannelCredentials | None, options=None
+) -> grpc.Channel:
+    if credentials is None:
+        return grpc.insecure_channel(address, options=options)
+    return grpc.secure_channel(address, credentials, options=options)
+
+
 def start_stack(
     *extra_flags: str,
     num_executors: int = 1,
     startup_timeout_s: float = 240,
     env: dict[str, str] | None = None,
     stderr=None,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> Stack:
     """env: variables added to this process's environment for the stack; stderr: where
-    the services' logs go (a file object; None: this process's stderr)."""
+    the services' logs go (a file object; None: this process's stderr); credentials:
+    how the test reaches the services when extra_flags turn TLS on."""
     ports = {name: free_port() for name in ("gateway", "blockmgr", "kvpool")}
     executor_port = free_port()
     command = [
@@ -108,9 +120,10 @@ def start_stack(
         gateway,
         f"127.0.0.1:{ports['blockmgr']}",
         [f"127.0.0.1:{executor_port + i}" for i in range(num_executors)],
+        credentials=credentials,
     )
     deadline = time.monotonic() + startup_timeout_s
-    with grpc.insecure_channel(gateway) as channel:
+    with open_channel(gateway, credentials) as channel:
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"pagedserve up exited with {process.returncode}")

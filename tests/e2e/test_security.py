@@ -1,10 +1,7 @@
-"""Token auth on every port (health open) and TLS to the gateway, on real processes."""
+"""Token auth on every port (health open) and TLS on every port, mutual on the
+internal ones, on real processes started by `pagedserve up`."""
 
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
 
 import grpc
 import pytest
@@ -15,7 +12,7 @@ from pagedserve.executor.v1 import executor_pb2, executor_pb2_grpc
 from pagedserve.v1 import generation_pb2 as pb
 from pagedserve.v1 import generation_pb2_grpc
 from tests.certificates import self_signed_certificate
-from tests.stack import free_port, start_stack
+from tests.stack import start_stack
 
 INTERNAL_TOKEN = "internal-secret-for-tests"
 PUBLIC_TOKEN = "public-secret-for-tests"
@@ -27,7 +24,28 @@ def bearer(token: str):
 
 
 @pytest.fixture(scope="module")
-def secured_stack():
+def certificate(tmp_path_factory):
+    """(certificate, key) files: one self-signed pair serves as every port's
+    certificate, the CA that verifies it, and the services' client certificate."""
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
+
+
+def tls_credentials(certificate, client_certificate: bool = True) -> grpc.ChannelCredentials:
+    cert_file, key_file = certificate
+    with open(cert_file, "rb") as file:
+        cert = file.read()
+    if not client_certificate:
+        return grpc.ssl_channel_credentials(root_certificates=cert)
+    with open(key_file, "rb") as file:
+        key = file.read()
+    return grpc.ssl_channel_credentials(
+        root_certificates=cert, private_key=key, certificate_chain=cert
+    )
+
+
+@pytest.fixture(scope="module")
+def secured_stack(certificate):
+    cert_file, key_file = certificate
     stack = start_stack(
         "--num-blocks",
         "64",
@@ -35,6 +53,10 @@ def secured_stack():
         INTERNAL_TOKEN,
         "--public-token",
         PUBLIC_TOKEN,
+        *("--tls-cert", cert_file, "--tls-key", key_file, "--tls-ca", cert_file),
+        *("--tls-client-ca", cert_file, "--tls-client-cert", cert_file),
+        *("--tls-client-key", key_file),
+        credentials=tls_credentials(certificate),
     )
     yield stack
     assert stack.stop() == 0
@@ -93,39 +115,34 @@ def test_health_stays_open(secured_stack):
         assert reply.status == health_pb2.HealthCheckResponse.SERVING, address
 
 
-def test_tls_round_trip_to_the_gateway(secured_stack, tmp_path):
-    cert_file, key_file = self_signed_certificate(tmp_path)
-    port = free_port()
-    environment = dict(os.environ, PAGEDSERVE_INTERNAL_TOKEN=INTERNAL_TOKEN)
-    gateway = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pagedserve.cli",
-            "gateway",
-            "--port",
-            str(port),
-            "--executors",
-            secured_stack.executors[0],
-            "--tls-cert",
-            cert_file,
-            "--tls-key",
-            key_file,
-        ],
-        env=environment,
-    )
-    try:
-        with open(cert_file, "rb") as file:
-            credentials = grpc.ssl_channel_credentials(root_certificates=file.read())
-        with grpc.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
-            grpc.channel_ready_future(channel).result(timeout=120)
-            stub = generation_pb2_grpc.TextGenerationStub(channel)
-            response = stub.Generate(REQUEST, timeout=120)
-        assert response.usage.completion_tokens == 2
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as plain:
-            with pytest.raises(grpc.RpcError) as raised:
-                generation_pb2_grpc.TextGenerationStub(plain).Generate(REQUEST, timeout=10)
-            assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
-    finally:
-        gateway.terminate()
-        assert gateway.wait(60) == 0
+def test_gateway_serves_tls_without_a_client_certificate(secured_stack, certificate):
+    credentials = tls_credentials(certificate, client_certificate=False)
+    with grpc.secure_channel(secured_stack.gateway, credentials) as channel:
+        stub = generation_pb2_grpc.TextGenerationStub(channel)
+        response = stub.Generate(REQUEST, metadata=bearer(PUBLIC_TOKEN), timeout=120)
+    assert response.usage.completion_tokens == 2
+
+
+@pytest.mark.parametrize("service", ["gateway", "blockmgr", "executor"])
+def test_every_port_refuses_plaintext(secured_stack, service):
+    address = {
+        "gateway": secured_stack.gateway,
+        "blockmgr": secured_stack.blockmgr,
+        "executor": secured_stack.executors[0],
+    }[service]
+    with grpc.insecure_channel(address) as plain:
+        stub = health_pb2_grpc.HealthStub(plain)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize("service", ["blockmgr", "executor"])
+def test_internal_ports_require_a_client_certificate(secured_stack, certificate, service):
+    address = secured_stack.blockmgr if service == "blockmgr" else secured_stack.executors[0]
+    credentials = tls_credentials(certificate, client_certificate=False)
+    with grpc.secure_channel(address, credentials) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
