@@ -18,9 +18,10 @@ from dataclasses import dataclass
 import torch
 
 from pagedserve import kernels
-from pagedserve.executor.decode_graphs import DecodeGraphs
+from pagedserve.executor.decode_graphs import CaptureReport, DecodeGraphs
 from pagedserve.executor.llama import AttentionBatch, LlamaForCausalLM
 from pagedserve.executor.step_plan import BlockCopies, ScheduledChunk
+from pagedserve.kernels._backend import use_triton
 
 
 @dataclass
@@ -111,6 +112,22 @@ class ModelRunner:
         # Decode-only batches that fit run through these (captured at start on
         # CUDA; without capture the same padded path runs eagerly). None: all eager.
         self.decode_graphs: DecodeGraphs | None = None
+
+    def capture_decode_graphs(
+        self, batch_sizes: list[int], max_context_tokens: int
+    ) -> CaptureReport:
+        """Captures a decode graph per batch size; decode batches that fit
+        replay them from then on. Call it while no step runs. Raises
+        ValueError unless the pool is on CUDA with the Triton kernels (the
+        torch references sync with the device, which a capture forbids)."""
+        if not (self.device.type == "cuda" and use_triton(self.kv_pool)):
+            raise ValueError(f"CUDA graphs need CUDA and the Triton kernels ({self.device})")
+        graphs = DecodeGraphs(
+            self.model, self.kv_pool, self.block_size, batch_sizes, max_context_tokens
+        )
+        report = graphs.capture()
+        self.decode_graphs = graphs
+        return report
 
     def prepare(self, chunks: list[ScheduledChunk]) -> ModelInputs:
         host = _flatten(chunks, self.block_size)
