@@ -48,8 +48,9 @@ from pagedserve.kernels import PADDING_SLOT
 # steps of 32 (vLLM captures a similar ladder).
 _SMALL_BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64)
 _BATCH_SIZE_STEP = 32
-# Past this many sequences a step's GPU work outweighs its launches, and each
-# graph costs capture time and memory (vLLM stops at 512 too).
+# A bound on capture time and memory (each size is one more graph, and the
+# static logits are max size x vocabulary floats); vLLM's default stops at 512
+# too. Not measured here: at 200 sequences graphs still made a step 3x faster.
 MAX_GRAPH_BATCH_SIZE = 512
 
 
@@ -118,13 +119,9 @@ class DecodeGraphs:
         }
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
 
-    @property
-    def captured(self) -> bool:
-        return bool(self._graphs)
-
     def padded_size(self, num_seqs: int, max_blocks_per_seq: int) -> int | None:
-        """The captured size a decode batch of num_seqs sequences runs at, or
-        None when it does not fit (too many sequences, or a block table wider
+        """The batch size (of the ladder) a decode batch of num_seqs sequences
+        runs at, padded, or None when it does not fit (too many sequences, or a block table wider
         than the static one): such a batch runs eagerly."""
         if num_seqs > self.max_batch_size or max_blocks_per_seq > self.max_blocks_per_seq:
             return None
