@@ -1,11 +1,15 @@
-"""Where an executor's decode step goes: wall time per step, the host profile
-(cProfile) and the device's own kernel time (torch.profiler), for a model built
-from a config with random weights, one process, a block manager on loopback.
+"""Where an executor's decode step goes, with decode graphs off and on: wall
+time per step, the device's own kernel time and launches (torch.profiler),
+optionally the host profile (cProfile), for a model built from a config with
+random weights, one process, a block manager on loopback.
 
 Run from the repository root:
     python -m benchmarks.executor_step_profile --model FOLDER [--device cuda]
-FOLDER holds the model's config.json (weights are not read). Not a test:
-figures depend on the machine (see docs/gpu.md).
+FOLDER holds the model's config.json (weights are not read). For each batch
+size of --num-seqs, the same greedy requests run twice on the same engine,
+decode eager then from the decode graphs (captured once at start on CUDA; on
+the CPU the padded path runs eagerly), and every output token of the two runs
+is compared. Not a test: figures depend on the machine (see docs/gpu.md).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import cProfile
 import io
 import pstats
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -23,6 +28,7 @@ from torch.profiler import ProfilerActivity, profile
 from pagedserve.blockmgr.config import BlockManagerConfig
 from pagedserve.blockmgr.service import serve
 from pagedserve.executor.blockmgr_link import BlockManagerLink
+from pagedserve.executor.decode_graphs import DecodeGraphs, graph_batch_sizes
 from pagedserve.executor.engine import Engine
 from pagedserve.executor.kv_pool import PoolSpec, create_pool
 from pagedserve.executor.model_config import load_model_config
@@ -32,11 +38,20 @@ from pagedserve.executor.request import SamplingOptions
 from pagedserve.executor.scheduler import Scheduler, SchedulerConfig
 
 BLOCK_SIZE_TOKENS = 16
+MAX_NUM_SEQS = 256
+WARM_STEPS = 5
+PROFILED_STEPS = 5
 
 
-class _DiscardingSink:
+class _TokenSink:
+    """Every output token of every request, by request id."""
+
+    def __init__(self):
+        self.tokens: dict[str, list[int]] = defaultdict(list)
+
     def deliver(self, events) -> None:
-        pass
+        for event in events:
+            self.tokens[event.request_id].extend(event.token_ids)
 
 
 def build_engine(model_folder: Path, device: torch.device, num_blocks: int):
@@ -58,7 +73,7 @@ def build_engine(model_folder: Path, device: torch.device, num_blocks: int):
     link.start_heartbeat(registered.executor_id, 1.0)
     model = load_model(config, None, device, torch.float32)
     scheduler = Scheduler(
-        SchedulerConfig(256, 2048, BLOCK_SIZE_TOKENS, num_blocks, num_blocks // 100),
+        SchedulerConfig(MAX_NUM_SEQS, 2048, BLOCK_SIZE_TOKENS, num_blocks, num_blocks // 100),
         registered.executor_id,
         link.step,
     )
@@ -66,90 +81,151 @@ def build_engine(model_folder: Path, device: torch.device, num_blocks: int):
     return Engine(scheduler, runner, config.vocab_size, config.max_context_tokens), blockmgr
 
 
+def decode_graphs(engine: Engine, device: torch.device) -> DecodeGraphs:
+    """Captured on CUDA (the report printed); on the CPU, uncaptured (the padded path, eager)."""
+    runner = engine.runner
+    sizes = graph_batch_sizes(MAX_NUM_SEQS)
+    if device.type == "cuda":
+        report = runner.capture_decode_graphs(sizes, engine.max_context_tokens)
+        print(
+            f"decode graphs: {len(report.batch_sizes)} sizes captured in {report.seconds:.2f} s, "
+            f"graph memory {report.memory_bytes / 2**20:.1f} MiB"
+        )
+        return runner.decode_graphs
+    block_size = runner.block_size
+    return DecodeGraphs(runner.model, runner.kv_pool, block_size, sizes, engine.max_context_tokens)
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _sequences(engine: Engine):
+    for request in engine.scheduler.running + list(engine.scheduler.waiting):
+        yield from request.sequences
+
+
+def device_profile(engine: Engine, device: torch.device) -> tuple[float, float]:
+    """(device kernel ms, kernel and graph launches) per step, over PROFILED_STEPS steps."""
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as device_profile:
+        for _ in range(PROFILED_STEPS):
+            engine._step()
+        synchronize(device)
+    averages = device_profile.key_averages()
+    # Kernels only: the aten operators that launched them carry the same time.
+    device_ms = sum(
+        event.self_device_time_total
+        for event in averages
+        if event.device_type == torch.autograd.DeviceType.CUDA
+    )
+    launch_names = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cudaGraphLaunch")
+    launches = sum(event.count for event in averages if event.key in launch_names)
+    return device_ms / 1e3 / PROFILED_STEPS, launches / PROFILED_STEPS
+
+
+def run_workload(engine: Engine, device: torch.device, num_seqs: int, args, tag: str) -> dict:
+    """num_seqs greedy requests to the end; times steady decode steps of the whole batch."""
+    sink = _TokenSink()
+    # Enough new tokens that the batch stays whole through the timed steps,
+    # however many steps the prefills (and early decodes beside them) take.
+    num_prefill_steps = -(-num_seqs * args.prompt_tokens // 2048) + 2
+    max_tokens = num_prefill_steps + WARM_STEPS + args.steps + 2 * PROFILED_STEPS + 5
+    greedy = SamplingOptions(max_tokens=max_tokens, temperature=0.0, top_p=1.0, top_k=0, seed=0)
+    for index in range(num_seqs):
+        prompt = [(7 * position + index) % 1000 + 5 for position in range(args.prompt_tokens)]
+        engine.submit(f"{index}", prompt, greedy, sink)
+    engine._drain_inbox(block=False)
+    if engine.num_active_requests() != num_seqs:
+        raise SystemExit("requests were refused (see the log): check --prompt-tokens and the model")
+    while any(seq.num_computed_tokens < seq.num_tokens - 1 for seq in _sequences(engine)):
+        engine._step()  # the prefills (and any JIT compile)
+    for _ in range(WARM_STEPS):
+        engine._step()
+    synchronize(device)
+    if sum(1 for _ in _sequences(engine)) != num_seqs:
+        raise SystemExit(f"the batch of {num_seqs} did not stay whole: raise max_tokens")
+    started_s = time.perf_counter()
+    for _ in range(args.steps):
+        engine._step()
+    synchronize(device)
+    step_ms = (time.perf_counter() - started_s) / args.steps * 1e3
+    result = {"step_ms": step_ms}
+    if num_seqs == args.profile_seqs:
+        result["device_ms"], result["launches"] = device_profile(engine, device)
+        if args.host_profile:
+            host = cProfile.Profile()
+            host.enable()
+            for _ in range(PROFILED_STEPS):
+                engine._step()
+            host.disable()
+            text = io.StringIO()
+            pstats.Stats(host, stream=text).sort_stats("tottime").print_stats(15)
+            print(f"host profile, {tag}, {num_seqs} sequences:\n{text.getvalue()}")
+    while engine.num_active_requests() or engine.scheduler.has_work():
+        engine._step()
+    result["tokens"] = dict(sink.tokens)
+    return result
+
+
+def _first_difference(eager: dict[str, list[int]], graphs: dict[str, list[int]]) -> str:
+    """'equal', or where the first request differs (request id, token index)."""
+    for request_id, tokens in eager.items():
+        other = graphs.get(request_id, [])
+        if tokens != other:
+            index = next(
+                (i for i, (a, b) in enumerate(zip(tokens, other, strict=False)) if a != b),
+                min(len(tokens), len(other)),
+            )
+            return f"differ: request {request_id} at token {index}"
+    return "equal"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", required=True, help="folder with the model's config.json")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--num-seqs", type=int, default=64)
+    parser.add_argument("--num-seqs", default="8,64,200", help="batch sizes, comma-separated")
     parser.add_argument("--prompt-tokens", type=int, default=300)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--profile-seqs", type=int, default=64, help="batch size profiled")
+    parser.add_argument("--host-profile", action="store_true", help="also print cProfile")
     args = parser.parse_args()
     device = torch.device(args.device)
     engine, _blockmgr = build_engine(Path(args.model), device, num_blocks=8192)
-    # Enough new tokens for every step below, so that the batch stays whole.
-    max_tokens = 5 + 2 * args.steps + 20
-    greedy = SamplingOptions(max_tokens=max_tokens, temperature=0.0, top_p=1.0, top_k=0, seed=0)
-    for index in range(args.num_seqs):
-        prompt = [(7 * position + index) % 1000 + 5 for position in range(args.prompt_tokens)]
-        engine.submit(f"profile-{index}", prompt, greedy, _DiscardingSink())
-    engine._drain_inbox(block=False)
-    if engine.num_active_requests() != args.num_seqs:
-        raise SystemExit("requests were refused (see the log): check --prompt-tokens and the model")
     started_s = time.monotonic()
-    while any(seq.num_computed_tokens < seq.num_tokens - 1 for seq in _sequences(engine)):
-        engine._step()  # the prefills (and any JIT compile)
-    for _ in range(5):
-        engine._step()
-    synchronize(device)
-    print(f"prefill and warm steps: {time.monotonic() - started_s:.1f} s")
-    num_running = sum(1 for _ in _sequences(engine))
-    if num_running != args.num_seqs:
-        raise SystemExit(f"{num_running} sequences running, expected {args.num_seqs}")
-
-    started_s = time.perf_counter()
-    for _ in range(args.steps):
-        engine._step()
-    synchronize(device)
-    step_ms = (time.perf_counter() - started_s) / args.steps * 1e3
-
-    host = cProfile.Profile()
-    host.enable()
-    for _ in range(args.steps):
-        engine._step()
-    host.disable()
-    text = io.StringIO()
-    pstats.Stats(host, stream=text).sort_stats("tottime").print_stats(15)
-    print(text.getvalue())
-
-    activities = [ProfilerActivity.CPU]
-    if device.type == "cuda":
-        activities.append(ProfilerActivity.CUDA)
-    num_profiled = 10
-    with profile(activities=activities) as device_profile:
-        for _ in range(num_profiled):
-            engine._step()
-        synchronize(device)
-    averages = device_profile.key_averages()
-    print(averages.table(sort_by="self_device_time_total", row_limit=12, max_name_column_width=50))
-    # Kernels only: the aten operators that launched them carry the same time.
-    device_ms = (
-        sum(
-            event.self_device_time_total
-            for event in averages
-            if event.device_type == torch.autograd.DeviceType.CUDA
-        )
-        / 1e3
-        / num_profiled
-    )
-    launches = sum(
-        event.count
-        for event in averages
-        if event.key in ("cudaLaunchKernel", "cudaLaunchKernelExC")
-    )
+    graphs = decode_graphs(engine, device)
+    rows = []
+    for num_seqs in (int(n) for n in args.num_seqs.split(",")):
+        results = {}
+        for mode, decode_graphs_or_none in (("eager", None), ("graphs", graphs)):
+            engine.runner.decode_graphs = decode_graphs_or_none
+            results[mode] = run_workload(engine, device, num_seqs, args, mode)
+        tokens = _first_difference(results["eager"]["tokens"], results["graphs"]["tokens"])
+        num_tokens = sum(len(t) for t in results["eager"]["tokens"].values())
+        rows.append((num_seqs, results, tokens, num_tokens))
+    print(f"all runs, capture included: {time.monotonic() - started_s:.1f} s")
     print(
-        f"decode step, {args.num_seqs} sequences: {step_ms:.2f} ms wall; "
-        f"device kernels {device_ms:.2f} ms; {launches / num_profiled:.0f} kernel launches"
+        "\n| sequences | eager ms/step | graphs ms/step | speed-up | output tokens, eager vs graphs |"
     )
-
-
-def _sequences(engine: Engine):
-    for request in engine.scheduler.running + list(engine.scheduler.waiting):
-        yield from request.sequences
+    print("|---|---|---|---|---|")
+    for num_seqs, results, tokens, num_tokens in rows:
+        eager_ms, graph_ms = results["eager"]["step_ms"], results["graphs"]["step_ms"]
+        print(
+            f"| {num_seqs} | {eager_ms:.2f} | {graph_ms:.2f} | {eager_ms / graph_ms:.2f}x "
+            f"| {tokens} ({num_tokens} a run) |"
+        )
+    for num_seqs, results, _, _ in rows:
+        if "device_ms" in results["eager"]:
+            for mode in ("eager", "graphs"):
+                print(
+                    f"{mode}, {num_seqs} sequences: device kernels "
+                    f"{results[mode]['device_ms']:.2f} ms/step, "
+                    f"{results[mode]['launches']:.0f} launches/step"
+                )
 
 
 if __name__ == "__main__":

@@ -67,14 +67,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_stack(model: str, extra: list[str]) -> tuple[subprocess.Popen, str, str]:
+def start_stack(
+    model: str, extra: list[str], environment: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str, str]:
     gateway, blockmgr = _free_port(), _free_port()
     command = [
         sys.executable, "-m", "pagedserve.cli", "up", "--device", "cuda", "--model", model,
         "--port", str(gateway), "--blockmgr-port", str(blockmgr), "--kvpool-port", str(_free_port()),
         "--executor-port", str(_free_port()), *extra,
     ]  # fmt: skip
-    process = subprocess.Popen(command)
+    process = subprocess.Popen(command, env={**os.environ, **(environment or {})})
     with grpc.insecure_channel(f"127.0.0.1:{gateway}") as channel:
         grpc.channel_ready_future(channel).result(timeout=600)
     return process, f"127.0.0.1:{gateway}", f"127.0.0.1:{blockmgr}"
@@ -192,6 +194,40 @@ def margin_at_difference(folder: Path, cases, outputs) -> list[float | None]:
     return margins
 
 
+def _stack_flags(args) -> list[str]:
+    return [
+        "--dtype",
+        "float32",
+        "--num-executors",
+        str(args.num_executors),
+        "--num-blocks",
+        "8192",
+    ]
+
+
+def measure_eager_decode(args, workload) -> dict:
+    """The throughput workload again, on a stack whose executors keep decode
+    eager (PAGEDSERVE_CUDA_GRAPHS=false): the baseline of the same run. Its
+    first pass is a warm-up; the second is reported."""
+    from pagedserve.v1 import generation_pb2_grpc
+
+    process, gateway, _ = start_stack(
+        args.model, _stack_flags(args), {"PAGEDSERVE_CUDA_GRAPHS": "false"}
+    )
+    try:
+        stub = generation_pb2_grpc.TextGenerationStub(grpc.insecure_channel(gateway))
+        measure_pagedserve(stub, workload)
+        tokens, seconds = measure_pagedserve(stub, workload)
+    finally:
+        process.terminate()
+        process.wait(120)
+    return {
+        "output_tokens": tokens,
+        "seconds": round(seconds, 2),
+        "tokens_per_s": round(tokens / seconds, 1),
+    }
+
+
 def run_on_gpu(args) -> None:
     import torch
 
@@ -206,10 +242,7 @@ def run_on_gpu(args) -> None:
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
     }
-    process, gateway, blockmgr = start_stack(
-        args.model,
-        ["--dtype", "float32", "--num-executors", str(args.num_executors), "--num-blocks", "8192"],
-    )
+    process, gateway, blockmgr = start_stack(args.model, _stack_flags(args))
     try:
         stub = generation_pb2_grpc.TextGenerationStub(grpc.insecure_channel(gateway))
         (pool,) = (
@@ -259,6 +292,8 @@ def run_on_gpu(args) -> None:
     finally:
         process.terminate()
         process.wait(120)
+    if args.also_eager_decode:
+        results["pagedserve_float32_eager_decode"] = measure_eager_decode(args, workload)
     hf_gpu = hf_greedy_on_gpu(folder, cases)
     results["hf_top2_logit_gap_where_pagedserve_differs"] = margin_at_difference(
         folder, cases, outputs
@@ -297,7 +332,10 @@ def run_on_gpu(args) -> None:
     print(
         f"| the same {len(cases)} requests sent concurrently: first differences from CPU HF | {results['batched_first_difference_from_cpu']} |"
     )
-    for name in ("pagedserve_float32_first_pass", "pagedserve_float32", "hf_generate_float32"):
+    names = ["pagedserve_float32_first_pass", "pagedserve_float32", "hf_generate_float32"]
+    if args.also_eager_decode:
+        names.insert(2, "pagedserve_float32_eager_decode")
+    for name in names:
         print(
             f"| {name} ({args.num_requests} requests, 128 new tokens) | {results[name]['tokens_per_s']} tokens/s |"
         )
@@ -312,6 +350,11 @@ def main() -> None:
     parser.add_argument("--expected")
     parser.add_argument("--num-requests", type=int, default=64)
     parser.add_argument("--num-executors", type=int, default=2)
+    parser.add_argument(
+        "--also-eager-decode",
+        action="store_true",
+        help="measure the throughput again with the executors' CUDA graphs off",
+    )
     parser.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "gpu_e2e.json"))
     args = parser.parse_args()
     if args.write_expected:

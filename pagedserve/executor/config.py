@@ -34,6 +34,11 @@ class ExecutorConfig(ServiceOptions):
         True,
         "before serving, compile the kernels and run a few made-up requests through the engine",
     )
+    cuda_graphs: bool = option(
+        True,
+        "on CUDA, capture decode steps of up to --max-num-seqs sequences (512 at most) in "
+        "CUDA graphs before serving, and replay them; ignored on CPU",
+    )
 
     def validate(self) -> None:
         require(

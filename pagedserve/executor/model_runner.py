@@ -5,6 +5,10 @@ slot of each token in the pool (slot_mapping), each sequence's block table
 (padded), where each sequence's tokens start (query_start_loc), its length after
 the step (seq_lens), and which rows need logits (the last token of each chunk
 that reaches the end of its sequence).
+
+A decode-only batch that fits the decode graphs (decode_graphs.py) is copied
+into their static buffers, padded, and replayed; every other batch (prefill,
+mixed, larger than the largest graph, or no graphs) runs eagerly.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ from dataclasses import dataclass
 import torch
 
 from pagedserve import kernels
+from pagedserve.executor.decode_graphs import CaptureReport, DecodeGraphs
 from pagedserve.executor.llama import AttentionBatch, LlamaForCausalLM
 from pagedserve.executor.step_plan import BlockCopies, ScheduledChunk
+from pagedserve.kernels._backend import use_triton
 
 
 @dataclass
@@ -23,8 +29,71 @@ class ModelInputs:
     input_ids: torch.Tensor  # [T] int64
     positions: torch.Tensor  # [T] int64
     batch: AttentionBatch
-    logits_indices: torch.Tensor  # [num_sampled] int64
+    logits_indices: torch.Tensor  # [num_sampled] int64 ([T] when padded, sampled rows first)
     sampled_chunks: list[ScheduledChunk]
+    # Set when the batch was loaded into the decode graphs' static buffers
+    # (the tensors above are views of them): the padded batch size it runs at.
+    graph_batch_size: int | None = None
+
+
+@dataclass
+class _HostBatch:
+    """A step's flat inputs as host lists, before they go to the device."""
+
+    input_ids: list[int]
+    positions: list[int]
+    slot_mapping: list[int]
+    block_tables: list[list[int]]  # padded to the widest table with 0 (never read)
+    query_start_loc: list[int]
+    seq_lens: list[int]
+    logits_indices: list[int]
+    sampled_chunks: list[ScheduledChunk]
+    max_blocks_per_seq: int
+    cached_context: bool
+
+    @property
+    def decode_only(self) -> bool:
+        return len(self.input_ids) == len(self.seq_lens)
+
+
+def _flatten(chunks: list[ScheduledChunk], block_size: int) -> _HostBatch:
+    input_ids: list[int] = []
+    positions: list[int] = []
+    slot_mapping: list[int] = []
+    query_start_loc = [0]
+    seq_lens: list[int] = []
+    logits_indices: list[int] = []
+    sampled_chunks: list[ScheduledChunk] = []
+    max_blocks = max(len(chunk.seq.block_ids) for chunk in chunks)
+    # Padding entries (0) are never read: seq_lens bounds every sequence's table.
+    padded_tables = [
+        chunk.seq.block_ids + [0] * (max_blocks - len(chunk.seq.block_ids)) for chunk in chunks
+    ]
+    for chunk in chunks:
+        seq, start, end = chunk.seq, chunk.start, chunk.start + chunk.num_new_tokens
+        table = seq.block_ids
+        input_ids.extend(seq.token_ids[start:end])
+        positions.extend(range(start, end))
+        slot_mapping.extend(
+            table[p // block_size] * block_size + p % block_size for p in range(start, end)
+        )
+        query_start_loc.append(len(input_ids))
+        seq_lens.append(end)
+        if chunk.needs_logits:
+            logits_indices.append(len(input_ids) - 1)
+            sampled_chunks.append(chunk)
+    return _HostBatch(
+        input_ids,
+        positions,
+        slot_mapping,
+        padded_tables,
+        query_start_loc,
+        seq_lens,
+        logits_indices,
+        sampled_chunks,
+        max_blocks,
+        cached_context=any(chunk.start > 0 for chunk in chunks),
+    )
 
 
 class ModelRunner:
@@ -40,52 +109,69 @@ class ModelRunner:
         self.swap_pool = swap_pool  # the same on the host, with num_swap_blocks
         self.block_size = block_size_tokens
         self.device = kv_pool.device
+        # Decode-only batches that fit run through these (captured at start on
+        # CUDA; without capture the same padded path runs eagerly). None: all eager.
+        self.decode_graphs: DecodeGraphs | None = None
+
+    def capture_decode_graphs(
+        self, batch_sizes: list[int], max_context_tokens: int
+    ) -> CaptureReport:
+        """Captures a decode graph per batch size; decode batches that fit
+        replay them from then on. Call it while no step runs. Raises
+        ValueError unless the pool is on CUDA with the Triton kernels (the
+        torch references sync with the device, which a capture forbids)."""
+        if not (self.device.type == "cuda" and use_triton(self.kv_pool)):
+            raise ValueError(f"CUDA graphs need CUDA and the Triton kernels ({self.device})")
+        graphs = DecodeGraphs(
+            self.model, self.kv_pool, self.block_size, batch_sizes, max_context_tokens
+        )
+        report = graphs.capture()
+        self.decode_graphs = graphs
+        return report
 
     def prepare(self, chunks: list[ScheduledChunk]) -> ModelInputs:
-        block_size = self.block_size
-        input_ids: list[int] = []
-        positions: list[int] = []
-        slot_mapping: list[int] = []
-        query_start_loc = [0]
-        seq_lens: list[int] = []
-        logits_indices: list[int] = []
-        sampled_chunks: list[ScheduledChunk] = []
-        max_blocks = max(len(chunk.seq.block_ids) for chunk in chunks)
-        # Padding entries (0) are never read: seq_lens bounds every sequence's table.
-        padded_tables = [
-            chunk.seq.block_ids + [0] * (max_blocks - len(chunk.seq.block_ids)) for chunk in chunks
-        ]
-        for chunk in chunks:
-            seq, start, end = chunk.seq, chunk.start, chunk.start + chunk.num_new_tokens
-            table = seq.block_ids
-            input_ids.extend(seq.token_ids[start:end])
-            positions.extend(range(start, end))
-            slot_mapping.extend(
-                table[p // block_size] * block_size + p % block_size for p in range(start, end)
-            )
-            query_start_loc.append(len(input_ids))
-            seq_lens.append(end)
-            if chunk.needs_logits:
-                logits_indices.append(len(input_ids) - 1)
-                sampled_chunks.append(chunk)
+        host = _flatten(chunks, self.block_size)
+        graphs = self.decode_graphs
+        if graphs is not None and host.decode_only:
+            batch_size = graphs.padded_size(len(chunks), host.max_blocks_per_seq)
+            if batch_size is not None:
+                return self._load_into_graphs(graphs, batch_size, host)
+        return self._to_device(host)
 
+    def _to_device(self, host: _HostBatch) -> ModelInputs:
         def to_device(values, dtype):
             return torch.tensor(values, dtype=dtype).to(self.device, non_blocking=True)
 
         batch = AttentionBatch(
-            slot_mapping=to_device(slot_mapping, torch.int64),
-            block_tables=to_device(padded_tables, torch.int32),
-            query_start_loc=to_device(query_start_loc, torch.int32),
-            seq_lens=to_device(seq_lens, torch.int32),
-            decode_only=len(input_ids) == len(chunks),
-            cached_context=any(chunk.start > 0 for chunk in chunks),
+            slot_mapping=to_device(host.slot_mapping, torch.int64),
+            block_tables=to_device(host.block_tables, torch.int32),
+            query_start_loc=to_device(host.query_start_loc, torch.int32),
+            seq_lens=to_device(host.seq_lens, torch.int32),
+            decode_only=host.decode_only,
+            cached_context=host.cached_context,
         )
         return ModelInputs(
-            input_ids=to_device(input_ids, torch.int64),
-            positions=to_device(positions, torch.int64),
+            input_ids=to_device(host.input_ids, torch.int64),
+            positions=to_device(host.positions, torch.int64),
             batch=batch,
-            logits_indices=to_device(logits_indices, torch.int64),
-            sampled_chunks=sampled_chunks,
+            logits_indices=to_device(host.logits_indices, torch.int64),
+            sampled_chunks=host.sampled_chunks,
+        )
+
+    @staticmethod
+    def _load_into_graphs(graphs: DecodeGraphs, batch_size: int, host: _HostBatch) -> ModelInputs:
+        graphs.load(
+            batch_size,
+            host.input_ids,
+            host.positions,
+            host.slot_mapping,
+            host.block_tables,
+            host.seq_lens,
+            host.logits_indices,
+        )
+        input_ids, positions, batch, logits_indices = graphs.inputs(batch_size)
+        return ModelInputs(
+            input_ids, positions, batch, logits_indices, host.sampled_chunks, batch_size
         )
 
     def _ids(self, block_ids: list[int], device: torch.device) -> torch.Tensor:
@@ -115,8 +201,20 @@ class ModelRunner:
             )
 
     def run(self, inputs: ModelInputs) -> torch.Tensor | None:
-        """Runs the forward pass; returns logits [num_sampled, vocab], or None if none are needed."""
-        logits = self.model(
-            inputs.input_ids, inputs.positions, self.kv_pool, inputs.batch, inputs.logits_indices
-        )
+        """Runs the forward pass; returns logits [num_sampled, vocab], or None if none are needed.
+
+        A batch loaded into the decode graphs replays its padded size and
+        returns a copy of the real rows (the static output is the next step's).
+        """
+        if inputs.graph_batch_size is not None:
+            logits = self.decode_graphs.replay(inputs.graph_batch_size)
+            logits = logits[: len(inputs.sampled_chunks)].clone()
+        else:
+            logits = self.model(
+                inputs.input_ids,
+                inputs.positions,
+                self.kv_pool,
+                inputs.batch,
+                inputs.logits_indices,
+            )
         return logits if inputs.sampled_chunks else None

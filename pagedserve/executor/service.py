@@ -1,7 +1,8 @@
 """`pagedserve executor`: the Executor gRPC service around the engine.
 
 Start-up: find the KV pool at the block manager, attach to it, load the model,
-take a lease, start the step loop, then listen. Protobufs are converted here
+take a lease, start the step loop, warm up (warm_up.py), capture the decode
+graphs on CUDA (decode_graphs.py), then listen. Protobufs are converted here
 and nowhere else in the executor.
 """
 
@@ -30,6 +31,7 @@ from pagedserve.executor.blockmgr_link import (
     pool_spec_from_info,
 )
 from pagedserve.executor.config import ExecutorConfig
+from pagedserve.executor.decode_graphs import graph_batch_sizes
 from pagedserve.executor.engine import Engine
 from pagedserve.executor.kv_pool import attach_pool
 from pagedserve.executor.model_config import load_model_config
@@ -42,11 +44,15 @@ from pagedserve.executor.scheduler import Scheduler, SchedulerConfig
 from pagedserve.executor.v1 import executor_pb2 as pb
 from pagedserve.executor.v1 import executor_pb2_grpc as pb_grpc
 from pagedserve.executor.warm_up import warm_up
+from pagedserve.kernels._backend import use_triton
 from pagedserve.v1 import generation_pb2 as public_pb
 
 SERVICE_NAME = "pagedserve.executor.v1.Executor"
 # Compiling every kernel variant the warm-up meets, on a cold Triton cache.
 WARM_UP_TIMEOUT_S = 600.0
+# How long capture waits for the engine to settle after the warm-up (its last
+# step frees the warm-up's blocks; an idle engine launches nothing).
+_IDLE_WAIT_S = 10.0
 _FINISH_TO_PB = {
     None: public_pb.FINISH_REASON_UNSPECIFIED,
     FinishReason.STOP: public_pb.FINISH_REASON_STOP,
@@ -241,6 +247,28 @@ def build_engine(config: ExecutorConfig, link: BlockManagerLink, log):
     return engine, info, registered
 
 
+def capture_decode_graphs(engine: Engine, max_num_seqs: int, log) -> None:
+    """Captures the decode graphs of engine's runner (CUDA with the Triton
+    kernels; elsewhere logs that decode stays eager). Raises what capture
+    raises: a failed capture fails the start."""
+    runner = engine.runner
+    if runner.device.type != "cuda" or not use_triton(runner.kv_pool):
+        log.info("cuda graphs: off on %s, decode runs eagerly", runner.device)
+        return
+    deadline = time.monotonic() + _IDLE_WAIT_S
+    while not engine.is_idle() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    report = runner.capture_decode_graphs(
+        graph_batch_sizes(max_num_seqs), engine.max_context_tokens
+    )
+    log.info(
+        "cuda graphs: decode captured for batch sizes %s in %.2f s; graph memory %.1f MiB",
+        ",".join(map(str, report.batch_sizes)),
+        report.seconds,
+        report.memory_bytes / 2**20,
+    )
+
+
 async def _serve(config: ExecutorConfig, log) -> None:
     link = BlockManagerLink(
         config.blockmgr, token=config.internal_token, credentials=config.channel_credentials()
@@ -251,6 +279,8 @@ async def _serve(config: ExecutorConfig, log) -> None:
     engine.start()
     if config.warm_up:
         warm_up(engine, WARM_UP_TIMEOUT_S)
+    if config.cuda_graphs:
+        capture_decode_graphs(engine, config.max_num_seqs, log)
     servicer = ExecutorServicer(engine, info)
     server = aio_server(config.internal_token)
     pb_grpc.add_ExecutorServicer_to_server(servicer, server)

@@ -34,7 +34,11 @@ from pagedserve.kernels.rotary_embedding import (
 )
 from pagedserve.kernels.silu_and_mul import silu_and_mul_reference, silu_and_mul_triton
 from pagedserve.kernels.swap_blocks import swap_blocks
-from pagedserve.kernels.write_kv_cache import write_kv_cache_reference, write_kv_cache_triton
+from pagedserve.kernels.write_kv_cache import (
+    PADDING_SLOT,
+    write_kv_cache_reference,
+    write_kv_cache_triton,
+)
 
 
 def write_kv_cache(
@@ -46,8 +50,10 @@ def write_kv_cache(
 ) -> None:
     """Write each token's K and V into its slot, in place.
 
-    Every slot must lie inside the cache (no sentinel for padding tokens); the
-    Triton path raises ValueError on non-contiguous caches.
+    A negative slot (PADDING_SLOT) marks a padding token: its K and V are
+    written nowhere. Every other slot must lie inside the cache. The Triton
+    path never syncs (CUDA-graph safe) and raises ValueError on non-contiguous
+    caches; the reference reads the slots on the host when some are negative.
     """
     if use_triton(key_cache):
         write_kv_cache_triton(key, value, key_cache, value_cache, slot_mapping)
@@ -168,6 +174,7 @@ def silu_and_mul(
 
 
 __all__ = [
+    "PADDING_SLOT",
     "add_rms_norm",
     "compiled_variant_counts",
     "copy_blocks",

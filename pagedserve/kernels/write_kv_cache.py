@@ -3,11 +3,19 @@
 A slot is `block_id * block_size + offset`: the executor computes the slot of
 every new token from the blocks the block manager gave its sequence, and this op
 scatters one row of `num_kv_heads * head_dim` values per token into K and V.
+
+A negative slot (PADDING_SLOT) marks a padding token, whose row is skipped: a
+decode step replayed from a CUDA graph runs a fixed batch size, and its padding
+rows must never write into the pool, which other executors share. A sentinel,
+not a shorter slot_mapping, because a captured graph's shapes cannot change.
 """
 
 import torch
 
 from pagedserve.kernels._backend import next_power_of_2, rows_contiguous, tl, triton
+
+# The slot of a padding token: nothing is written for it.
+PADDING_SLOT = -1
 
 
 def write_kv_cache_reference(
@@ -15,10 +23,15 @@ def write_kv_cache_reference(
     value: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
     key_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
     value_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
-    slot_mapping: torch.Tensor,  # [num_tokens] int64
+    slot_mapping: torch.Tensor,  # [num_tokens] int64, negative for padding tokens
 ) -> None:
     """Pure torch: row i of key/value goes to row slot_mapping[i] of the cache
-    seen as [num_blocks * block_size, num_kv_heads, head_dim]."""
+    seen as [num_blocks * block_size, num_kv_heads, head_dim]; rows with a
+    negative slot are skipped. Reads the slots on the host when any is
+    negative (a sync on CUDA: the graph path uses the Triton kernel)."""
+    if bool((slot_mapping < 0).any()):
+        kept = slot_mapping >= 0
+        key, value, slot_mapping = key[kept], value[kept], slot_mapping[kept]
     for source, cache in ((key, key_cache), (value, value_cache)):
         if cache.is_contiguous():
             # index_copy_ on the flat view: ~150x faster on CPU than index_put.
@@ -48,6 +61,8 @@ def _write_kv_cache_kernel(
     # values, in the input and in the cache slot alike.
     token = tl.program_id(0)
     slot = tl.load(slot_mapping_ptr + token).to(tl.int64)
+    if slot < 0:
+        return  # a padding token (PADDING_SLOT)
     block_id = slot // block_size
     offset_in_block = slot % block_size
     cols = tl.arange(0, ROW_BLOCK)
@@ -65,9 +80,11 @@ def write_kv_cache_triton(
     value: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
     key_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
     value_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
-    slot_mapping: torch.Tensor,  # [num_tokens] int64
+    slot_mapping: torch.Tensor,  # [num_tokens] int64, negative for padding tokens
 ) -> None:
-    """Triton: one program per token. Raises ValueError on non-contiguous caches."""
+    """Triton: one program per token; a token with a negative slot writes
+    nothing. Never syncs with the device. Raises ValueError on non-contiguous
+    caches."""
     num_tokens, num_kv_heads, head_dim = key.shape
     if not (key_cache.is_contiguous() and value_cache.is_contiguous()):
         raise ValueError("key_cache and value_cache must be contiguous")

@@ -4,7 +4,7 @@ import pytest
 import torch
 from paged_kv_helpers import DEVICE, random_tensor
 
-from pagedserve.kernels import write_kv_cache
+from pagedserve.kernels import PADDING_SLOT, write_kv_cache
 from pagedserve.kernels.write_kv_cache import write_kv_cache_reference, write_kv_cache_triton
 
 CONFIGS = [
@@ -73,5 +73,52 @@ def test_reference_non_contiguous_cache():
     key_cache, value_cache = big[:, :, :2], big[:, :, 2:]
     key_expected, value_expected = expected_caches(key, value, key_cache, value_cache, slot_mapping)
     write_kv_cache_reference(key, value, key_cache, value_cache, slot_mapping)
+    torch.testing.assert_close(key_cache, key_expected, equal_nan=True, atol=0, rtol=0)
+    torch.testing.assert_close(value_cache, value_expected, equal_nan=True, atol=0, rtol=0)
+
+
+def with_padding(slot_mapping: torch.Tensor, padding_rows: list[int]) -> torch.Tensor:
+    """slot_mapping with PADDING_SLOT at padding_rows (as a padded CUDA-graph batch has)."""
+    padded = slot_mapping.clone()
+    padded[padding_rows] = PADDING_SLOT
+    return padded
+
+
+@pytest.mark.parametrize("write", [write_kv_cache_reference, write_kv_cache_triton])
+@pytest.mark.parametrize("num_kv_heads,head_dim,block_size,dtype", CONFIGS)
+def test_padding_slots_write_nothing(write, num_kv_heads, head_dim, block_size, dtype):
+    """Rows whose slot is PADDING_SLOT leave the cache as it was; the others land."""
+    key, value, key_cache, value_cache, slot_mapping = make_inputs(
+        11, num_kv_heads, head_dim, block_size, dtype
+    )
+    padding_rows = [0, 4, 10]
+    real_rows = [row for row in range(11) if row not in padding_rows]
+    key_expected, value_expected = expected_caches(
+        key[real_rows], value[real_rows], key_cache, value_cache, slot_mapping[real_rows]
+    )
+    write(key, value, key_cache, value_cache, with_padding(slot_mapping, padding_rows))
+    # The NaN poison of every slot no real row owns is still there, bit for bit.
+    torch.testing.assert_close(key_cache, key_expected, equal_nan=True, atol=0, rtol=0)
+    torch.testing.assert_close(value_cache, value_expected, equal_nan=True, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("write", [write_kv_cache_reference, write_kv_cache_triton])
+def test_all_padding_writes_nothing(write):
+    key, value, key_cache, value_cache, slot_mapping = make_inputs(4, 3, 64, 16, torch.float32)
+    key_cache.normal_()
+    value_cache.normal_()
+    key_before, value_before = key_cache.clone(), value_cache.clone()
+    write(key, value, key_cache, value_cache, torch.full_like(slot_mapping, PADDING_SLOT))
+    assert torch.equal(key_cache, key_before) and torch.equal(value_cache, value_before)
+
+
+def test_reference_padding_non_contiguous_cache():
+    key, value, _, _, slot_mapping = make_inputs(9, 2, 64, 16, torch.float32)
+    big = torch.full((7, 16, 4, 64), float("nan"), device=DEVICE)
+    key_cache, value_cache = big[:, :, :2], big[:, :, 2:]
+    key_expected, value_expected = expected_caches(
+        key[1:], value[1:], key_cache, value_cache, slot_mapping[1:]
+    )
+    write_kv_cache_reference(key, value, key_cache, value_cache, with_padding(slot_mapping, [0]))
     torch.testing.assert_close(key_cache, key_expected, equal_nan=True, atol=0, rtol=0)
     torch.testing.assert_close(value_cache, value_expected, equal_nan=True, atol=0, rtol=0)

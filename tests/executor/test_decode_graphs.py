@@ -1,0 +1,182 @@
+"""The padded decode path of decode_graphs.py, run eagerly on the CPU (CI has no
+GPU): the same logits and tokens as the eager path for the real rows, no write
+into the pool for padding rows, eager fallback for batches that do not fit.
+With a GPU, the same checks on captured graphs."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from pagedserve.executor.decode_graphs import DecodeGraphs, graph_batch_sizes
+from pagedserve.executor.model_config import ModelConfig, load_model_config
+from pagedserve.executor.model_loader import load_model
+from pagedserve.executor.model_runner import ModelRunner
+from pagedserve.executor.model_store import resolve_model_path
+from pagedserve.executor.request import Sequence
+from pagedserve.executor.step_plan import ScheduledChunk
+
+BLOCK_SIZE = 4
+NUM_BLOCKS = 48
+TINY = ModelConfig(
+    name="tiny",
+    model_type="llama",
+    vocab_size=97,
+    hidden_size=64,
+    intermediate_size=96,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=16,
+    rms_norm_eps=1e-5,
+    rope_theta=10000.0,
+    max_context_tokens=64,
+    tie_word_embeddings=False,
+    qkv_bias=False,
+    qk_norm=False,
+    eos_token_ids=(),
+    bos_token_id=None,
+)
+
+
+@functools.cache
+def tiny_model(device: str = "cpu"):
+    model = load_model(TINY, None, torch.device(device), torch.float32, random_seed=3)
+    # Weights of std 0.02 give logits within a hair of each other; larger ones
+    # give greedy choices with real margins.
+    generator = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if not name.endswith("norm.weight"):
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    return model
+
+
+@functools.cache
+def default_model():
+    path = resolve_model_path("default")
+    return load_model(load_model_config(path), path, torch.device("cpu"), torch.float32)
+
+
+def new_pool(config: ModelConfig, device: str = "cpu") -> torch.Tensor:
+    """Random values, never zeros: a stray write changes some byte."""
+    shape = (config.num_layers, 2, NUM_BLOCKS, BLOCK_SIZE, config.num_kv_heads, config.head_dim)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(5)).to(device)
+
+
+def new_sequences(prompt_lens: list[int], vocab_size: int) -> list[Sequence]:
+    """Sequences with disjoint blocks, none of them block 0 (what padding rows read)."""
+    sequences, next_block = [], 1
+    for index, length in enumerate(prompt_lens):
+        prompt = [(11 * position + 5 * index + 1) % vocab_size for position in range(length)]
+        seq = Sequence(index, None, 0, prompt)
+        num_blocks = 8  # room for the prompt and the decode steps
+        seq.block_ids = list(range(next_block, next_block + num_blocks))
+        next_block += num_blocks
+        sequences.append(seq)
+    return sequences
+
+
+def prefill(runners: list[ModelRunner], sequences: list[Sequence]) -> None:
+    """The prompts' K/V into every runner's pool (eager: not decode-only); first tokens."""
+    chunks = [ScheduledChunk(seq, 0, seq.num_tokens) for seq in sequences]
+    logits = [runner.run(runner.prepare(chunks)) for runner in runners]
+    for seq, token in zip(sequences, logits[0].argmax(-1).tolist(), strict=True):
+        seq.token_ids.append(token)
+
+
+def decode_chunks(sequences: list[Sequence]) -> list[ScheduledChunk]:
+    return [ScheduledChunk(seq, seq.num_tokens - 1, 1) for seq in sequences]
+
+
+def written_slots_mask(pool: torch.Tensor, chunks: list[ScheduledChunk]) -> torch.Tensor:
+    """True at every pool element the chunks' tokens own: [layers, 2, blocks, block_size, ...]."""
+    mask = torch.zeros(pool.shape[2:4], dtype=torch.bool)
+    for chunk in chunks:
+        for position in range(chunk.start, chunk.start + chunk.num_new_tokens):
+            block = chunk.seq.block_ids[position // BLOCK_SIZE]
+            mask[block, position % BLOCK_SIZE] = True
+    return mask[None, None, :, :, None, None].expand(pool.shape).to(pool.device)
+
+
+def run_decode_steps(model, batch_sizes, prompt_lens, num_steps, device="cpu", capture=False):
+    """Decode steps through an eager runner and a padded one, side by side,
+    each on its own copy of the pool; checks every step; returns the tokens."""
+    config = model.config
+    eager = ModelRunner(model, new_pool(config, device), BLOCK_SIZE)
+    padded = ModelRunner(model, new_pool(config, device), BLOCK_SIZE)
+    graphs = DecodeGraphs(model, padded.kv_pool, BLOCK_SIZE, batch_sizes, config.max_context_tokens)
+    if capture:
+        graphs.capture()
+    padded.decode_graphs = graphs
+    sequences = new_sequences(prompt_lens, config.vocab_size)
+    prefill([eager, padded], sequences)
+    expected_size = graphs.padded_size(len(sequences), 8)
+    assert expected_size > len(sequences), "the test wants padding rows"
+    for _ in range(num_steps):
+        chunks = decode_chunks(sequences)
+        pool_before = padded.kv_pool.clone()
+        eager_logits = eager.run(eager.prepare(chunks))
+        inputs = padded.prepare(chunks)
+        assert inputs.graph_batch_size == expected_size
+        padded_logits = padded.run(inputs)
+        assert padded_logits.shape == eager_logits.shape == (len(sequences), config.vocab_size)
+        # A GEMM of more rows may round differently (seen on the CPU: 3e-5 on
+        # logits of the default model), never by more than float32 rounding.
+        torch.testing.assert_close(padded_logits, eager_logits, atol=1e-4, rtol=1e-4)
+        tokens = eager_logits.argmax(-1).tolist()
+        assert padded_logits.argmax(-1).tolist() == tokens
+        # Only the real tokens' slots changed, to the eager path's values:
+        # the padding rows wrote nowhere (bit for bit).
+        owned = written_slots_mask(padded.kv_pool, chunks)
+        assert torch.equal(padded.kv_pool[~owned], pool_before[~owned])
+        torch.testing.assert_close(padded.kv_pool, eager.kv_pool, atol=1e-4, rtol=1e-4)
+        for seq, token in zip(sequences, tokens, strict=True):
+            seq.token_ids.append(token)
+    return [seq.output_token_ids() for seq in sequences]
+
+
+def test_graph_batch_sizes():
+    assert graph_batch_sizes(256) == [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256]
+    assert graph_batch_sizes(50) == [1, 2, 4, 8, 16, 24, 32, 48, 50]
+    assert graph_batch_sizes(1) == [1]
+    assert graph_batch_sizes(4096)[-2:] == [480, 512]
+
+
+def test_padded_decode_matches_eager_tiny_model():
+    # 5 sequences run at 8, three padding rows.
+    tokens = run_decode_steps(tiny_model(), [2, 8], [3, 9, 4, 13, 6], num_steps=6)
+    assert len({tuple(t) for t in tokens}) > 1, "degenerate model: every sequence alike"
+
+
+def test_padded_decode_matches_eager_default_model():
+    """The real default model, greedy: the same tokens with the padded path."""
+    run_decode_steps(default_model(), [4], [5, 17, 9], num_steps=4)
+
+
+def test_batches_that_do_not_fit_run_eagerly():
+    model = tiny_model()
+    runner = ModelRunner(model, new_pool(TINY), BLOCK_SIZE)
+    runner.decode_graphs = DecodeGraphs(model, runner.kv_pool, BLOCK_SIZE, [1, 2], 64)
+    sequences = new_sequences([3, 5, 2], TINY.vocab_size)
+    prefill_inputs = runner.prepare([ScheduledChunk(seq, 0, seq.num_tokens) for seq in sequences])
+    assert prefill_inputs.graph_batch_size is None
+    runner.run(prefill_inputs)
+    for seq in sequences:
+        seq.token_ids.append(1)
+    # Three sequences, graphs of at most two.
+    assert runner.prepare(decode_chunks(sequences)).graph_batch_size is None
+    assert runner.prepare(decode_chunks(sequences[:2])).graph_batch_size == 2
+    # A table wider than the static one (16 tokens: 4 blocks); these have 8.
+    runner.decode_graphs = DecodeGraphs(model, runner.kv_pool, BLOCK_SIZE, [4], 16)
+    assert runner.prepare(decode_chunks(sequences[:1])).graph_batch_size is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_captured_graphs_match_eager_on_cuda():
+    tokens = run_decode_steps(
+        tiny_model("cuda"), [1, 2, 4, 8], [3, 9, 4, 13, 6], num_steps=4, device="cuda", capture=True
+    )
+    assert all(len(t) == 5 for t in tokens)
