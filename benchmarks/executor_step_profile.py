@@ -25,19 +25,11 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from pagedserve.blockmgr.config import BlockManagerConfig
-from pagedserve.blockmgr.service import serve
-from pagedserve.executor.blockmgr_link import BlockManagerLink
+from benchmarks.engine_harness import EngineSettings, build_engine
 from pagedserve.executor.decode_graphs import DecodeGraphs, graph_batch_sizes
 from pagedserve.executor.engine import Engine
-from pagedserve.executor.kv_pool import PoolSpec, create_pool
-from pagedserve.executor.model_config import load_model_config
-from pagedserve.executor.model_loader import load_model
-from pagedserve.executor.model_runner import ModelRunner
 from pagedserve.executor.request import SamplingOptions
-from pagedserve.executor.scheduler import Scheduler, SchedulerConfig
 
-BLOCK_SIZE_TOKENS = 16
 MAX_NUM_SEQS = 256
 WARM_STEPS = 5
 PROFILED_STEPS = 5
@@ -52,33 +44,6 @@ class _TokenSink:
     def deliver(self, events) -> None:
         for event in events:
             self.tokens[event.request_id].extend(event.token_ids)
-
-
-def build_engine(model_folder: Path, device: torch.device, num_blocks: int):
-    """(engine, block manager server); keep the server referenced while the engine runs."""
-    config = load_model_config(model_folder)
-    blockmgr = serve(BlockManagerConfig(port=0))
-    spec = PoolSpec(
-        config.num_layers,
-        num_blocks,
-        BLOCK_SIZE_TOKENS,
-        config.num_kv_heads,
-        config.head_dim,
-        torch.float32,
-    )
-    pool = create_pool(spec, device)
-    link = BlockManagerLink(f"127.0.0.1:{blockmgr.port}")
-    pool_id = link.register_pool(spec, device.type, 0, pool.handle, "profile")
-    registered = link.register_executor(pool_id)
-    link.start_heartbeat(registered.executor_id, 1.0)
-    model = load_model(config, None, device, torch.float32)
-    scheduler = Scheduler(
-        SchedulerConfig(MAX_NUM_SEQS, 2048, BLOCK_SIZE_TOKENS, num_blocks, num_blocks // 100),
-        registered.executor_id,
-        link.step,
-    )
-    runner = ModelRunner(model, pool.tensor, BLOCK_SIZE_TOKENS)
-    return Engine(scheduler, runner, config.vocab_size, config.max_context_tokens), blockmgr
 
 
 def decode_graphs(engine: Engine, device: torch.device) -> DecodeGraphs:
@@ -195,7 +160,7 @@ def main() -> None:
     parser.add_argument("--host-profile", action="store_true", help="also print cProfile")
     args = parser.parse_args()
     device = torch.device(args.device)
-    engine, _blockmgr = build_engine(Path(args.model), device, num_blocks=8192)
+    engine, _blockmgr = build_engine(Path(args.model), device, EngineSettings(num_blocks=8192))
     started_s = time.monotonic()
     graphs = decode_graphs(engine, device)
     rows = []
