@@ -14,7 +14,10 @@ from __future__ import annotations
 from benchmarks.decode_experiments.launch import launch_decode
 from pagedserve.kernels._backend import tl, triton
 from pagedserve.kernels.attention_tiles import online_softmax_step
-from pagedserve.kernels.paged_decode_attention import store_partition_result
+from pagedserve.kernels.paged_decode_attention import (
+    decode_program,
+    store_partition_result,
+)
 
 
 @triton.jit
@@ -109,17 +112,7 @@ def _decode_partition_kernel_v8(
 ):
     # Program (seq, kv_head, partition): the query rows are the group's heads,
     # so each K/V tile is read once for all of them.
-    if HEADS_FASTEST:
-        # Programs launched together read the same cache blocks: a block holds
-        # all kv heads of its tokens side by side.
-        kv_head = tl.program_id(0)
-        seq = tl.program_id(1)
-        num_kv_heads = tl.num_programs(0)
-    else:
-        seq = tl.program_id(0)
-        kv_head = tl.program_id(1)
-        num_kv_heads = tl.num_programs(1)
-    partition = tl.program_id(2)
+    seq, kv_head, num_kv_heads, partition = decode_program(HEADS_FASTEST)
     first_token = partition * partition_tokens
     # The chain before the first K/V tile is seq_len, then block ids, then K/V.
     # The first tile's block ids and the query need only shapes, so they are

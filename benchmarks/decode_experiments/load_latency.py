@@ -31,7 +31,11 @@ from __future__ import annotations
 from benchmarks.decode_experiments.launch import launch_decode
 from pagedserve.kernels._backend import tl, triton
 from pagedserve.kernels.attention_tiles import attend_paged_tile, online_softmax_step
-from pagedserve.kernels.paged_decode_attention import store_partition_result
+from pagedserve.kernels.paged_decode_attention import (
+    decode_program,
+    load_group_query,
+    store_partition_result,
+)
 
 
 @triton.jit
@@ -76,15 +80,7 @@ def _decode_partition_kernel_v9(
     EARLY_BLOCK: tl.constexpr,  # v9b; the launch sets it only with SINGLE_PARTITION
     PREFETCH_AHEAD: tl.constexpr,  # v10: loop steps ahead to prefetch blocks for; 0 = off
 ):  # fmt: skip
-    if HEADS_FASTEST:
-        kv_head = tl.program_id(0)
-        seq = tl.program_id(1)
-        num_kv_heads = tl.num_programs(0)
-    else:
-        seq = tl.program_id(0)
-        kv_head = tl.program_id(1)
-        num_kv_heads = tl.num_programs(1)
-    partition = tl.program_id(2)
+    seq, kv_head, num_kv_heads, partition = decode_program(HEADS_FASTEST)
     block_table_row_ptr = block_tables_ptr + seq.to(tl.int64) * block_table_stride_seq
     kv_head_offset = kv_head * cache_stride_head
     dims = tl.arange(0, HEAD_DIM)
@@ -113,15 +109,10 @@ def _decode_partition_kernel_v9(
         loop_first = first_token
         key_limit = tl.minimum(seq_len, first_token + partition_tokens)
 
-    group_rows = tl.arange(0, GROUP_BLOCK)
-    row_mask = group_rows < GROUP_SIZE
-    head = kv_head * GROUP_SIZE + group_rows
-    q_offsets = seq.to(tl.int64) * query_stride_seq + head * query_stride_head
-    q = tl.load(query_ptr + q_offsets[:, None] + dims[None, :], mask=row_mask[:, None], other=0.0)
-    if DOT_IN_FP32:
-        q = q.to(tl.float32)
-    else:
-        q = q.to(key_cache_ptr.dtype.element_ty)
+    q, head, row_mask = load_group_query(
+        query_ptr, key_cache_ptr, seq, kv_head, query_stride_seq, query_stride_head,
+        GROUP_SIZE, GROUP_BLOCK, HEAD_DIM, DOT_IN_FP32,
+    )  # fmt: skip
 
     row_max = tl.full([GROUP_BLOCK], float("-inf"), dtype=tl.float32)
     row_sum = tl.zeros([GROUP_BLOCK], dtype=tl.float32)

@@ -36,6 +36,50 @@ def paged_decode_attention_reference(
     )
 
 
+@triton.jit
+def decode_program(HEADS_FASTEST: tl.constexpr):
+    """(seq, kv_head, num_kv_heads, partition) of this partition program."""
+    if HEADS_FASTEST:
+        # Programs launched together read the same cache blocks: a block holds
+        # all kv heads of its tokens side by side.
+        kv_head = tl.program_id(0)
+        seq = tl.program_id(1)
+        num_kv_heads = tl.num_programs(0)
+    else:
+        seq = tl.program_id(0)
+        kv_head = tl.program_id(1)
+        num_kv_heads = tl.num_programs(1)
+    return seq, kv_head, num_kv_heads, tl.program_id(2)
+
+
+@triton.jit
+def load_group_query(
+    query_ptr,
+    key_cache_ptr,  # for the dtype of the dot
+    seq,
+    kv_head,
+    query_stride_seq,
+    query_stride_head,
+    GROUP_SIZE: tl.constexpr,
+    GROUP_BLOCK: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,
+):
+    """The query rows of kv_head's group, [GROUP_BLOCK, HEAD_DIM] (rows past
+    GROUP_SIZE zero) in the dot's dtype; their heads and row mask."""
+    group_rows = tl.arange(0, GROUP_BLOCK)
+    row_mask = group_rows < GROUP_SIZE
+    head = kv_head * GROUP_SIZE + group_rows  # [GROUP_BLOCK]
+    dims = tl.arange(0, HEAD_DIM)
+    q_offsets = seq.to(tl.int64) * query_stride_seq + head * query_stride_head
+    q = tl.load(query_ptr + q_offsets[:, None] + dims[None, :], mask=row_mask[:, None], other=0.0)
+    if DOT_IN_FP32:
+        q = q.to(tl.float32)
+    else:
+        q = q.to(key_cache_ptr.dtype.element_ty)
+    return q, head, row_mask
+
+
 # Per-step integers are not specialized (docs/kernels-notes.md v6).
 # partition_tokens stays specialized: it is always a multiple of BLOCK_N >= 32,
 # so its specialization never changes.
@@ -73,33 +117,17 @@ def _decode_partition_kernel(
 ):
     # Program (seq, kv_head, partition): the query rows are the group's heads,
     # so each K/V tile is read once for all of them.
-    if HEADS_FASTEST:
-        # Programs launched together read the same cache blocks: a block holds
-        # all kv heads of its tokens side by side.
-        kv_head = tl.program_id(0)
-        seq = tl.program_id(1)
-        num_kv_heads = tl.num_programs(0)
-    else:
-        seq = tl.program_id(0)
-        kv_head = tl.program_id(1)
-        num_kv_heads = tl.num_programs(1)
-    partition = tl.program_id(2)
+    seq, kv_head, num_kv_heads, partition = decode_program(HEADS_FASTEST)
     seq_len = tl.load(seq_lens_ptr + seq)
     first_token = partition * partition_tokens
     if first_token >= seq_len:
         return  # the merge kernel reads only partitions that hold keys
     key_limit = tl.minimum(seq_len, first_token + partition_tokens)
 
-    group_rows = tl.arange(0, GROUP_BLOCK)
-    row_mask = group_rows < GROUP_SIZE
-    head = kv_head * GROUP_SIZE + group_rows  # [GROUP_BLOCK]
-    dims = tl.arange(0, HEAD_DIM)
-    q_offsets = seq.to(tl.int64) * query_stride_seq + head * query_stride_head
-    q = tl.load(query_ptr + q_offsets[:, None] + dims[None, :], mask=row_mask[:, None], other=0.0)
-    if DOT_IN_FP32:
-        q = q.to(tl.float32)
-    else:
-        q = q.to(key_cache_ptr.dtype.element_ty)
+    q, head, row_mask = load_group_query(
+        query_ptr, key_cache_ptr, seq, kv_head, query_stride_seq, query_stride_head,
+        GROUP_SIZE, GROUP_BLOCK, HEAD_DIM, DOT_IN_FP32,
+    )  # fmt: skip
 
     row_max = tl.full([GROUP_BLOCK], float("-inf"), dtype=tl.float32)
     row_sum = tl.zeros([GROUP_BLOCK], dtype=tl.float32)
