@@ -11,6 +11,7 @@ printed last and written, with every figure, to --out.
 """
 
 import argparse
+import datetime
 import json
 import os
 import sys
@@ -18,11 +19,21 @@ import sys
 import torch
 import torch.nn.functional as F
 import triton
-from triton.testing import do_bench
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.gpu_timing import capture_graph, copy_bandwidth_gbs, rel_err  # noqa: E402
+from benchmarks.bench_table import (  # noqa: E402
+    FAILURES,
+    ROWS,
+    add_row,
+    bench_graph_ms,
+    bench_ms,
+    check,
+    guarded,
+    print_table,
+)
+from benchmarks.gpu_timing import copy_bandwidth_gbs, rel_err  # noqa: E402
+from benchmarks.layer_ops_bench import bench_layer_ops, check_layer_ops  # noqa: E402
 from pagedserve.kernels.copy_blocks import copy_blocks_reference, copy_blocks_triton  # noqa: E402
 from pagedserve.kernels.paged_attention import paged_attention_triton  # noqa: E402
 from pagedserve.kernels.paged_attention_reference import (  # noqa: E402
@@ -32,21 +43,6 @@ from pagedserve.kernels.paged_attention_reference import (  # noqa: E402
 from pagedserve.kernels.paged_decode_attention import (  # noqa: E402
     paged_decode_attention_reference,
     paged_decode_attention_triton,
-)
-from pagedserve.kernels.rms_norm import (  # noqa: E402
-    add_rms_norm_reference,
-    add_rms_norm_triton,
-    rms_norm_reference,
-    rms_norm_triton,
-)
-from pagedserve.kernels.rotary_embedding import (  # noqa: E402
-    rope_cos_sin_cache,
-    rotary_embedding_reference,
-    rotary_embedding_triton,
-)
-from pagedserve.kernels.silu_and_mul import (  # noqa: E402
-    silu_and_mul_reference,
-    silu_and_mul_triton,
 )
 from pagedserve.kernels.swap_blocks import swap_blocks  # noqa: E402
 from pagedserve.kernels.write_kv_cache import (  # noqa: E402
@@ -60,35 +56,6 @@ NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, DTYPE = 32, 8, 128, 16, torch.bfl
 ROTATE_BYTES = 512 * 1024 * 1024
 MAX_COPIES = 64
 MAX_KV_BYTES = 18e9  # per layout: the paged pool and the SDPA copy must both fit
-ROWS: list[dict] = []  # the table
-FAILURES: list[str] = []
-
-
-def bench_ms(fn) -> float:
-    """Median time of fn in ms (do_bench flushes L2 before each call)."""
-    return do_bench(fn, warmup=25, rep=100, return_mode="median")
-
-
-def bench_graph_ms(fn, calls: int) -> float:
-    """Median ms per call of `calls` calls captured in one CUDA graph.
-
-    Decode runs as replayed CUDA graphs in production, so this leaves out the
-    host's launch overhead; each captured call takes the next rotated input.
-    """
-    try:
-        graph = capture_graph(fn, calls)  # compiles and warms up outside the capture
-    except RuntimeError as error:
-        print(f"graph capture failed ({error}); timing eagerly", flush=True)
-        FAILURES.append("graph capture")
-        return bench_ms(fn)
-    return do_bench(graph.replay, warmup=25, rep=100, return_mode="median") / calls
-
-
-def check(name: str, err: float, tol: float) -> None:
-    ok = err <= tol  # NaN fails
-    print(f"check {name}: rel_err={err:.2e} (tol {tol:.0e}) {'OK' if ok else 'FAIL'}", flush=True)
-    if not ok:
-        FAILURES.append(name)
 
 
 def make_paged(seq_lens, num_kv_heads, head_dim, dtype, copies=1, spare_blocks=7):
@@ -190,71 +157,6 @@ def run_checks() -> None:
 
 
 # Layer-op widths of Llama-3-8B (hidden 4096, MLP 14336, 32/8 heads x 128).
-HIDDEN_SIZE, INTERMEDIATE_SIZE, MAX_POSITION = 4096, 14336, 16384
-
-
-def layer_op_inputs(num_tokens: int) -> dict:
-    return {
-        "x": torch.randn(num_tokens, HIDDEN_SIZE, device=DEVICE, dtype=DTYPE),
-        "residual": torch.randn(num_tokens, HIDDEN_SIZE, device=DEVICE, dtype=DTYPE),
-        "weight": torch.randn(HIDDEN_SIZE, device=DEVICE, dtype=DTYPE),
-        "gate_up": torch.randn(num_tokens, 2 * INTERMEDIATE_SIZE, device=DEVICE, dtype=DTYPE),
-        "positions": torch.randint(0, MAX_POSITION, (num_tokens,), device=DEVICE),
-        "query": torch.randn(num_tokens, NUM_HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE),
-        "key": torch.randn(num_tokens, NUM_KV_HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE),
-        "cos_sin": rope_cos_sin_cache(MAX_POSITION, HEAD_DIM, 500000.0, DEVICE),
-    }
-
-
-def check_layer_ops() -> None:
-    """rms_norm, add_rms_norm, rotary_embedding, silu_and_mul against their references."""
-    t = layer_op_inputs(3000)
-    eps = 1e-5
-    expected = rms_norm_reference(t["x"], t["weight"], eps)
-    check("rms_norm", rel_err(rms_norm_triton(t["x"], t["weight"], eps), expected), 1e-2)
-    ours = add_rms_norm_triton(t["x"], t["residual"], t["weight"], eps)
-    theirs = add_rms_norm_reference(t["x"], t["residual"], t["weight"], eps)
-    err = max(rel_err(a, b) for a, b in zip(ours, theirs, strict=True))
-    check("add_rms_norm", err, 1e-2)
-    expected = silu_and_mul_reference(t["gate_up"])
-    check("silu_and_mul", rel_err(silu_and_mul_triton(t["gate_up"]), expected), 1e-2)
-    ours_q, ours_k = t["query"].clone(), t["key"].clone()
-    rotary_embedding_triton(t["positions"], ours_q, ours_k, t["cos_sin"])
-    rotary_embedding_reference(t["positions"], t["query"], t["key"], t["cos_sin"])
-    err = max(rel_err(ours_q, t["query"]), rel_err(ours_k, t["key"]))
-    check("rotary_embedding", err, 1e-2)
-
-
-def bench_layer_ops(copy_gbps) -> None:
-    """Each op's bytes: its inputs read once and its outputs written once."""
-    for num_tokens in (256, 16384):
-        t = layer_op_inputs(num_tokens)
-        shape = f"{num_tokens} tokens"
-        hidden_bytes = num_tokens * HIDDEN_SIZE * 2
-        ms = bench_ms(lambda t=t: rms_norm_triton(t["x"], t["weight"], 1e-5))
-        add_row("rms_norm triton", shape, ms, 2 * hidden_bytes, copy_gbps)
-        ms = bench_ms(lambda t=t: add_rms_norm_triton(t["x"], t["residual"], t["weight"], 1e-5))
-        add_row("add_rms_norm triton", shape, ms, 4 * hidden_bytes, copy_gbps)
-        ms = bench_ms(lambda t=t: silu_and_mul_triton(t["gate_up"]))
-        add_row("silu_and_mul triton", shape, ms, 3 * num_tokens * INTERMEDIATE_SIZE * 2, copy_gbps)
-        rotary_bytes = 2 * (t["query"].numel() + t["key"].numel()) * 2 + num_tokens * HEAD_DIM * 4
-        ms = bench_ms(
-            lambda t=t: rotary_embedding_triton(t["positions"], t["query"], t["key"], t["cos_sin"])
-        )
-        add_row("rotary_embedding triton", shape, ms, rotary_bytes, copy_gbps)
-
-
-def add_row(kind, shape, ms, bytes_moved, copy_gbps, baseline_ms=None, note=""):
-    gbps = bytes_moved / ms / 1e6
-    row = {"kernel": kind, "shape": shape, "ms": ms, "GB/s": gbps, "frac_copy_bw": gbps / copy_gbps}
-    if baseline_ms is not None:
-        row["vs_sdpa"] = ms / baseline_ms
-        row["sdpa_ms"] = baseline_ms
-    row["note"] = note
-    ROWS.append(row)
-    print(json.dumps(row), flush=True)
-
-
 def rotating(items):
     """A callable's argument source that cycles through `items`."""
     state = {"i": 0}
@@ -456,34 +358,6 @@ DECODE_SWEEP_SHAPES = {
 }
 
 
-def guarded(fn, *args) -> None:
-    """Run one benchmark; a failure is recorded and the run goes on."""
-    try:
-        fn(*args)
-    except Exception as error:  # noqa: BLE001 - report and keep measuring the rest
-        print(f"{fn.__name__}{args[:2]}: {type(error).__name__}: {error}", flush=True)
-        FAILURES.append(f"{fn.__name__}{args[:2]}")
-    torch.cuda.empty_cache()
-
-
-def print_table(copy_gbps) -> str:
-    lines = [
-        f"Copy bandwidth: {copy_gbps:.0f} GB/s (4 GiB device-to-device copy, read + written)",
-        "",
-        "| kernel | shape | time ms | GB/s or TFLOP/s | of copy BW | SDPA ms | ours / SDPA |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in ROWS:
-        rate = f"{r['GB/s']:.0f} GB/s" if "GB/s" in r else f"{r['TFLOP/s']:.0f} TFLOP/s"
-        frac = f"{r['frac_copy_bw']:.0%}" if "frac_copy_bw" in r else "-"
-        sdpa = f"{r['sdpa_ms']:.4f}" if "sdpa_ms" in r else "-"
-        ratio = f"{r['vs_sdpa']:.2f}" if "vs_sdpa" in r else "-"
-        lines.append(
-            f"| {r['kernel']} | {r['shape']} | {r['ms']:.4f} | {rate} | {frac} | {sdpa} | {ratio} |"
-        )
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=".", help="folder for the table and the JSON")
@@ -516,7 +390,7 @@ def main() -> None:
     guarded(bench_write_kv_cache, copy_gbps)
     guarded(bench_layer_ops, copy_gbps)
     table = print_table(copy_gbps)
-    header = f"{device_name}, 2026-11-26, {versions}"
+    header = f"{device_name}, {datetime.date.today().isoformat()}, {versions}"
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "kernels_table.md"), "w") as f:
         f.write(header + "\n\n" + table + "\n")
