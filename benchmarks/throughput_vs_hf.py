@@ -25,20 +25,21 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
 import random
-import threading
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import torch
 
 from benchmarks.engine_harness import BLOCK_SIZE_TOKENS, EngineSettings, build_engine
-from pagedserve.executor.decode_graphs import graph_batch_sizes
+from pagedserve.executor.kv_pool import PoolSpec
 from pagedserve.executor.model_config import load_model_config
 from pagedserve.executor.request import SamplingOptions
-from pagedserve.executor.warm_up import warm_up
+from pagedserve.executor.service import capture_decode_graphs
+from pagedserve.executor.warm_up import CompletionSink, warm_up
 
+log = logging.getLogger("benchmarks.throughput_vs_hf")
 # Bytes of the KV pool: leave room for the model and activations.
 POOL_FRACTION_OF_FREE = 0.6
 
@@ -53,27 +54,6 @@ def workload(num_requests: int, seed: int = 0) -> list[tuple[list[int], int]]:
     return list(zip(prompts, output_lens, strict=True))
 
 
-class _Counter:
-    """Output tokens by request, and an event set when every request has ended
-    (called on the engine's thread)."""
-
-    def __init__(self, num_requests: int):
-        self.tokens: dict[str, int] = defaultdict(int)
-        self.errors: list[str] = []
-        self.num_left = num_requests
-        self.done = threading.Event()
-
-    def deliver(self, events) -> None:
-        for event in events:
-            self.tokens[event.request_id] += len(event.token_ids)
-            if event.error_code is not None:
-                self.errors.append(f"{event.request_id}: {event.error_message}")
-            if event.request_finished:
-                self.num_left -= 1
-                if self.num_left == 0:
-                    self.done.set()
-
-
 def run_pagedserve(model_folder: Path, requests, args) -> dict:
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -81,9 +61,11 @@ def run_pagedserve(model_folder: Path, requests, args) -> dict:
     else:  # a smoke run
         free_bytes = 1 << 30
     config = load_model_config(model_folder)
-    block_bytes = 2 * config.num_layers * BLOCK_SIZE_TOKENS * config.num_kv_heads
-    block_bytes *= config.head_dim * 2  # bf16
-    num_blocks = int(free_bytes * POOL_FRACTION_OF_FREE) // block_bytes
+    spec = PoolSpec(
+        config.num_layers, 1, BLOCK_SIZE_TOKENS, config.num_kv_heads, config.head_dim,
+        torch.bfloat16,
+    )  # fmt: skip
+    num_blocks = int(free_bytes * POOL_FRACTION_OF_FREE) // spec.bytes_per_block
     settings = EngineSettings(
         num_blocks=num_blocks,
         dtype=torch.bfloat16,
@@ -93,15 +75,10 @@ def run_pagedserve(model_folder: Path, requests, args) -> dict:
     engine, blockmgr = build_engine(model_folder, device, settings)
     engine.start()  # the step loop's own thread, as in the executor service
     warm_up_s = warm_up(engine, timeout_s=600)
-    while not engine.is_idle():  # the warm-up's blocks are freed by the step after it
-        time.sleep(0.01)
-    capture_s = 0.0
-    if device.type == "cuda":
-        report = engine.runner.capture_decode_graphs(
-            graph_batch_sizes(args.max_num_seqs), engine.max_context_tokens
-        )
-        capture_s = report.seconds
-    counter = _Counter(len(requests))
+    started_s = time.monotonic()
+    capture_decode_graphs(engine, args.max_num_seqs, log)  # as the executor does
+    capture_s = time.monotonic() - started_s
+    counter = CompletionSink(len(requests))
     synchronize(device)
     started_s = time.perf_counter()
     for index, (prompt, output_len) in enumerate(requests):
@@ -110,11 +87,11 @@ def run_pagedserve(model_folder: Path, requests, args) -> dict:
         )
         engine.submit(str(index), prompt, options, counter)
     if not counter.done.wait(args.timeout_s):
-        raise SystemExit(f"{counter.num_left} requests unfinished after {args.timeout_s} s")
+        raise SystemExit(f"{counter.num_requests} requests unfinished after {args.timeout_s} s")
     seconds = time.perf_counter() - started_s
     if counter.errors:
         raise SystemExit("requests failed: " + "; ".join(counter.errors[:5]))
-    produced = sum(counter.tokens.values())
+    produced = counter.num_tokens
     expected = sum(output_len for _, output_len in requests)
     result = {
         "num_blocks": num_blocks,

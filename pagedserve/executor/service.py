@@ -249,14 +249,19 @@ def build_engine(config: ExecutorConfig, link: BlockManagerLink, log):
 
 def capture_decode_graphs(engine: Engine, max_num_seqs: int, log) -> None:
     """Captures the decode graphs of engine's runner (CUDA with the Triton
-    kernels; elsewhere logs that decode stays eager). Raises what capture
-    raises: a failed capture fails the start."""
+    kernels; elsewhere logs that decode stays eager) once the engine is idle.
+    Raises RuntimeError when it stays busy, and what capture raises: a failed
+    capture fails the start."""
     runner = engine.runner
     if runner.device.type != "cuda" or not use_triton(runner.kv_pool):
         log.info("cuda graphs: off on %s, decode runs eagerly", runner.device)
         return
     deadline = time.monotonic() + _IDLE_WAIT_S
-    while not engine.is_idle() and time.monotonic() < deadline:
+    while not engine.is_idle():
+        if time.monotonic() > deadline:
+            # Capturing beside a step the engine thread launches would fail
+            # or record that step's work into a graph.
+            raise RuntimeError(f"cuda graphs: the engine was still busy after {_IDLE_WAIT_S} s")
         time.sleep(0.01)
     report = runner.capture_decode_graphs(
         graph_batch_sizes(max_num_seqs), engine.max_context_tokens

@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class _WaveSink:
-    """Collects the end of each request of one wave (called on the engine thread)."""
+class CompletionSink:
+    """Counts a batch of requests' tokens and ends; `done` is set when the last
+    one ends (called on the engine thread)."""
 
     num_requests: int
     errors: list[str] = field(default_factory=list)
@@ -98,7 +99,7 @@ def warm_up(engine: Engine, timeout_s: float) -> float:
     num_tokens = 0
     waves = warm_up_waves(engine.runner.block_size, engine.vocab_size)
     for wave_index, wave in enumerate(waves):
-        sink = _WaveSink(len(wave))
+        sink = CompletionSink(len(wave))
         for request_index, (prompt_token_ids, max_tokens) in enumerate(wave):
             sampling = SamplingOptions(
                 max_tokens=max_tokens,
