@@ -148,11 +148,7 @@ def _is_serving(address: str, credentials: grpc.ChannelCredentials | None) -> bo
     before it starts serving: a TLS handshake begun in between waits for gRPC's
     20 s connect timeout, so each attempt gets a fresh connection instead."""
     options = [("grpc.use_local_subchannel_pool", 1)]
-    if credentials is None:
-        channel = grpc.insecure_channel(address, options=options)
-    else:
-        channel = grpc.secure_channel(address, credentials, options=options)
-    with channel:
+    with security.open_channel(address, credentials, options) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=1.0

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from pagedserve.blockmgr.v1 import blockmgr_pb2, blockmgr_pb2_grpc
+from pagedserve.common.security import open_channel
 from pagedserve.v1 import generation_pb2_grpc
 
 
@@ -65,14 +66,6 @@ class Stack:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         return self.process.wait(120)
-
-
-def open_channel(
-    address: str, credentials: grpc.ChannelCredentials | None, options=None
-) -> grpc.Channel:
-    if credentials is None:
-        return grpc.insecure_channel(address, options=options)
-    return grpc.secure_channel(address, credentials, options=options)
 
 
 def start_stack(

@@ -133,6 +133,15 @@ def channel_credentials(
     )
 
 
+def open_channel(
+    address: str, credentials: grpc.ChannelCredentials | None, options=None
+) -> grpc.Channel:
+    """A blocking channel to address: TLS with credentials, plaintext without."""
+    if credentials is None:
+        return grpc.insecure_channel(address, options=options)
+    return grpc.secure_channel(address, credentials, options=options)
+
+
 def _read(path: str, what: str) -> bytes:
     file = Path(path)
     if not file.is_file():

@@ -16,7 +16,7 @@ import grpc
 
 from pagedserve.blockmgr.v1 import blockmgr_pb2 as pb
 from pagedserve.blockmgr.v1 import blockmgr_pb2_grpc as pb_grpc
-from pagedserve.common.security import auth_metadata
+from pagedserve.common.security import auth_metadata, open_channel
 from pagedserve.common.server import CHANNEL_OPTIONS
 from pagedserve.executor.kv_pool import POOL_LAYOUT, PoolSpec, dtype_from_name, dtype_name
 from pagedserve.executor.request_trace import BLOCKMGR_STEP_LATENCY
@@ -29,12 +29,6 @@ _DEVICE_NAMES = {value: key for key, value in _DEVICE_KINDS.items()}
 
 class PoolNotFoundError(LookupError):
     """No pool (or not the one asked for) is registered at the block manager."""
-
-
-def open_channel(address: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
-    if credentials is None:
-        return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-    return grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
 
 
 class _TokenStub:
@@ -63,7 +57,7 @@ class BlockManagerLink:
     ):
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = open_channel(address, credentials)
+        self._channel = open_channel(address, credentials, CHANNEL_OPTIONS)
         self.stub = _TokenStub(pb_grpc.BlockManagerStub(self._channel), auth_metadata(token))
 
     def wait_ready(self, timeout_s: float) -> None:
