@@ -26,13 +26,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pagedserve.common import security
 from pagedserve.common.config import flag_name, log_config, option, parse_config, require
 from pagedserve.common.logs import setup_logging
+from pagedserve.common.service_options import ServiceOptions
 from pagedserve.common.tracing import init_tracing, shutdown_tracing
 
 log = logging.getLogger("pagedserve.up")
 
 
 @dataclass
-class UpConfig:
+class UpConfig(ServiceOptions):
+    """`up`'s settings; the TLS fields (ServiceOptions') go to every service."""
+
     host: str = option("127.0.0.1", "address every service binds to")
     port: int = option(50051, "gateway port")
     blockmgr_port: int = option(50061, "block manager port")
@@ -67,38 +70,26 @@ class UpConfig:
         0, "gateway: requests in flight per client connection (0: no limit)"
     )
     tls_cert: str = option("", "PEM certificate every service serves TLS with (gateway included)")
-    tls_key: str = option("", "PEM private key of --tls-cert")
     tls_ca: str = option("", "PEM CA the services verify each other's certificates with")
     tls_client_ca: str = option(
         "", "PEM CA: the internal ports require client certificates signed by it (mutual TLS)"
     )
     tls_client_cert: str = option("", "PEM client certificate the services present to each other")
-    tls_client_key: str = option("", "PEM private key of --tls-client-cert")
 
     def validate(self) -> None:
         require(self.num_executors >= 1, "num_executors", "must be >= 1")
         require(self.startup_timeout_s > 0, "startup_timeout_s", "must be > 0")
-        require(
-            bool(self.tls_cert) == bool(self.tls_key),
-            "tls_key",
-            "give both --tls-cert and --tls-key",
-        )
+        self.validate_service_options()
         require(
             bool(self.tls_cert) == bool(self.tls_ca),
             "tls_ca",
             "give --tls-ca with --tls-cert: the services call each other over TLS",
         )
         require(
-            bool(self.tls_client_cert) == bool(self.tls_client_key),
-            "tls_client_key",
-            "give both --tls-client-cert and --tls-client-key",
-        )
-        require(
             bool(self.tls_client_ca) == bool(self.tls_client_cert),
             "tls_client_cert",
             "give --tls-client-cert with --tls-client-ca: internal ports then require one",
         )
-        require(not self.tls_client_ca or bool(self.tls_cert), "tls_client_ca", "needs --tls-cert")
 
     def tls_server_flags(self, internal: bool) -> list[str]:
         """A service's flags for its own port; internal ports also ask for client certificates."""
@@ -114,10 +105,6 @@ class UpConfig:
                 tls_client_key=self.tls_client_key,
             )
         )
-
-    def channel_credentials(self) -> grpc.ChannelCredentials | None:
-        """How `up` itself reaches the services (health), None for plaintext."""
-        return security.channel_credentials(self.tls_ca, self.tls_client_cert, self.tls_client_key)
 
 
 def _set(**settings: str) -> dict[str, str]:
