@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,8 @@ from benchmarks.bench_table import (  # noqa: E402
 )
 from benchmarks.gpu_timing import copy_bandwidth_gbs, rel_err  # noqa: E402
 from benchmarks.layer_ops_bench import bench_layer_ops, check_layer_ops  # noqa: E402
+from benchmarks.served_tables import served_block_tables  # noqa: E402
+from pagedserve.blockmgr.extents import DEFAULT_EXTENT_BLOCKS  # noqa: E402
 from pagedserve.kernels.copy_blocks import copy_blocks_reference, copy_blocks_triton  # noqa: E402
 from pagedserve.kernels.paged_attention import paged_attention_triton  # noqa: E402
 from pagedserve.kernels.paged_attention_reference import (  # noqa: E402
@@ -56,17 +59,27 @@ NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, DTYPE = 32, 8, 128, 16, torch.bfl
 ROTATE_BYTES = 512 * 1024 * 1024
 MAX_COPIES = 64
 MAX_KV_BYTES = 18e9  # per layout: the paged pool and the SDPA copy must both fit
+# Decode is also timed over the tables the block manager hands out while
+# serving (served_tables.py), with its default extents and with longer ones.
+SERVED_EXTENTS = (DEFAULT_EXTENT_BLOCKS, 16)
 
 
-def make_paged(seq_lens, num_kv_heads, head_dim, dtype, copies=1, spare_blocks=7):
-    """Random caches; `copies` block tables over disjoint shuffled blocks."""
+def make_paged(seq_lens, num_kv_heads, head_dim, dtype, copies=1, spare_blocks=7, served=None):
+    """Random caches; `copies` block tables over disjoint shuffled blocks, or,
+    with `served` = (tables, pool blocks) from served_tables, those tables,
+    each copy in a pool of its own."""
     blocks_per_seq = [triton.cdiv(n, BLOCK_SIZE) for n in seq_lens]
     needed = sum(blocks_per_seq)
-    num_blocks = needed * copies + spare_blocks
+    pool_blocks = served[1] if served else needed
+    num_blocks = pool_blocks * copies + spare_blocks
     shape = (num_blocks, BLOCK_SIZE, num_kv_heads, head_dim)
     key_cache = torch.randn(shape, device=DEVICE, dtype=dtype)
     value_cache = torch.randn(shape, device=DEVICE, dtype=dtype)
-    order = torch.randperm(num_blocks, device=DEVICE).to(torch.int32)
+    if served:
+        ids = torch.tensor([i for table in served[0] for i in table], dtype=torch.int32)
+        order = torch.cat([ids + copy * pool_blocks for copy in range(copies)]).to(DEVICE)
+    else:
+        order = torch.randperm(num_blocks, device=DEVICE).to(torch.int32)
     width = max(blocks_per_seq) + 3
     tables = []
     for copy in range(copies):
@@ -168,57 +181,90 @@ def rotating(items):
     return next_item
 
 
-def bench_decode(batch, context, copy_gbps, configs) -> None:
+def bench_decode(batch, context, copy_gbps, configs, served) -> None:
+    """Ours against SDPA over shuffled tables (with `configs`), then the
+    default launch over the block manager's served tables of each extent."""
     kv_bytes = 2 * batch * context * NUM_KV_HEADS * HEAD_DIM * 2
     if kv_bytes > MAX_KV_BYTES:
         print(f"decode b{batch} ctx{context}: skipped, {kv_bytes / 1e9:.0f} GB of KV", flush=True)
         return
     copies = max(1, min(MAX_COPIES, ROTATE_BYTES // kv_bytes))
     calls = 20 if kv_bytes < 1e9 else 3  # per graph replay
-    key_cache, value_cache, tables, lens = make_paged(
-        [context] * batch, NUM_KV_HEADS, HEAD_DIM, DTYPE, copies
-    )
     queries = [
         torch.randn(batch, NUM_HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE) for _ in range(copies)
     ]
     scale = HEAD_DIM**-0.5
-
-    # The same K/V, contiguous [batch, kv_heads, context, head_dim], for SDPA.
-    def contiguous(cache, table):
-        blocks = cache[table[:, : context // BLOCK_SIZE].long()]  # [b, blocks, bs, h, d]
-        return blocks.flatten(1, 2).transpose(1, 2).contiguous()
-
-    dense = [(contiguous(key_cache, t), contiguous(value_cache, t)) for t in tables]
     pick = rotating(list(range(copies)))
-
-    def sdpa():
-        i = pick()
-        return F.scaled_dot_product_attention(
-            queries[i][:, :, None], dense[i][0], dense[i][1], scale=scale, enable_gqa=True
-        )
-
-    sdpa_ms = bench_graph_ms(sdpa, calls)
-    sdpa_eager_ms = bench_ms(sdpa)
-    ours = paged_decode_attention_triton(queries[0], key_cache, value_cache, tables[0], lens, scale)
-    theirs = F.scaled_dot_product_attention(
-        queries[0][:, :, None], *dense[0], scale=scale, enable_gqa=True
-    )
-    check(f"decode b{batch} ctx{context} vs sdpa", rel_err(ours, theirs[:, :, 0]), 1e-2)
     shape = f"b{batch} ctx{context}"
-    for name, config, partition in configs:
-        if partition == "v3":
-            partition = v3_partition_tokens(batch, tables[0].shape[1] * BLOCK_SIZE)
+    sdpa_ms = sdpa_eager_ms = None
+    layouts = [("", None)] + [
+        (f", served e{extent}", served[batch, context, extent])
+        for extent in SERVED_EXTENTS
+        if (batch, context, extent) in served
+    ]
+    for layout_name, layout in layouts:
+        key_cache, value_cache, tables, lens = make_paged(
+            [context] * batch, NUM_KV_HEADS, HEAD_DIM, DTYPE, copies, served=layout
+        )
+        # The same K/V, contiguous [batch, kv_heads, context, head_dim], for SDPA;
+        # timed over the first layout only (the values differ, the shapes not).
+        dense = [
+            (_contiguous(key_cache, t, context), _contiguous(value_cache, t, context))
+            for t in (tables if sdpa_ms is None else tables[:1])
+        ]
+        if sdpa_ms is None:
 
-        def ours_fn(config=config, partition=partition):
-            i = pick()
-            return paged_decode_attention_triton(
-                queries[i], key_cache, value_cache, tables[i], lens, scale,
-                partition_tokens=partition, config=config,
-            )  # fmt: skip
+            def sdpa(dense=dense):
+                i = pick()
+                return F.scaled_dot_product_attention(
+                    queries[i][:, :, None], dense[i][0], dense[i][1], scale=scale, enable_gqa=True
+                )
 
-        eager = f"eager (do_bench, L2 flushed): ours {bench_ms(ours_fn):.4f} ms, sdpa {sdpa_eager_ms:.4f} ms"
-        ms = bench_graph_ms(ours_fn, calls)
-        add_row(f"decode {name}", shape, ms, kv_bytes, copy_gbps, sdpa_ms, eager)
+            sdpa_ms = bench_graph_ms(sdpa, calls)
+            sdpa_eager_ms = bench_ms(sdpa)
+            del sdpa
+        ours = paged_decode_attention_triton(
+            queries[0], key_cache, value_cache, tables[0], lens, scale
+        )
+        theirs = F.scaled_dot_product_attention(
+            queries[0][:, :, None], *dense[0], scale=scale, enable_gqa=True
+        )
+        check(f"decode {shape}{layout_name} vs sdpa", rel_err(ours, theirs[:, :, 0]), 1e-2)
+        del dense, ours, theirs
+        for name, config, partition in configs if layout is None else DECODE_DEFAULT:
+            if partition == "v3":
+                partition = v3_partition_tokens(batch, tables[0].shape[1] * BLOCK_SIZE)
+
+            def ours_fn(
+                config=config, partition=partition, paged=(key_cache, value_cache, tables, lens)
+            ):
+                i = pick()
+                return paged_decode_attention_triton(
+                    queries[i], paged[0], paged[1], paged[2][i], paged[3], scale,
+                    partition_tokens=partition, config=config,
+                )  # fmt: skip
+
+            eager = f"eager (do_bench, L2 flushed): ours {bench_ms(ours_fn):.4f} ms, sdpa {sdpa_eager_ms:.4f} ms"
+            ms = bench_graph_ms(ours_fn, calls)
+            add_row(f"decode {name}{layout_name}", shape, ms, kv_bytes, copy_gbps, sdpa_ms, eager)
+        del key_cache, value_cache, tables, ours_fn
+        torch.cuda.empty_cache()
+
+
+def _contiguous(cache, table, context):
+    blocks = cache[table[:, : context // BLOCK_SIZE].long()]  # [b, blocks, bs, h, d]
+    return blocks.flatten(1, 2).transpose(1, 2).contiguous()
+
+
+def served_layouts(shapes) -> dict:
+    """(batch, context, extent) -> (tables, pool blocks) from the block
+    manager's served workload, built in parallel on the host's cores."""
+    keys = [(b, c, e) for b, c in shapes for e in SERVED_EXTENTS]
+    with ProcessPoolExecutor(max_workers=min(len(keys), os.cpu_count() or 1)) as pool:
+        futures = {
+            key: pool.submit(served_block_tables, *key[:2], BLOCK_SIZE, key[2]) for key in keys
+        }
+        return {key: future.result() for key, future in futures.items()}
 
 
 def v3_partition_tokens(num_seqs: int, max_seq_len: int) -> int:
@@ -363,6 +409,12 @@ def main() -> None:
     parser.add_argument("--out", default=".", help="folder for the table and the JSON")
     parser.add_argument("--sweep", action="store_true", help="also time tile/partition variants")
     parser.add_argument("--skip-checks", action="store_true")
+    parser.add_argument(
+        "--no-served-tables",
+        dest="served_tables",
+        action="store_false",
+        help="time decode over shuffled tables only, not also the block manager's",
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     device_name = torch.cuda.get_device_name()
@@ -375,14 +427,19 @@ def main() -> None:
         guarded(check_layer_ops)
     copy_gbps = copy_bandwidth_gbs(device=DEVICE)
     print(f"copy bandwidth {copy_gbps:.0f} GB/s", flush=True)
-    for batch in (1, 32, 64, 128, 256):
-        for context in (1024, 2048, 8192, 32768):
-            if batch == 64 and context != 1024:
-                continue  # batch 64: only where the decode launch rule changes
-            configs = DECODE_DEFAULT
-            if args.sweep and (batch, context) in DECODE_SWEEP_SHAPES:
-                configs = DECODE_DEFAULT + DECODE_SWEEP + (PARTITION_SWEEP if batch <= 32 else [])
-            guarded(bench_decode, batch, context, copy_gbps, configs)
+    decode_shapes = [
+        (batch, context)
+        for batch in (1, 32, 64, 128, 256)
+        for context in (1024, 2048, 8192, 32768)
+        # batch 64: only where the decode launch rule changes
+        if batch != 64 or context == 1024
+    ]
+    served = served_layouts(decode_shapes if args.served_tables else [])
+    for batch, context in decode_shapes:
+        configs = DECODE_DEFAULT
+        if args.sweep and (batch, context) in DECODE_SWEEP_SHAPES:
+            configs = DECODE_DEFAULT + DECODE_SWEEP + (PARTITION_SWEEP if batch <= 32 else [])
+        guarded(bench_decode, batch, context, copy_gbps, configs, served)
     for batch, length in ((1, 2048), (1, 8192), (4, 4096), (16, 1024)):
         configs = PREFILL_DEFAULT + (PREFILL_SWEEP if args.sweep else [])
         guarded(bench_prefill, batch, length, configs)

@@ -183,7 +183,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--out", default=".", help="folder for the JSON")
     parser.add_argument("--tag", default="run", help="names the JSON file")
+    parser.add_argument("--shapes", default="", help="BxC,... (default: every shape)")
     args = parser.parse_args()
+    shapes = SHAPES
+    if args.shapes:
+        shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes.split(",")]
     names = args.variants.split(",")
     if "v7" not in names:
         names.insert(0, "v7")  # every run times the package's kernel as well
@@ -192,11 +196,12 @@ def main() -> None:
     device_name = torch.cuda.get_device_name()
     print(f"{device_name}; torch {torch.__version__}, triton {triton.__version__}", flush=True)
     print("SDPA decode kernels:", sdpa_kernel_names(), flush=True)
+    ordered_blocks.prepare_served_tables(shapes, names)
     failures = check_small_against_reference(variants)
     copy_gbs = copy_bandwidth_gbs(1 << 30, DEVICE)
     print(f"copy bandwidth {copy_gbs:.0f} GB/s", flush=True)
     results = []
-    for batch, context in SHAPES:
+    for batch, context in shapes:
         shape_result, shape_failures = bench_shape(batch, context, variants, args.rounds)
         failures += shape_failures
         torch.cuda.empty_cache()

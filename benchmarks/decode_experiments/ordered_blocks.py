@@ -6,15 +6,20 @@ sequence's blocks come in runs of R consecutive blocks (a run = R x 16 tokens),
 the runs at random places; the kernel and its launch are the package's.
 R = the table's width puts each sequence's blocks in one run. `grouped-R`
 keeps each run's blocks in one R-block region but in random order inside it
-(locality of the region without consecutive blocks). If a variant
+(locality of the region without consecutive blocks). `served-E` places them
+as the block manager does while serving, with extents of E blocks. If a variant
 matches SDPA where the shuffled one does not, the gap is the memory system's
 cost of scattered blocks, not the kernel's structure.
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ProcessPoolExecutor
+
 import torch
 
+from benchmarks.served_tables import served_block_tables
 from pagedserve.kernels.paged_decode_attention import paged_decode_attention_triton
 
 # Copies for one cache at a time; entries hold their inputs, so that no
@@ -22,29 +27,16 @@ from pagedserve.kernels.paged_decode_attention import paged_decode_attention_tri
 _cached: dict[tuple, tuple] = {}
 
 
-def _in_runs(key_cache, value_cache, block_tables, run_blocks: int | None, scrambled: bool = False):
-    key = (key_cache.data_ptr(), block_tables.data_ptr(), run_blocks, scrambled)
+def _relaid(key_cache, value_cache, block_tables, layout: tuple, new_block_ids):
+    """The cache's values copied to the blocks `new_block_ids(num_seqs, width)`
+    gives ([num_seqs, width] ids, and the new pool's size), cached per layout."""
+    key = (key_cache.data_ptr(), block_tables.data_ptr(), *layout)
     if key not in _cached:
         if any(entry[3] is not key_cache for entry in _cached.values()):
             _cached.clear()
-        num_seqs, width = block_tables.shape
-        run = width if run_blocks is None else min(run_blocks, width)
-        runs_per_seq = -(-width // run)
-        # Run slots in random order; a sequence's j-th block is block j % run
-        # of its (j // run)-th run.
-        order = torch.randperm(num_seqs * runs_per_seq, device=block_tables.device)
-        seq_index = torch.arange(num_seqs, device=block_tables.device)[:, None]
-        position = torch.arange(width, device=block_tables.device)[None, :]
-        slot = order[seq_index * runs_per_seq + position // run]
-        offset = (position % run).expand(num_seqs, width)
-        if scrambled:  # a random order of the run's offsets, per run
-            keys = torch.rand(num_seqs * runs_per_seq, run, device=block_tables.device)
-            within = keys.argsort(dim=1)  # [runs, run]
-            offset = within[seq_index * runs_per_seq + position // run, position % run]
-        new_ids = (slot * run + offset).to(torch.int32)
+        new_ids, num_new = new_block_ids(*block_tables.shape)
         # Padding entries may hold anything: clamped, their copies are never read.
         old_ids = block_tables.long().clamp(0, key_cache.shape[0] - 1).reshape(-1)
-        num_new = num_seqs * runs_per_seq * run
         new_shape = (num_new, *key_cache.shape[1:])
         new_keys = torch.zeros(new_shape, dtype=key_cache.dtype, device=key_cache.device)
         new_values = torch.zeros_like(new_keys)
@@ -54,10 +46,78 @@ def _in_runs(key_cache, value_cache, block_tables, run_blocks: int | None, scram
     return _cached[key][:3]
 
 
+def _in_runs(key_cache, value_cache, block_tables, run_blocks: int | None, scrambled: bool = False):
+    device = block_tables.device
+
+    def new_block_ids(num_seqs: int, width: int):
+        run = width if run_blocks is None else min(run_blocks, width)
+        runs_per_seq = -(-width // run)
+        # Run slots in random order; a sequence's j-th block is block j % run
+        # of its (j // run)-th run.
+        order = torch.randperm(num_seqs * runs_per_seq, device=device)
+        seq_index = torch.arange(num_seqs, device=device)[:, None]
+        position = torch.arange(width, device=device)[None, :]
+        slot = order[seq_index * runs_per_seq + position // run]
+        offset = (position % run).expand(num_seqs, width)
+        if scrambled:  # a random order of the run's offsets, per run
+            keys = torch.rand(num_seqs * runs_per_seq, run, device=device)
+            within = keys.argsort(dim=1)  # [runs, run]
+            offset = within[seq_index * runs_per_seq + position // run, position % run]
+        return (slot * run + offset).to(torch.int32), num_seqs * runs_per_seq * run
+
+    layout = ("runs", run_blocks, scrambled)
+    return _relaid(key_cache, value_cache, block_tables, layout, new_block_ids)
+
+
+_served_layouts: dict[tuple[int, int, int], tuple[list[list[int]], int]] = {}
+
+
+def _served(num_seqs: int, width: int, extent_blocks: int) -> tuple[list[list[int]], int]:
+    key = (num_seqs, width, extent_blocks)
+    if key not in _served_layouts:
+        _served_layouts[key] = served_block_tables(num_seqs, width * 16, 16, extent_blocks)
+    return _served_layouts[key]
+
+
+def prepare_served_tables(shapes: list[tuple[int, int]], names: list[str]) -> None:
+    """Builds the served tables of every timed shape at once, on the host's cores."""
+    extents = [VARIANT_EXTENTS[name] for name in names if name in VARIANT_EXTENTS]
+    keys = [(batch, context // 16, e) for batch, context in shapes for e in extents]
+    if not keys:
+        return
+    with ProcessPoolExecutor(max_workers=min(len(keys), os.cpu_count() or 1)) as pool:
+        futures = {k: pool.submit(served_block_tables, k[0], k[1] * 16, 16, k[2]) for k in keys}
+        _served_layouts.update({key: future.result() for key, future in futures.items()})
+
+
+def _in_served_tables(key_cache, value_cache, block_tables, extent_blocks: int):
+    """Each sequence's blocks where the block manager placed them in a served
+    workload (benchmarks/served_tables.py), in a pool 1.25x the blocks."""
+
+    def new_block_ids(num_seqs: int, width: int):
+        tables, num_blocks = _served(num_seqs, width, extent_blocks)
+        ids = torch.tensor(tables, dtype=torch.int32, device=block_tables.device)
+        return ids, num_blocks
+
+    layout = ("served", extent_blocks)
+    return _relaid(key_cache, value_cache, block_tables, layout, new_block_ids)
+
+
 def _decode_in_runs(run_blocks: int | None, scrambled: bool = False):
     def run(query, key_cache, value_cache, block_tables, seq_lens, scale, out):
         keys, values, table = _in_runs(key_cache, value_cache, block_tables, run_blocks, scrambled)
         return paged_decode_attention_triton(query, keys, values, table, seq_lens, scale, out=out)
+
+    return run
+
+
+def _decode_in_served_tables(extent_blocks: int, config=None, partition_tokens=None):
+    def run(query, key_cache, value_cache, block_tables, seq_lens, scale, out):
+        keys, values, table = _in_served_tables(key_cache, value_cache, block_tables, extent_blocks)
+        return paged_decode_attention_triton(
+            query, keys, values, table, seq_lens, scale, out=out,
+            config=config, partition_tokens=partition_tokens,
+        )  # fmt: skip
 
     return run
 
@@ -69,3 +129,21 @@ VARIANTS = {
     "v7-grouped-64": _decode_in_runs(64, scrambled=True),
     "v7-ordered-blocks": _decode_in_runs(None),
 }
+VARIANT_EXTENTS = {"v7-served-16": 16, "v7-served-64": 64}
+VARIANTS.update({name: _decode_in_served_tables(e) for name, e in VARIANT_EXTENTS.items()})
+# Launch options over served tables: does another tile or partition size gain
+# once blocks come in runs?
+SERVED_LAUNCHES = {
+    "n64 w4 s4": ({"BLOCK_N": 64, "num_warps": 4, "num_stages": 4}, None),
+    "n64 w4 s3": ({"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}, None),
+    "n32 w2 s6": ({"BLOCK_N": 32, "num_warps": 2, "num_stages": 6}, None),
+    "n128 w8 s3": ({"BLOCK_N": 128, "num_warps": 8, "num_stages": 3}, None),
+    "n128 w4 s3": ({"BLOCK_N": 128, "num_warps": 4, "num_stages": 3}, None),
+    "n128 w4 s2": ({"BLOCK_N": 128, "num_warps": 4, "num_stages": 2}, None),
+    "part512": (None, 512),
+    "part1024": (None, 1024),
+    "part2048": (None, 2048),
+}
+for _name, (_config, _partition) in SERVED_LAUNCHES.items():
+    VARIANTS[f"v7-served-64 {_name}"] = _decode_in_served_tables(64, _config, _partition)
+    VARIANT_EXTENTS[f"v7-served-64 {_name}"] = 64

@@ -32,10 +32,11 @@ class SequenceAllocator:
         block_size_tokens: int,
         model_key: str,
         hash_fn: ChainHashFn,
+        extent_blocks: int = 1,
     ) -> None:
         self.journal = Journal()
         self._journal_entries = self.journal.entries  # direct, for the append hot path
-        self.block_pool = BlockPool(num_blocks, self.journal)
+        self.block_pool = BlockPool(num_blocks, self.journal, extent_blocks)
         self.swap_pool = HostSwapPool(num_swap_blocks, self.journal)
         self.block_size_tokens = block_size_tokens
         # Longest sequence the pool could ever hold: longer is invalid, not short.
@@ -167,7 +168,9 @@ class SequenceAllocator:
             return NO_ROOM
         for block in matched:
             pool.touch(block)
-        table = matched + [pool.take() for _ in range(num_blocks - len(matched))]
+        table = list(matched)
+        for _ in range(num_blocks - len(matched)):
+            table.append(pool.take(table[-1] if table else None))
         seq = Sequence(seq_id, token_ids, extra_key, table)
         num_cached_tokens = len(matched) * self.block_size_tokens
         seq.num_computed_tokens = num_cached_tokens
@@ -201,8 +204,10 @@ class SequenceAllocator:
         replaced_ids: tuple[int, ...] = ()
         if copy_last:
             replaced, replaced_ids = self._copy_last_block(seq)
-        new_blocks = [pool.take() for _ in range(num_new_blocks)]
-        table.extend(new_blocks)
+        new_blocks = []
+        for _ in range(num_new_blocks):
+            new_blocks.append(pool.take(table[-1]))
+            table.append(new_blocks[-1])
         # The last block is now a new one, a copy, or was the sequence's own already.
         self._set_last_block_maybe_shared(seq, False)
         return OpResult(True, tuple(block.block_id for block in new_blocks), replaced, replaced_ids)
@@ -245,7 +250,7 @@ class SequenceAllocator:
                 in_place = []
             log((self._undo_append, seq, (num_tokens, len(table))))
             tokens.append(token_id)
-            block = pool.take()
+            block = pool.take(table[-1])
             table.append(block)
             results.append(OpResult(True, (block.block_id,)))
         else:
@@ -259,7 +264,7 @@ class SequenceAllocator:
         pool = self.block_pool
         position = len(seq.block_table) - 1
         source = seq.block_table[position]
-        target = pool.take()
+        target = pool.take(seq.block_table[position - 1] if position else None)
         seq.block_table[position] = target
         self.journal.record(self._undo_replace, seq, (position, source))
         pool.release(source)

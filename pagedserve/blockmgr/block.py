@@ -2,14 +2,17 @@
 
 The queue is a doubly linked list whose links live in the Block records
 themselves, so that taking a cached block out on a prefix-cache hit is O(1)
-and allocates nothing. Order is eviction order: blocks are taken from the
-head (least recently freed) and returned at the tail.
+and allocates nothing. Order is eviction order: blocks are returned at the
+tail, and the head is the least recently freed. The queue also tells its
+FreeExtents of every block that joins or leaves it, so that placement can
+find a wholly free run of blocks in O(1) (see extents.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+from pagedserve.blockmgr.extents import FreeExtents
 from pagedserve.blockmgr.prefix_hash import CacheEntry
 
 
@@ -54,26 +57,28 @@ class FreeBlockQueue:
     remove branch-free.
     """
 
-    __slots__ = ("_head", "_tail", "num_blocks")
+    __slots__ = ("_head", "_tail", "num_blocks", "extents")
 
-    def __init__(self, blocks: list[Block]) -> None:
+    def __init__(self, blocks: list[Block], extent_blocks: int) -> None:
         self._head = _QueueEnd()
         self._tail = _QueueEnd()
         self._head.next_free = self._tail
         self._tail.prev_free = self._head
         self.num_blocks = 0
+        self.extents = FreeExtents(len(blocks), extent_blocks)
         for block in blocks:
             self.append(block)
 
-    def popleft(self) -> Block:
-        """Removes and returns the head block; the caller checks num_blocks first."""
+    def head(self) -> Block:
+        """The least recently freed block; the caller checks num_blocks first."""
         block = self._head.next_free
-        assert block is not self._tail, "popleft on an empty free queue"
-        self.remove(block)
+        assert block is not self._tail, "head of an empty free queue"
         return block
 
-    def remove(self, block: Block) -> None:
-        """Unlinks a block that is in the queue, in O(1)."""
+    def remove(self, block: Block) -> int | None:
+        """Unlinks a block that is in the queue, in O(1). Returns where its
+        extent left the list of wholly free extents (None when it was not in
+        it), for an undo to pass back to `insert_after`."""
         prev_block = block.prev_free
         next_block = block.next_free
         prev_block.next_free = next_block
@@ -81,27 +86,24 @@ class FreeBlockQueue:
         block.prev_free = None
         block.next_free = None
         self.num_blocks -= 1
+        return self.extents.block_taken(block.block_id)
 
     def append(self, block: Block) -> None:
         """Puts a block at the tail (evicted last)."""
         self.insert_after(self._tail.prev_free, block)
 
-    def appendleft(self, block: Block) -> None:
-        """Puts a block at the head (evicted first); used to undo a popleft."""
-        self.insert_after(self._head, block)
-
-    def insert_after(self, prev_block: Block | _QueueEnd, block: Block) -> None:
-        """Links `block` right after `prev_block`, which must be in the queue or the head end."""
+    def insert_after(
+        self, prev_block: Block | _QueueEnd, block: Block, extent_place: int | None = None
+    ) -> None:
+        """Links `block` right after `prev_block`, which must be in the queue
+        or the head end. `extent_place` is what `remove` returned, when undoing it."""
         next_block = prev_block.next_free
         block.prev_free = prev_block
         block.next_free = next_block
         prev_block.next_free = block
         next_block.prev_free = block
         self.num_blocks += 1
-
-    def head_end(self) -> _QueueEnd:
-        """The node before the first block, for insert_after at the very front."""
-        return self._head
+        self.extents.block_freed(block.block_id, extent_place)
 
     def __iter__(self) -> Iterator[Block]:
         block = self._head.next_free

@@ -12,6 +12,11 @@ Invariants (checked by the property tests):
   told to perform, and no other executor may write it before that executor's
   next step shows the copy is done.
 
+Placement (which free block a sequence gets) follows extents.py: the block
+after the sequence's last one when it is free and in the same extent, else the
+first block of the oldest wholly free extent, else the queue's head. With
+extents of one block that is exactly least-recently-freed order.
+
 Every mutation is logged in the shared Journal so a failed step can undo it.
 """
 
@@ -25,10 +30,11 @@ from pagedserve.blockmgr.prefix_hash import CacheEntry
 class BlockPool:
     """The device blocks of one pool."""
 
-    def __init__(self, num_blocks: int, journal: Journal) -> None:
+    def __init__(self, num_blocks: int, journal: Journal, extent_blocks: int = 1) -> None:
         self.num_blocks = num_blocks
+        self.extent_blocks = extent_blocks
         self.blocks = [Block(block_id) for block_id in range(num_blocks)]
-        self._free = FreeBlockQueue(self.blocks)
+        self._free = FreeBlockQueue(self.blocks, extent_blocks)
         self._cache_index: dict[bytes, Block] = {}
         self._journal = journal
         # Step-scoped: blocks read or written by a copy-on-write copy of the
@@ -70,6 +76,10 @@ class BlockPool:
         """Queued block ids in eviction order, head (next taken) first."""
         return self._free.block_ids()
 
+    def free_extent_ids(self) -> list[int]:
+        """Wholly free extents, the next run's first (for tests and benchmarks)."""
+        return self._free.extents.extent_ids()
+
     def cache_index(self) -> dict[bytes, Block]:
         """A copy of hash -> block for every registered block (for stats and tests)."""
         return dict(self._cache_index)
@@ -77,36 +87,58 @@ class BlockPool:
     # ---- mutations -----------------------------------------------------
 
     def allocate(self, num_blocks: int) -> list[Block] | None:
-        """Takes `num_blocks` blocks from the head of the free queue, evicting
+        """Takes `num_blocks` blocks for a new run (see `take`), evicting
         their cache entries; None (and nothing taken) when too few are free."""
         if num_blocks > self._free.num_blocks:
             return None
-        return [self.take() for _ in range(num_blocks)]
+        blocks: list[Block] = []
+        last = None
+        for _ in range(num_blocks):
+            last = self.take(last)
+            blocks.append(last)
+        return blocks
 
-    def take(self) -> Block:
-        """Takes one block; the caller has checked that one is free."""
-        block = self._free.popleft()
+    def take(self, after: Block | None = None) -> Block:
+        """Takes one block to follow `after` in a sequence's table (None: the
+        first of a run), evicting its cache entry; the caller has checked that
+        one is free."""
+        block = self._placed_after(after)
+        previous = block.prev_free
+        extent_place = self._free.remove(block)
         entry = block.cache_entry
         if entry is not None:
             del self._cache_index[entry.block_hash]
             block.cache_entry = None
         block.ref_count = 1
-        self._journal.record(self._undo_take, block, entry)
+        self._journal.record(self._undo_take, block, (entry, previous, extent_place))
         return block
+
+    def _placed_after(self, after: Block | None) -> Block:
+        """The free block placement gives to follow `after` (module docstring)."""
+        if after is not None:
+            next_id = after.block_id + 1
+            if next_id % self.extent_blocks and next_id < self.num_blocks:
+                candidate = self.blocks[next_id]
+                if candidate.prev_free is not None:  # in the free queue
+                    return candidate
+        extent = self._free.extents.oldest()
+        if extent is not None:
+            return self.blocks[extent * self.extent_blocks]
+        return self._free.head()
 
     def touch(self, block: Block) -> None:
         """Adds a reference: a prefix-cache hit or a fork. An unreferenced
         (cached) block leaves the free queue in O(1); a held one (a cache hit
         on a swap-out source only reads it) leaves its holder's list."""
-        previous = None
+        previous = extent_place = None
         if block.ref_count == 0:
             if block.held_by is not None:
                 self._unhold(block)
             else:
                 previous = block.prev_free
-                self._free.remove(block)
+                extent_place = self._free.remove(block)
         block.ref_count += 1
-        self._journal.record(self._undo_touch, block, previous)
+        self._journal.record(self._undo_touch, block, (previous, extent_place))
 
     def _unhold(self, block: Block) -> None:
         held = block.held_by
@@ -191,17 +223,22 @@ class BlockPool:
 
     # ---- undo ----------------------------------------------------------
 
-    def _undo_take(self, block: Block, entry: CacheEntry | None) -> None:
+    # Undone in reverse order, a removed block's old queue neighbour (or the
+    # head end) and its extent's old list neighbour are back in place.
+
+    def _undo_take(self, block: Block, taken: tuple[CacheEntry | None, Block, int | None]) -> None:
+        entry, previous, extent_place = taken
         block.ref_count = 0
         if entry is not None:
             block.cache_entry = entry
             self._cache_index[entry.block_hash] = block
-        self._free.appendleft(block)
+        self._free.insert_after(previous, block, extent_place)
 
-    def _undo_touch(self, block: Block, previous: Block | None) -> None:
+    def _undo_touch(self, block: Block, touched: tuple[Block | None, int | None]) -> None:
+        previous, extent_place = touched
         block.ref_count -= 1
         if previous is not None:
-            self._free.insert_after(previous, block)
+            self._free.insert_after(previous, block, extent_place)
 
     def _undo_unhold(self, block: Block, place: tuple[list[Block], int]) -> None:
         held, position = place

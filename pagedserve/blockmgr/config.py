@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
+from pagedserve.blockmgr.extents import DEFAULT_EXTENT_BLOCKS
 from pagedserve.common.config import env_setting
 
 ENV_PREFIX = "PAGEDSERVE_BLOCKMGR_"
@@ -25,6 +26,9 @@ class BlockManagerConfig:
     port: int = 50061
     # Lease granted to an executor that asks for none; it must heartbeat within it.
     lease_ms: int = 10_000
+    # Placement runs, in blocks (extents.py): a sequence's blocks are laid
+    # consecutively within runs this long where memory allows; 1: plain LRU order.
+    extent_blocks: int = DEFAULT_EXTENT_BLOCKS
     # Port of the Prometheus /metrics endpoint; 0 turns it off.
     metrics_port: int = 0
     # Shared secret every caller but health checks must present; empty: none.
@@ -43,6 +47,8 @@ class BlockManagerConfig:
             raise ValueError(f"port: {self.port} not in 0..65535")
         if not 1 <= self.lease_ms <= 3_600_000:
             raise ValueError(f"lease_ms: {self.lease_ms} not in 1..3600000")
+        if not 1 <= self.extent_blocks <= 65536:
+            raise ValueError(f"extent_blocks: {self.extent_blocks} not in 1..65536")
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port: {self.metrics_port} not in 0..65535")
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -80,6 +86,13 @@ class BlockManagerConfig:
             type=int,
             default=int(environ.get(ENV_PREFIX + "LEASE_MS", defaults.lease_ms)),
             help="default executor lease in milliseconds",
+        )
+        parser.add_argument(
+            "--extent-blocks",
+            dest="extent_blocks",
+            type=int,
+            default=int(environ.get(ENV_PREFIX + "EXTENT_BLOCKS", defaults.extent_blocks)),
+            help="lay a sequence's blocks consecutively in runs of this many (1: LRU order)",
         )
         parser.add_argument(
             "--metrics-port",

@@ -19,6 +19,7 @@ from typing import Any
 from pagedserve.blockmgr.allocator import SequenceAllocator
 from pagedserve.blockmgr.errors import InvalidArgumentError, NotFoundError
 from pagedserve.blockmgr.executor_state import ExecutorState
+from pagedserve.blockmgr.extents import DEFAULT_EXTENT_BLOCKS
 from pagedserve.blockmgr.ops import BlockOp, FreeOp, StepResult
 from pagedserve.blockmgr.pool_info import ExecutorRegistration, PoolInfo, PoolStats
 from pagedserve.blockmgr.prefix_hash import ChainHashFn, chain_hash
@@ -48,8 +49,10 @@ class BlockManager:
         max_lease_ms: int = 600_000,
         clock: Callable[[], float] = time.monotonic,
         hash_fn: ChainHashFn = chain_hash,
+        extent_blocks: int = DEFAULT_EXTENT_BLOCKS,
     ) -> None:
         self.default_lease_ms = default_lease_ms
+        self.extent_blocks = extent_blocks
         self.max_lease_ms = max_lease_ms
         self._clock = clock
         self._hash_fn = hash_fn
@@ -71,6 +74,7 @@ class BlockManager:
             info.block_size_tokens,
             info.model_key,
             self._hash_fn,
+            self.extent_blocks,
         )
         self._pools[pool_id] = _Pool(info.with_ids(pool_id, ()), allocator)
         return pool_id

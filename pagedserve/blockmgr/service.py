@@ -217,7 +217,9 @@ def serve(config: BlockManagerConfig, manager: BlockManager | None = None) -> Ru
     """Starts the server (health, reflection, lease reaper) and returns at once.
     Raises OSError when the port cannot be bound."""
     config.validate()
-    manager = manager or BlockManager(default_lease_ms=config.lease_ms)
+    manager = manager or BlockManager(
+        default_lease_ms=config.lease_ms, extent_blocks=config.extent_blocks
+    )
     lock = threading.Lock()
     interceptors = [TokenAuthInterceptor(config.internal_token)] if config.internal_token else []
     server = grpc.server(

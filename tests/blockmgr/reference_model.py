@@ -56,11 +56,14 @@ def ceil_div(a: int, b: int) -> int:
 
 
 class ModelPool:
-    def __init__(self, num_blocks: int, block_size: int, num_swap: int) -> None:
+    def __init__(self, num_blocks: int, block_size: int, num_swap: int, extent: int = 1) -> None:
         self.n = num_blocks
         self.bs = block_size
+        self.extent = extent
         self.ref = [0] * num_blocks
         self.free = list(range(num_blocks))
+        # Extents whose every block is in `free`, in the order they got there.
+        self.free_extents = list(range(ceil_div(num_blocks, extent)))
         self.content: dict[int, tuple] = {}  # block -> (salt, full prefix tokens)
         self.cache: dict[tuple, int] = {}  # (salt, full prefix tokens) -> block
         self.host_free = list(range(num_swap))
@@ -75,17 +78,48 @@ class ModelPool:
 
     # ---- blocks --------------------------------------------------------
 
-    def take(self) -> int:
-        block = self.free.pop(0)
+    def take(self, after: int | None = None) -> int:
+        """Placement: the block after `after` if free in the same extent, else
+        the first block of the longest wholly free extent, else the LRU head."""
+        if after is not None and (after + 1) % self.extent and after + 1 in self.free:
+            block = after + 1
+        elif self.free_extents:
+            block = self.free_extents[0] * self.extent
+        else:
+            block = self.free[0]
+        self.unfree(block)
         if block in self.content:
             del self.cache[self.content.pop(block)]
         self.ref[block] = 1
         return block
 
+    def take_run(self, count: int, after: int | None = None) -> list[int]:
+        blocks = []
+        for _ in range(count):
+            after = self.take(after)
+            blocks.append(after)
+        return blocks
+
+    def add_free(self, blocks: list[int]) -> None:
+        for block in blocks:
+            self.free.append(block)
+            extent = block // self.extent
+            members = range(extent * self.extent, min(self.n, (extent + 1) * self.extent))
+            if all(member in self.free for member in members):
+                self.free_extents.append(extent)
+
+    def unfree(self, block: int) -> None:
+        self.free.remove(block)
+        if block // self.extent in self.free_extents:
+            self.free_extents.remove(block // self.extent)
+
     def release(self, block: int) -> None:
         self.ref[block] -= 1
         if self.ref[block] == 0:
-            (self.deferred if block in self.pinned else self.free).append(block)
+            if block in self.pinned:
+                self.deferred.append(block)
+            else:
+                self.add_free([block])
 
     # ---- executors -------------------------------------------------------
 
@@ -100,7 +134,7 @@ class ModelPool:
 
     def drop(self, executor_id: str) -> None:
         executor = self.executors.pop(executor_id)
-        self.free += executor.held
+        self.add_free(executor.held)
         self.host_free += executor.held_host
         for seq_id in sorted(executor.seqs):
             self.op_free(executor.seqs, seq_id)
@@ -124,7 +158,7 @@ class ModelPool:
         self.live(executor_id, now_s)
         trial = copy.deepcopy(self)
         executor = trial.executors[executor_id]
-        trial.free += executor.held
+        trial.add_free(executor.held)
         trial.host_free += executor.held_host
         executor.held, executor.held_host = [], []
         out = ModelStep()
@@ -142,11 +176,12 @@ class ModelPool:
         for block in ends:
             if self.ref[block] or block in executor.held:
                 continue
-            for place in (self.deferred, self.free):
-                if block in place:
-                    place.remove(block)
-                    executor.held.append(block)
-                    break
+            if block in self.deferred:
+                self.deferred.remove(block)
+                executor.held.append(block)
+            elif block in self.free:
+                self.unfree(block)
+                executor.held.append(block)
         for host in [h for _, h in out.swap_outs] + [h for h, _ in out.swap_ins]:
             for place in (self.host_deferred, self.host_free):
                 if host in place:
@@ -155,7 +190,7 @@ class ModelPool:
                     break
 
     def end_step(self) -> None:
-        self.free.extend(self.deferred)
+        self.add_free(self.deferred)
         self.host_free.extend(self.host_deferred)
         self.deferred, self.host_deferred = [], []
         self.pinned, self.written = set(), set()
@@ -188,9 +223,12 @@ class ModelPool:
         for block in matched:
             if self.ref[block] == 0:
                 holders = [e.held for e in self.executors.values() if block in e.held]
-                (holders[0] if holders else self.free).remove(block)
+                if holders:
+                    holders[0].remove(block)
+                else:
+                    self.unfree(block)
             self.ref[block] += 1
-        table = matched + [self.take() for _ in range(fresh)]
+        table = matched + self.take_run(fresh, matched[-1] if matched else None)
         cached = len(matched) * self.bs
         seqs[seq_id] = ModelSeq(list(tokens), salt, table, computed=cached, offered=len(matched))
         if use_cache:
@@ -210,14 +248,14 @@ class ModelPool:
         replaced_pos, replaced_ids = (), ()
         if cow:
             src = seq.table[-1]
-            dst = self.take()
+            dst = self.take(seq.table[-2] if len(seq.table) > 1 else None)
             seq.table[-1] = dst
             self.pinned |= {src, dst}
             self.written.add(dst)
             self.release(src)
             out.copies.append((src, dst))
             replaced_pos, replaced_ids = (len(seq.table) - 1,), (dst,)
-        new = [self.take() for _ in range(needed)]
+        new = self.take_run(needed, seq.table[-1])
         seq.table += new
         return (True, tuple(new), replaced_pos, replaced_ids, 0)
 
@@ -243,7 +281,7 @@ class ModelPool:
         seqs[child_id] = child
         for block in child.table:
             if self.ref[block] == 0:
-                self.free.remove(block)
+                self.unfree(block)
             self.ref[block] += 1
         return (True, tuple(child.table), (), (), 0)
 
@@ -276,7 +314,7 @@ class ModelPool:
             raise ModelError(ERROR_PRECONDITION)
         if len(seq.host) > len(self.free):
             return (False, (), (), (), 0)
-        blocks = [self.take() for _ in seq.host]
+        blocks = self.take_run(len(seq.host))
         out.swap_ins += list(zip(seq.host, blocks, strict=True))
         self.written |= set(blocks)
         self.host_deferred += seq.host

@@ -12,17 +12,19 @@ from pagedserve.blockmgr.journal import Journal
 
 def test_free_queue_remove_from_middle_and_reinsert() -> None:
     blocks = [Block(i) for i in range(5)]
-    queue = FreeBlockQueue(blocks)
-    queue.remove(blocks[2])
+    queue = FreeBlockQueue(blocks, extent_blocks=1)
+    place = queue.remove(blocks[2])
     assert queue.block_ids() == [0, 1, 3, 4]
     assert queue.num_blocks == 4
     assert blocks[2].prev_free is None and blocks[2].next_free is None
-    queue.insert_after(blocks[1], blocks[2])
+    queue.insert_after(blocks[1], blocks[2], place)
     assert queue.block_ids() == [0, 1, 2, 3, 4]
-    assert queue.popleft() is blocks[0]
-    queue.appendleft(blocks[0])
-    queue.append(queue.popleft())
+    assert queue.extents.extent_ids() == [0, 1, 2, 3, 4]
+    assert queue.head() is blocks[0]
+    queue.remove(blocks[0])
+    queue.append(blocks[0])
     assert queue.block_ids() == [1, 2, 3, 4, 0]
+    assert queue.extents.extent_ids() == [1, 2, 3, 4, 0]
 
 
 def test_allocate_takes_lowest_ids_first_and_release_goes_to_tail() -> None:

@@ -19,7 +19,19 @@ def test_flags_override_environment() -> None:
     assert "port=7000" in config.describe()
 
 
-@pytest.mark.parametrize("argv", [["--port", "70000"], ["--lease-ms", "0"], ["--host", ""]])
+def test_extent_blocks_from_flag_or_environment() -> None:
+    assert BlockManagerConfig.from_argv([], environ={}).extent_blocks == 64
+    environ = {"PAGEDSERVE_BLOCKMGR_EXTENT_BLOCKS": "16"}
+    assert BlockManagerConfig.from_argv([], environ=environ).extent_blocks == 16
+    assert (
+        BlockManagerConfig.from_argv(["--extent-blocks", "1"], environ=environ).extent_blocks == 1
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--port", "70000"], ["--lease-ms", "0"], ["--host", ""], ["--extent-blocks", "0"]],
+)
 def test_bad_values_are_rejected(argv) -> None:
     with pytest.raises(ValueError):
         BlockManagerConfig.from_argv(argv, environ={})

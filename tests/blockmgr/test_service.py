@@ -47,7 +47,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def server():
-    running = serve(BlockManagerConfig(port=0, lease_ms=10_000))
+    # Extents of one block: the exact ids below pin least-recently-freed order.
+    running = serve(BlockManagerConfig(port=0, lease_ms=10_000, extent_blocks=1))
     yield running
     running.stop(grace_s=0.5)
 

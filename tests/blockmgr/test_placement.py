@@ -1,0 +1,94 @@
+"""Placement: which free block a sequence gets (extents.py), with exact ids.
+
+The property test checks every interleaving against the reference model;
+these pin the policy's intent on small cases one can follow by hand.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pagedserve.blockmgr.client import BlockManagerClient
+from pagedserve.blockmgr.config import BlockManagerConfig
+from pagedserve.blockmgr.errors import NotFoundError
+from pagedserve.blockmgr.extents import DEFAULT_EXTENT_BLOCKS
+from pagedserve.blockmgr.ops import AllocateOp, AppendOp, FreeOp
+from pagedserve.blockmgr.service import serve
+
+from .helpers import free_queue, make_manager, make_pool_info, table
+
+
+def grow_in_turn(manager, executor_id, seq_ids, num_blocks_each, block_size=4) -> None:
+    """Each sequence takes one more block in turn, as concurrent decoding does."""
+    for _ in range(num_blocks_each):
+        for seq_id in seq_ids:
+            manager.step(executor_id, [AppendOp(seq_id, [7] * block_size)])
+
+
+def test_sequences_growing_together_each_fill_their_own_extent() -> None:
+    manager, _, ex, _ = make_manager(num_blocks=16, block_size_tokens=4, extent_blocks=4)
+    manager.step(ex, [AllocateOp(1, [1] * 4), AllocateOp(2, [2] * 4)])
+    grow_in_turn(manager, ex, [1, 2], 4)
+    # Extent 0 for the first, 1 for the second; full, each moves on to the
+    # oldest wholly free extent (2, then 3).
+    assert table(manager, ex, 1) == [0, 1, 2, 3, 8]
+    assert table(manager, ex, 2) == [4, 5, 6, 7, 12]
+
+
+def test_least_recently_used_order_without_extents() -> None:
+    manager, _, ex, _ = make_manager(num_blocks=16, block_size_tokens=4, extent_blocks=1)
+    manager.step(ex, [AllocateOp(1, [1] * 4), AllocateOp(2, [2] * 4)])
+    grow_in_turn(manager, ex, [1, 2], 2)
+    assert table(manager, ex, 1) == [0, 2, 4]
+    assert table(manager, ex, 2) == [1, 3, 5]
+
+
+def test_a_freed_extent_is_reused_after_older_ones() -> None:
+    manager, pool_id, ex, _ = make_manager(num_blocks=12, block_size_tokens=4, extent_blocks=4)
+    manager.step(ex, [AllocateOp(1, [1] * 8)])  # blocks 0, 1 of extent 0
+    manager.step(ex, [FreeOp(1)])
+    allocator = manager.allocator(pool_id)
+    # Extent 0 came free again after 1 and 2 had been free all along.
+    assert allocator.block_pool.free_extent_ids() == [1, 2, 0]
+    assert manager.step(ex, [AllocateOp(2, [2] * 4)]).results[0].new_block_ids == (4,)
+
+
+def test_no_wholly_free_extent_falls_back_to_the_queue_head_and_refuses_nothing() -> None:
+    manager, pool_id, ex, _ = make_manager(num_blocks=8, block_size_tokens=4, extent_blocks=4)
+    # Two sequences own one block of each extent; the other six are free.
+    manager.step(ex, [AllocateOp(1, [1] * 4), AllocateOp(2, [2] * 4)])
+    assert manager.allocator(pool_id).block_pool.free_extent_ids() == []
+    head = free_queue(manager, pool_id)[0]
+    step = manager.step(ex, [AllocateOp(3, [3] * 24)])  # all six
+    assert step.results[0].ok and step.results[0].new_block_ids[0] == head
+    assert sorted(table(manager, ex, 3)) == [1, 2, 3, 5, 6, 7]
+    assert manager.num_free_blocks(pool_id) == 0
+
+
+def test_a_rolled_back_step_leaves_placement_as_it_was() -> None:
+    manager, pool_id, ex, _ = make_manager(num_blocks=16, block_size_tokens=4, extent_blocks=4)
+    manager.step(ex, [AllocateOp(1, [1] * 4)])
+    pool = manager.allocator(pool_id).block_pool
+    before = (pool.free_block_ids(), pool.free_extent_ids())
+    with pytest.raises(NotFoundError, match="seq_id"):
+        manager.step(ex, [AppendOp(1, [1] * 8), AllocateOp(2, [2] * 4), AppendOp(99, [1])])
+    assert (pool.free_block_ids(), pool.free_extent_ids()) == before
+    assert manager.step(ex, [AllocateOp(2, [2] * 4)]).results[0].new_block_ids == (4,)
+
+
+def test_the_service_places_by_its_default_extents() -> None:
+    running = serve(BlockManagerConfig(port=0))
+    try:
+        with BlockManagerClient(f"127.0.0.1:{running.port}") as client:
+            pool_id = client.register_pool(make_pool_info(num_blocks=256, block_size_tokens=4))
+            ex = client.register_executor(pool_id).executor_id
+            client.step(ex, [AllocateOp(1, [1] * 4), AllocateOp(2, [2] * 4)])
+            tables = {1: [0], 2: [DEFAULT_EXTENT_BLOCKS]}
+            for _ in range(3):
+                step = client.step(ex, [AppendOp(1, [1] * 4), AppendOp(2, [2] * 4)])
+                for seq_id, result in zip((1, 2), step.results, strict=True):
+                    tables[seq_id] += result.new_block_ids
+            second = DEFAULT_EXTENT_BLOCKS
+            assert tables == {1: [0, 1, 2, 3], 2: [second, second + 1, second + 2, second + 3]}
+    finally:
+        running.stop(grace_s=0.5)
