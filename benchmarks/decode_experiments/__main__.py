@@ -23,6 +23,7 @@ from triton.testing import do_bench
 from benchmarks.decode_experiments import (
     block_ids_ahead_v8,
     head_major_v7,
+    launch_rule_v11,
     load_latency,
     ordered_blocks,
 )
@@ -51,6 +52,7 @@ VARIANTS = {
     **block_ids_ahead_v8.VARIANTS,
     **load_latency.VARIANTS,
     **ordered_blocks.VARIANTS,
+    **launch_rule_v11.VARIANTS,
 }
 
 

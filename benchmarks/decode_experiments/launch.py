@@ -11,7 +11,7 @@ from pagedserve.kernels.attention_tiles import LOG2_E
 from pagedserve.kernels.paged_decode_attention import (
     _decode_config,
     _decode_merge_kernel,
-    _few_short_programs_config,
+    _launch_overrides,
     choose_partition_tokens,
 )
 
@@ -45,7 +45,7 @@ def launch_decode(
     )
     num_partitions = triton.cdiv(max_seq_len, partition_tokens)
     num_programs = num_seqs * num_kv_heads * num_partitions
-    config.update(_few_short_programs_config(num_programs, partition_tokens, query.device))
+    config.update(_launch_overrides(num_programs, partition_tokens, query.device))
     config.update(overrides or {})
     single = num_partitions == 1
     if single:

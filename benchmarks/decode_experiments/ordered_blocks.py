@@ -15,6 +15,7 @@ cost of scattered blocks, not the kernel's structure.
 from __future__ import annotations
 
 import os
+import re
 from concurrent.futures import ProcessPoolExecutor
 
 import torch
@@ -69,6 +70,7 @@ def _in_runs(key_cache, value_cache, block_tables, run_blocks: int | None, scram
     return _relaid(key_cache, value_cache, block_tables, layout, new_block_ids)
 
 
+_SERVED_NAME = re.compile(r"-served-(\d+)")
 _served_layouts: dict[tuple[int, int, int], tuple[list[list[int]], int]] = {}
 
 
@@ -81,7 +83,8 @@ def _served(num_seqs: int, width: int, extent_blocks: int) -> tuple[list[list[in
 
 def prepare_served_tables(shapes: list[tuple[int, int]], names: list[str]) -> None:
     """Builds the served tables of every timed shape at once, on the host's cores."""
-    extents = [VARIANT_EXTENTS[name] for name in names if name in VARIANT_EXTENTS]
+    # A variant over served tables names its extent: "v7-served-64 ...".
+    extents = sorted({int(m.group(1)) for m in map(_SERVED_NAME.search, names) if m})
     keys = [(batch, context // 16, e) for batch, context in shapes for e in extents]
     if not keys:
         return
@@ -146,4 +149,3 @@ SERVED_LAUNCHES = {
 }
 for _name, (_config, _partition) in SERVED_LAUNCHES.items():
     VARIANTS[f"v7-served-64 {_name}"] = _decode_in_served_tables(64, _config, _partition)
-    VARIANT_EXTENTS[f"v7-served-64 {_name}"] = 64

@@ -261,11 +261,20 @@ def choose_partition_tokens(
     return triton.cdiv(tokens, block_n) * block_n
 
 
-# Short programs, few of them: at most this many programs per multiprocessor
-# and this many keys per partition take the small-tile launch options.
+# Launch options by program count and length (head size <= 128), measured on an
+# H100 over the block tables the block manager hands out (docs/kernels-notes.md
+# v11; v5 for the first rule, measured over shuffled tables):
+# - at most _FEWEST_PROGRAMS_PER_SM programs per multiprocessor, whatever their
+#   length, or at most _FEW_PROGRAMS_PER_SM of at most _SHORT_PARTITION_TOKENS
+#   keys: 32 keys x 2 warps x 6 stages (batch 32 x 1k-8k, 64 x 1k, 1 x 32k);
+# - otherwise 128 keys x 4 warps, with 2 stages up to _TWO_STAGE_PARTITION_TOKENS
+#   keys (batch 64 x 2k, 128-256 x 1k) and 3 beyond (8k keys per program).
+_FEWEST_PROGRAMS_PER_SM = 2
 _FEW_PROGRAMS_PER_SM = 4
-_SHORT_PARTITION_TOKENS = 2048
+_SHORT_PARTITION_TOKENS = 1024
+_TWO_STAGE_PARTITION_TOKENS = 2048
 _FEW_SHORT_PROGRAMS_OPTIONS = {"BLOCK_N": 32, "num_warps": 2, "num_stages": 6}
+_TWO_STAGE_OPTIONS = {"num_stages": 2}
 
 
 def _decode_config(head_dim: int) -> dict:
@@ -278,26 +287,28 @@ def _decode_config(head_dim: int) -> dict:
     return {"BLOCK_N": 32, "num_warps": 4, "num_stages": 2, "HEADS_FASTEST": False}
 
 
-def _few_short_programs_config(
-    num_programs: int, partition_tokens: int, device: torch.device
-) -> dict:
-    """Overrides for launches of few, short programs (head size <= 128), from
-    shapes alone: 32 keys x 2 warps x 6 stages. Measured on an H100
-    (docs/kernels-notes.md v5): 1-1.5% faster at batch 32-64 x 1k and batch 1 x
-    32k, but 3% slower at batch 128 x 1k (1,024 programs) and 0.7% at batch
-    32 x 8k (8k keys per program); empty where it does not apply."""
-    few = num_programs <= _FEW_PROGRAMS_PER_SM * _num_sms(device)
-    if few and partition_tokens <= _SHORT_PARTITION_TOKENS:
+def _launch_overrides(num_programs: int, partition_tokens: int, device: torch.device) -> dict:
+    """Overrides of _decode_config for head size <= 128 (the rules above), from
+    shapes alone; empty for long programs, many of them."""
+    num_sms = _num_sms(device)
+    few_short = (
+        num_programs <= _FEW_PROGRAMS_PER_SM * num_sms
+        and partition_tokens <= _SHORT_PARTITION_TOKENS
+    )
+    if num_programs <= _FEWEST_PROGRAMS_PER_SM * num_sms or few_short:
         return dict(_FEW_SHORT_PROGRAMS_OPTIONS)
+    if partition_tokens <= _TWO_STAGE_PARTITION_TOKENS:
+        return dict(_TWO_STAGE_OPTIONS)
     return {}
 
 
 def decode_configs(head_dim: int) -> list[dict]:
     """Every launch configuration the rules above can choose at this head size
     (kernels.precompile compiles each, with one partition and with several)."""
+    base = _decode_config(head_dim)
     if head_dim > 128:
-        return [_decode_config(head_dim)]
-    return [_decode_config(head_dim), {**_decode_config(head_dim), **_FEW_SHORT_PROGRAMS_OPTIONS}]
+        return [base]
+    return [base, {**base, **_TWO_STAGE_OPTIONS}, {**base, **_FEW_SHORT_PROGRAMS_OPTIONS}]
 
 
 # Partition counts the launch can choose: 1 (no merge) to _MAX_PARTITIONS. The
@@ -341,7 +352,7 @@ def paged_decode_attention_triton(
         )
     if head_dim <= 128 and config is None:  # 32-key tiles divide the 128-key partitions
         num_programs = num_seqs * num_kv_heads * triton.cdiv(max_seq_len, partition_tokens)
-        chosen.update(_few_short_programs_config(num_programs, partition_tokens, query.device))
+        chosen.update(_launch_overrides(num_programs, partition_tokens, query.device))
     config = chosen
     if partition_tokens % config["BLOCK_N"]:
         raise ValueError(f"partition_tokens {partition_tokens} % BLOCK_N {config['BLOCK_N']}")
