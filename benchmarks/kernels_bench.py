@@ -260,6 +260,8 @@ def served_layouts(shapes) -> dict:
     """(batch, context, extent) -> (tables, pool blocks) from the block
     manager's served workload, built in parallel on the host's cores."""
     keys = [(b, c, e) for b, c in shapes for e in SERVED_EXTENTS]
+    if not keys:
+        return {}
     with ProcessPoolExecutor(max_workers=min(len(keys), os.cpu_count() or 1)) as pool:
         futures = {
             key: pool.submit(served_block_tables, *key[:2], BLOCK_SIZE, key[2]) for key in keys
@@ -410,6 +412,11 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="also time tile/partition variants")
     parser.add_argument("--skip-checks", action="store_true")
     parser.add_argument(
+        "--only",
+        default="decode,prefill,copy_blocks,write_kv_cache,layer_ops",
+        help="comma-separated sections to time (default: all)",
+    )
+    parser.add_argument(
         "--no-served-tables",
         dest="served_tables",
         action="store_false",
@@ -434,6 +441,9 @@ def main() -> None:
         # batch 64: only where the decode launch rule changes
         if batch != 64 or context == 1024
     ]
+    sections = set(args.only.split(","))
+    if "decode" not in sections:
+        decode_shapes = []
     served = served_layouts(decode_shapes if args.served_tables else [])
     for batch, context in decode_shapes:
         configs = DECODE_DEFAULT
@@ -442,10 +452,15 @@ def main() -> None:
         guarded(bench_decode, batch, context, copy_gbps, configs, served)
     for batch, length in ((1, 2048), (1, 8192), (4, 4096), (16, 1024)):
         configs = PREFILL_DEFAULT + (PREFILL_SWEEP if args.sweep else [])
-        guarded(bench_prefill, batch, length, configs)
-    guarded(bench_copy_blocks, copy_gbps)
-    guarded(bench_write_kv_cache, copy_gbps)
-    guarded(bench_layer_ops, copy_gbps)
+        if "prefill" in sections:
+            guarded(bench_prefill, batch, length, configs)
+    for name, bench in (
+        ("copy_blocks", bench_copy_blocks),
+        ("write_kv_cache", bench_write_kv_cache),
+        ("layer_ops", bench_layer_ops),
+    ):
+        if name in sections:
+            guarded(bench, copy_gbps)
     table = print_table(copy_gbps)
     header = f"{device_name}, {datetime.date.today().isoformat()}, {versions}"
     os.makedirs(args.out, exist_ok=True)
