@@ -4,16 +4,18 @@ weights (the weights are never read)."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from pagedserve.blockmgr.config import BlockManagerConfig
-from pagedserve.blockmgr.service import serve
+from pagedserve.blockmgr.extents import DEFAULT_EXTENT_BLOCKS
+from pagedserve.blockmgr.service import RunningServer, serve
 from pagedserve.executor.blockmgr_link import BlockManagerLink
 from pagedserve.executor.engine import Engine
-from pagedserve.executor.kv_pool import PoolSpec, create_pool
+from pagedserve.executor.kv_pool import CreatedPool, PoolSpec, create_pool
 from pagedserve.executor.model_config import load_model_config
 from pagedserve.executor.model_loader import load_model
 from pagedserve.executor.model_runner import ModelRunner
@@ -28,13 +30,30 @@ class EngineSettings:
     dtype: torch.dtype = torch.float32
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 2048
+    extent_blocks: int = DEFAULT_EXTENT_BLOCKS  # the block manager's placement runs
 
 
-def build_engine(model_folder: Path, device: torch.device, settings: EngineSettings):
-    """(engine, block manager server); keep the server referenced while the engine runs."""
+@dataclass
+class EngineResources:
+    """What an engine built here runs on, stopped together after it: the block
+    manager server, the engine's link to it, and a pool it created itself."""
+
+    server: RunningServer
+    link: BlockManagerLink
+    heartbeat_stop: threading.Event
+    own_pool: CreatedPool | None
+
+    def stop(self) -> None:
+        self.heartbeat_stop.set()
+        self.link.close()
+        self.server.stop(grace_s=0)
+        if self.own_pool is not None:
+            self.own_pool.release()  # the shared-memory file of a CPU pool
+
+
+def pool_spec(model_folder: Path, settings: EngineSettings) -> PoolSpec:
     config = load_model_config(model_folder)
-    blockmgr = serve(BlockManagerConfig(port=0))
-    spec = PoolSpec(
+    return PoolSpec(
         config.num_layers,
         settings.num_blocks,
         BLOCK_SIZE_TOKENS,
@@ -42,11 +61,28 @@ def build_engine(model_folder: Path, device: torch.device, settings: EngineSetti
         config.head_dim,
         settings.dtype,
     )
-    pool = create_pool(spec, device)
+
+
+def build_engine(
+    model_folder: Path,
+    device: torch.device,
+    settings: EngineSettings,
+    pool: CreatedPool | None = None,
+):
+    """(engine, EngineResources); keep the second referenced while the engine
+    runs, and stop it after the engine. `pool`: one made by create_pool with
+    pool_spec's shape, for runs one after another (an exported CUDA pool is
+    never freed while its process lives, so each run creating its own leaks);
+    the caller releases it."""
+    config = load_model_config(model_folder)
+    blockmgr = serve(BlockManagerConfig(port=0, extent_blocks=settings.extent_blocks))
+    spec = pool_spec(model_folder, settings)
+    own_pool = None if pool else create_pool(spec, device)
+    pool = pool or own_pool
     link = BlockManagerLink(f"127.0.0.1:{blockmgr.port}")
     pool_id = link.register_pool(spec, device.type, 0, pool.handle, "benchmark")
     registered = link.register_executor(pool_id)
-    link.start_heartbeat(registered.executor_id, 1.0)
+    heartbeat_stop = link.start_heartbeat(registered.executor_id, 1.0)
     model = load_model(config, None, device, settings.dtype)
     scheduler = Scheduler(
         SchedulerConfig(
@@ -60,4 +96,5 @@ def build_engine(model_folder: Path, device: torch.device, settings: EngineSetti
         link.step,
     )
     runner = ModelRunner(model, pool.tensor, BLOCK_SIZE_TOKENS)
-    return Engine(scheduler, runner, config.vocab_size, config.max_context_tokens), blockmgr
+    engine = Engine(scheduler, runner, config.vocab_size, config.max_context_tokens)
+    return engine, EngineResources(blockmgr, link, heartbeat_stop, own_pool)

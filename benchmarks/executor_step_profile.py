@@ -160,37 +160,41 @@ def main() -> None:
     parser.add_argument("--host-profile", action="store_true", help="also print cProfile")
     args = parser.parse_args()
     device = torch.device(args.device)
-    engine, _blockmgr = build_engine(Path(args.model), device, EngineSettings(num_blocks=8192))
-    started_s = time.monotonic()
-    graphs = decode_graphs(engine, device)
-    rows = []
-    for num_seqs in (int(n) for n in args.num_seqs.split(",")):
-        results = {}
-        for mode, decode_graphs_or_none in (("eager", None), ("graphs", graphs)):
-            engine.runner.decode_graphs = decode_graphs_or_none
-            results[mode] = run_workload(engine, device, num_seqs, args, mode)
-        tokens = _first_difference(results["eager"]["tokens"], results["graphs"]["tokens"])
-        num_tokens = sum(len(t) for t in results["eager"]["tokens"].values())
-        rows.append((num_seqs, results, tokens, num_tokens))
-    print(f"all runs, capture included: {time.monotonic() - started_s:.1f} s")
-    print(
-        "\n| sequences | eager ms/step | graphs ms/step | speed-up | output tokens, eager vs graphs |"
-    )
-    print("|---|---|---|---|---|")
-    for num_seqs, results, tokens, num_tokens in rows:
-        eager_ms, graph_ms = results["eager"]["step_ms"], results["graphs"]["step_ms"]
+    engine, resources = build_engine(Path(args.model), device, EngineSettings(num_blocks=8192))
+    try:
+        started_s = time.monotonic()
+        graphs = decode_graphs(engine, device)
+        rows = []
+        for num_seqs in (int(n) for n in args.num_seqs.split(",")):
+            results = {}
+            for mode, decode_graphs_or_none in (("eager", None), ("graphs", graphs)):
+                engine.runner.decode_graphs = decode_graphs_or_none
+                results[mode] = run_workload(engine, device, num_seqs, args, mode)
+            tokens = _first_difference(results["eager"]["tokens"], results["graphs"]["tokens"])
+            num_tokens = sum(len(t) for t in results["eager"]["tokens"].values())
+            rows.append((num_seqs, results, tokens, num_tokens))
+        print(f"all runs, capture included: {time.monotonic() - started_s:.1f} s")
         print(
-            f"| {num_seqs} | {eager_ms:.2f} | {graph_ms:.2f} | {eager_ms / graph_ms:.2f}x "
-            f"| {tokens} ({num_tokens} a run) |"
+            "\n| sequences | eager ms/step | graphs ms/step | speed-up | output tokens, eager vs graphs |"
         )
-    for num_seqs, results, _, _ in rows:
-        if "device_ms" in results["eager"]:
-            for mode in ("eager", "graphs"):
-                print(
-                    f"{mode}, {num_seqs} sequences: device kernels "
-                    f"{results[mode]['device_ms']:.2f} ms/step, "
-                    f"{results[mode]['launches']:.0f} launches/step"
-                )
+        print("|---|---|---|---|---|")
+        for num_seqs, results, tokens, num_tokens in rows:
+            eager_ms, graph_ms = results["eager"]["step_ms"], results["graphs"]["step_ms"]
+            print(
+                f"| {num_seqs} | {eager_ms:.2f} | {graph_ms:.2f} | {eager_ms / graph_ms:.2f}x "
+                f"| {tokens} ({num_tokens} a run) |"
+            )
+        for num_seqs, results, _, _ in rows:
+            if "device_ms" in results["eager"]:
+                for mode in ("eager", "graphs"):
+                    print(
+                        f"{mode}, {num_seqs} sequences: device kernels "
+                        f"{results[mode]['device_ms']:.2f} ms/step, "
+                        f"{results[mode]['launches']:.0f} launches/step"
+                    )
+
+    finally:
+        resources.stop()
 
 
 if __name__ == "__main__":

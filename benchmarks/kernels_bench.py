@@ -393,6 +393,16 @@ PREFILL_SWEEP = [
     ("m64 n64 w4 s3 paired", {**SHORT_TILES, "PAIRED_TILES": True}),
     ("m64 n64 w4 s3 single", {**SHORT_TILES, "PAIRED_TILES": False}),
     ("m128 n64 w8 s3 single", {**LONG_TILES, "BLOCK_N": 64, "PAIRED_TILES": False}),
+    # v12: short prompts (b16 x 1k) at other tile, stage and pairing choices
+    (
+        "m64 n128 w4 s2 paired",
+        {**SHORT_TILES, "BLOCK_N": 128, "num_stages": 2, "PAIRED_TILES": True},
+    ),
+    ("m64 n64 w4 s2 paired", {**SHORT_TILES, "num_stages": 2, "PAIRED_TILES": True}),
+    ("m64 n64 w4 s4 paired", {**SHORT_TILES, "num_stages": 4, "PAIRED_TILES": True}),
+    ("m64 n32 w4 s4 paired", {**SHORT_TILES, "BLOCK_N": 32, "num_stages": 4, "PAIRED_TILES": True}),
+    ("m128 n64 w8 s3 paired", {**LONG_TILES, "BLOCK_N": 64, "PAIRED_TILES": True}),
+    ("m64 n64 w8 s3 paired", {**SHORT_TILES, "num_warps": 8, "PAIRED_TILES": True}),
 ]
 DECODE_SWEEP_SHAPES = {
     (1, 32768),

@@ -32,8 +32,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.engine_harness import BLOCK_SIZE_TOKENS, EngineSettings, build_engine
-from pagedserve.executor.kv_pool import PoolSpec
+from benchmarks.engine_harness import BLOCK_SIZE_TOKENS, EngineSettings, build_engine, pool_spec
+from pagedserve.blockmgr.extents import DEFAULT_EXTENT_BLOCKS
+from pagedserve.executor.kv_pool import PoolSpec, create_pool
 from pagedserve.executor.model_config import load_model_config
 from pagedserve.executor.request import SamplingOptions
 from pagedserve.executor.service import capture_decode_graphs
@@ -54,8 +55,8 @@ def workload(num_requests: int, seed: int = 0) -> list[tuple[list[int], int]]:
     return list(zip(prompts, output_lens, strict=True))
 
 
-def run_pagedserve(model_folder: Path, requests, args) -> dict:
-    device = torch.device(args.device)
+def pool_blocks(model_folder: Path, device: torch.device) -> int:
+    """KV blocks in POOL_FRACTION_OF_FREE of the device's free memory now."""
     if device.type == "cuda":
         free_bytes, _ = torch.cuda.mem_get_info()
     else:  # a smoke run
@@ -65,14 +66,23 @@ def run_pagedserve(model_folder: Path, requests, args) -> dict:
         config.num_layers, 1, BLOCK_SIZE_TOKENS, config.num_kv_heads, config.head_dim,
         torch.bfloat16,
     )  # fmt: skip
-    num_blocks = int(free_bytes * POOL_FRACTION_OF_FREE) // spec.bytes_per_block
-    settings = EngineSettings(
+    return int(free_bytes * POOL_FRACTION_OF_FREE) // spec.bytes_per_block
+
+
+def engine_settings(args, num_blocks: int, extent_blocks: int) -> EngineSettings:
+    return EngineSettings(
         num_blocks=num_blocks,
         dtype=torch.bfloat16,
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
+        extent_blocks=extent_blocks,
     )
-    engine, blockmgr = build_engine(model_folder, device, settings)
+
+
+def run_pagedserve(model_folder: Path, requests, args, settings, pool) -> dict:
+    device = torch.device(args.device)
+    num_blocks, extent_blocks = settings.num_blocks, settings.extent_blocks
+    engine, resources = build_engine(model_folder, device, settings, pool)
     engine.start()  # the step loop's own thread, as in the executor service
     warm_up_s = warm_up(engine, timeout_s=600)
     started_s = time.monotonic()
@@ -94,6 +104,7 @@ def run_pagedserve(model_folder: Path, requests, args) -> dict:
     produced = counter.num_tokens
     expected = sum(output_len for _, output_len in requests)
     result = {
+        "extent_blocks": extent_blocks,
         "num_blocks": num_blocks,
         "warm_up_s": round(warm_up_s, 2),
         "graph_capture_s": round(capture_s, 2),
@@ -105,7 +116,8 @@ def run_pagedserve(model_folder: Path, requests, args) -> dict:
     }
     engine.stop()
     del engine
-    blockmgr.stop(grace_s=0)
+    resources.stop()
+    gc.collect()  # the engine's graphs and pool, before the next run sizes its own
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return result
@@ -189,6 +201,14 @@ def main() -> None:
     parser.add_argument("--timeout-s", type=float, default=480.0, help="for pagedserve's run")
     parser.add_argument("--device", default="cuda", help="cpu: a smoke run of the script")
     parser.add_argument("--out", default=None, help="JSON file for the results")
+    parser.add_argument(
+        "--extent-blocks",
+        type=int,
+        nargs="+",
+        default=[DEFAULT_EXTENT_BLOCKS],
+        help="the block manager's placement runs; several: one engine run each, in turn",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="engine runs per extent size")
     args = parser.parse_args()
     model_folder = Path(args.model)
     requests = workload(args.num_requests)
@@ -214,15 +234,27 @@ def main() -> None:
             gc.collect()
             torch.cuda.empty_cache()
             torch.cuda.memory._set_allocator_settings("expandable_segments:False")
-    results["pagedserve"] = run_pagedserve(model_folder, requests, args)
-    print("pagedserve:", results["pagedserve"], flush=True)
+    # Interleaved, so that drift hits every extent size alike; one pool size for all.
+    num_blocks = pool_blocks(model_folder, device)
+    pool = create_pool(pool_spec(model_folder, engine_settings(args, num_blocks, 1)), device)
+    runs = results["pagedserve_runs"] = []
+    try:
+        for _ in range(args.rounds):
+            for extent_blocks in args.extent_blocks:
+                settings = engine_settings(args, num_blocks, extent_blocks)
+                runs.append(run_pagedserve(model_folder, requests, args, settings, pool))
+                print("pagedserve:", runs[-1], flush=True)
+    finally:
+        pool.release()  # the shared-memory file of a CPU pool
+    results["pagedserve"] = runs[0]
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
     print("\n| system | output tokens/s | seconds |\n|---|---|---|")
-    for name in ("hf", "pagedserve"):
-        if name in results:
-            r = results[name]
-            print(f"| {name} | {r['tokens_per_s']:,.1f} | {r['seconds']} |")
+    if "hf" in results:
+        print(f"| hf | {results['hf']['tokens_per_s']:,.1f} | {results['hf']['seconds']} |")
+    for r in runs:
+        name = f"pagedserve, extents of {r['extent_blocks']}"
+        print(f"| {name} | {r['tokens_per_s']:,.1f} | {r['seconds']} |")
 
 
 if __name__ == "__main__":
