@@ -74,33 +74,22 @@ class BlockManagerConfig:
         parser.add_argument(
             "--host", default=environ.get(ENV_PREFIX + "HOST", defaults.host), help="bind address"
         )
-        parser.add_argument(
-            "--port",
-            type=int,
-            default=int(environ.get(ENV_PREFIX + "PORT", defaults.port)),
-            help="TCP port (0: any free port)",
-        )
-        parser.add_argument(
-            "--lease-ms",
-            dest="lease_ms",
-            type=int,
-            default=int(environ.get(ENV_PREFIX + "LEASE_MS", defaults.lease_ms)),
-            help="default executor lease in milliseconds",
-        )
-        parser.add_argument(
-            "--extent-blocks",
-            dest="extent_blocks",
-            type=int,
-            default=int(environ.get(ENV_PREFIX + "EXTENT_BLOCKS", defaults.extent_blocks)),
-            help="lay a sequence's blocks consecutively in runs of this many (1: LRU order)",
-        )
-        parser.add_argument(
-            "--metrics-port",
-            dest="metrics_port",
-            type=int,
-            default=int(environ.get(ENV_PREFIX + "METRICS_PORT", defaults.metrics_port)),
-            help="Prometheus /metrics port (0: off)",
-        )
+        for name, help_text in (
+            ("port", "TCP port (0: any free port)"),
+            ("lease_ms", "default executor lease in milliseconds"),
+            (
+                "extent_blocks",
+                "lay a sequence's blocks consecutively in runs of this many (1: LRU order)",
+            ),
+            ("metrics_port", "Prometheus /metrics port (0: off)"),
+        ):
+            parser.add_argument(
+                "--" + name.replace("_", "-"),
+                dest=name,
+                type=int,
+                default=int(environ.get(ENV_PREFIX + name.upper(), getattr(defaults, name))),
+                help=help_text,
+            )
         parser.add_argument(
             "--internal-token",
             dest="internal_token",
