@@ -25,6 +25,7 @@ from pagedserve.blockmgr.extents import DEFAULT_EXTENT_BLOCKS
 from pagedserve.blockmgr.manager import BlockManager
 from pagedserve.blockmgr.ops import AllocateOp, AppendOp, ComputedOp, FreeOp
 from pagedserve.blockmgr.pool_info import DeviceKind, PoolInfo
+from pagedserve.blockmgr.stats import consecutive_block_ratio
 
 POOL_HEADROOM = 1.25
 WARM_UP_SEQUENCES_PER_SLOT = 2
@@ -76,12 +77,6 @@ def served_block_tables(
     return [sequences[seq_id].block_ids() for seq_id in measured], num_blocks
 
 
-def consecutive_fraction(tables: list[list[int]]) -> float:
-    """Share of a table's block pairs where the second block follows the first."""
-    pairs = [(a, b) for table in tables for a, b in zip(table, table[1:], strict=False)]
-    return sum(1 for a, b in pairs if b == a + 1) / max(1, len(pairs))
-
-
 def mean_run_blocks(tables: list[list[int]]) -> float:
     """Mean length of the runs of consecutive block ids in the tables."""
     runs = sum(
@@ -106,7 +101,7 @@ def main() -> None:
                 tables, num_blocks = served_block_tables(batch, context, 16, extent)
                 print(
                     f"| {batch} x {context} | {extent} | {num_blocks} | "
-                    f"{consecutive_fraction(tables):.3f} | {mean_run_blocks(tables):.1f} |",
+                    f"{consecutive_block_ratio(tables):.3f} | {mean_run_blocks(tables):.1f} |",
                     flush=True,
                 )
 

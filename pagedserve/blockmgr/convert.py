@@ -99,6 +99,7 @@ def stats_to_pb(stats: PoolStats) -> pb.GetStatsResponse:
         swapped_blocks=stats.swapped_blocks,
         kv_utilization=stats.kv_utilization,
         prefix_cache_hit_rate=stats.prefix_cache_hit_rate,
+        consecutive_block_ratio=stats.consecutive_block_ratio,
         num_sequences=stats.num_sequences,
         num_executors=stats.num_executors,
         shared_blocks=stats.shared_blocks,
@@ -117,6 +118,7 @@ def stats_from_pb(message: pb.GetStatsResponse) -> PoolStats:
         logical_blocks=message.logical_blocks,
         kv_utilization=message.kv_utilization,
         prefix_cache_hit_rate=message.prefix_cache_hit_rate,
+        consecutive_block_ratio=message.consecutive_block_ratio,
         num_sequences=message.num_sequences,
         num_executors=message.num_executors,
     )

@@ -48,6 +48,11 @@ _POOL_GAUGES = (
         "Prompt tokens found in the prefix cache over those looked up",
         "prefix_cache_hit_rate",
     ),
+    (
+        "pagedserve_blockmgr_consecutive_blocks_ratio",
+        "Neighbouring block-table entries of live sequences whose blocks are consecutive",
+        "consecutive_block_ratio",
+    ),
 )
 
 

@@ -58,5 +58,6 @@ class PoolStats:
     logical_blocks: int
     kv_utilization: float
     prefix_cache_hit_rate: float
+    consecutive_block_ratio: float
     num_sequences: int
     num_executors: int

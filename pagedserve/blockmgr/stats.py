@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from collections.abc import Sequence as IntSequence
 
 from pagedserve.blockmgr.allocator import SequenceAllocator
 from pagedserve.blockmgr.pool_info import PoolStats
@@ -18,6 +19,16 @@ def filled_slots_by_block(sequences: Iterable[Sequence], block_size_tokens: int)
         for index, block in enumerate(seq.block_table):
             filled[block.block_id] = min(block_size_tokens, num_tokens - index * block_size_tokens)
     return filled
+
+
+def consecutive_block_ratio(tables: Iterable[IntSequence[int]]) -> float:
+    """Of the neighbouring entries of these block tables (block ids), the share
+    whose second block directly follows the first; 0.0 when there are none."""
+    num_pairs = num_consecutive = 0
+    for table in tables:
+        num_pairs += max(0, len(table) - 1)
+        num_consecutive += sum(1 for a, b in zip(table, table[1:], strict=False) if b == a + 1)
+    return num_consecutive / num_pairs if num_pairs else 0.0
 
 
 def compute_stats(
@@ -42,6 +53,9 @@ def compute_stats(
         logical_blocks=sum(block.ref_count for block in used),
         kv_utilization=sum(filled.values()) / slots if slots else 0.0,
         prefix_cache_hit_rate=allocator.prompt_tokens_hit / looked_up if looked_up else 0.0,
+        consecutive_block_ratio=consecutive_block_ratio(
+            seq.block_ids() for seq in sequences if not seq.is_swapped
+        ),
         num_sequences=len(sequences),
         num_executors=num_executors,
     )

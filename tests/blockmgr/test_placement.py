@@ -26,21 +26,24 @@ def grow_in_turn(manager, executor_id, seq_ids, num_blocks_each, block_size=4) -
 
 
 def test_sequences_growing_together_each_fill_their_own_extent() -> None:
-    manager, _, ex, _ = make_manager(num_blocks=16, block_size_tokens=4, extent_blocks=4)
+    manager, pool_id, ex, _ = make_manager(num_blocks=16, block_size_tokens=4, extent_blocks=4)
     manager.step(ex, [AllocateOp(1, [1] * 4), AllocateOp(2, [2] * 4)])
     grow_in_turn(manager, ex, [1, 2], 4)
     # Extent 0 for the first, 1 for the second; full, each moves on to the
     # oldest wholly free extent (2, then 3).
     assert table(manager, ex, 1) == [0, 1, 2, 3, 8]
     assert table(manager, ex, 2) == [4, 5, 6, 7, 12]
+    # 3 of each table's 4 neighbouring pairs are consecutive.
+    assert manager.get_stats(pool_id).consecutive_block_ratio == 6 / 8
 
 
 def test_least_recently_used_order_without_extents() -> None:
-    manager, _, ex, _ = make_manager(num_blocks=16, block_size_tokens=4, extent_blocks=1)
+    manager, pool_id, ex, _ = make_manager(num_blocks=16, block_size_tokens=4, extent_blocks=1)
     manager.step(ex, [AllocateOp(1, [1] * 4), AllocateOp(2, [2] * 4)])
     grow_in_turn(manager, ex, [1, 2], 2)
     assert table(manager, ex, 1) == [0, 2, 4]
     assert table(manager, ex, 2) == [1, 3, 5]
+    assert manager.get_stats(pool_id).consecutive_block_ratio == 0.0
 
 
 def test_a_freed_extent_is_reused_after_older_ones() -> None:
@@ -90,5 +93,6 @@ def test_the_service_places_by_its_default_extents() -> None:
                     tables[seq_id] += result.new_block_ids
             second = DEFAULT_EXTENT_BLOCKS
             assert tables == {1: [0, 1, 2, 3], 2: [second, second + 1, second + 2, second + 3]}
+            assert client.get_stats(pool_id).consecutive_block_ratio == 1.0
     finally:
         running.stop(grace_s=0.5)

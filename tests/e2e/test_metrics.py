@@ -109,6 +109,8 @@ def test_one_request_moves_the_metrics(metrics_stack):
     assert cached >= 2  # the prompt's full blocks stay findable in the prefix cache
     assert free + used + cached == NUM_BLOCKS
     assert 0 <= value(blockmgr, "pagedserve_blockmgr_kv_utilization_ratio") <= 1
+    # Exported; no live sequence has a table to measure now.
+    assert value(blockmgr, "pagedserve_blockmgr_consecutive_blocks_ratio") == 0
 
     # The same prompt again hits the prefix cache.
     metrics_stack.generation_stub().Generate(

@@ -251,7 +251,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self, pool_id: _Optional[str] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("total_blocks", "free_blocks", "used_blocks", "cached_blocks", "swapped_blocks", "kv_utilization", "prefix_cache_hit_rate", "num_sequences", "num_executors", "shared_blocks", "logical_blocks")
+    __slots__ = ("total_blocks", "free_blocks", "used_blocks", "cached_blocks", "swapped_blocks", "kv_utilization", "prefix_cache_hit_rate", "num_sequences", "num_executors", "shared_blocks", "logical_blocks", "consecutive_block_ratio")
     TOTAL_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     FREE_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     USED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
@@ -263,6 +263,7 @@ class GetStatsResponse(_message.Message):
     NUM_EXECUTORS_FIELD_NUMBER: _ClassVar[int]
     SHARED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     LOGICAL_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    CONSECUTIVE_BLOCK_RATIO_FIELD_NUMBER: _ClassVar[int]
     total_blocks: int
     free_blocks: int
     used_blocks: int
@@ -274,4 +275,5 @@ class GetStatsResponse(_message.Message):
     num_executors: int
     shared_blocks: int
     logical_blocks: int
-    def __init__(self, total_blocks: _Optional[int] = ..., free_blocks: _Optional[int] = ..., used_blocks: _Optional[int] = ..., cached_blocks: _Optional[int] = ..., swapped_blocks: _Optional[int] = ..., kv_utilization: _Optional[float] = ..., prefix_cache_hit_rate: _Optional[float] = ..., num_sequences: _Optional[int] = ..., num_executors: _Optional[int] = ..., shared_blocks: _Optional[int] = ..., logical_blocks: _Optional[int] = ...) -> None: ...
+    consecutive_block_ratio: float
+    def __init__(self, total_blocks: _Optional[int] = ..., free_blocks: _Optional[int] = ..., used_blocks: _Optional[int] = ..., cached_blocks: _Optional[int] = ..., swapped_blocks: _Optional[int] = ..., kv_utilization: _Optional[float] = ..., prefix_cache_hit_rate: _Optional[float] = ..., num_sequences: _Optional[int] = ..., num_executors: _Optional[int] = ..., shared_blocks: _Optional[int] = ..., logical_blocks: _Optional[int] = ..., consecutive_block_ratio: _Optional[float] = ...) -> None: ...
