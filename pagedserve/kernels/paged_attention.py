@@ -14,6 +14,8 @@ loaded through tensor descriptors (the bulk tensor copy engine on Hopper).
 The torch reference with the same signature is in paged_attention_reference.py.
 """
 
+import functools
+
 import torch
 
 from pagedserve.kernels._backend import dot_in_fp32, dot_precision, rows_contiguous, tl, triton
@@ -322,7 +324,14 @@ def _descriptors_usable(kernel, key: torch.Tensor, value: torch.Tensor) -> bool:
     aligned = aligned and (key.stride(0) * key.element_size()) % 16 == 0
     if type(kernel).__name__ == "InterpretedFunction":
         return aligned
-    return aligned and key.is_cuda and torch.cuda.get_device_capability(key.device)[0] >= 9
+    return aligned and key.is_cuda and _is_hopper_or_later(key.device.index)
+
+
+@functools.cache
+def _is_hopper_or_later(device_index: int) -> bool:
+    # Asked once per device: under cProfile the query was about an eighth of
+    # each launch's host time (benchmarks/launch_cost.py, notes' next steps).
+    return torch.cuda.get_device_capability(device_index)[0] >= 9
 
 
 def _rows_contiguous(key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
