@@ -16,7 +16,7 @@ from pagedserve.blockmgr.service import RunningServer, serve
 from pagedserve.executor.blockmgr_link import BlockManagerLink
 from pagedserve.executor.engine import Engine
 from pagedserve.executor.kv_pool import CreatedPool, PoolSpec, create_pool
-from pagedserve.executor.model_config import load_model_config
+from pagedserve.executor.model_config import ModelConfig, load_model_config
 from pagedserve.executor.model_loader import load_model
 from pagedserve.executor.model_runner import ModelRunner
 from pagedserve.executor.scheduler import Scheduler, SchedulerConfig
@@ -51,8 +51,8 @@ class EngineResources:
             self.own_pool.release()  # the shared-memory file of a CPU pool
 
 
-def pool_spec(model_folder: Path, settings: EngineSettings) -> PoolSpec:
-    config = load_model_config(model_folder)
+def pool_spec(config: ModelConfig, settings: EngineSettings) -> PoolSpec:
+    """The KV pool of `settings.num_blocks` blocks for this model."""
     return PoolSpec(
         config.num_layers,
         settings.num_blocks,
@@ -76,7 +76,7 @@ def build_engine(
     the caller releases it."""
     config = load_model_config(model_folder)
     blockmgr = serve(BlockManagerConfig(port=0, extent_blocks=settings.extent_blocks))
-    spec = pool_spec(model_folder, settings)
+    spec = pool_spec(config, settings)
     own_pool = None if pool else create_pool(spec, device)
     pool = pool or own_pool
     link = BlockManagerLink(f"127.0.0.1:{blockmgr.port}")

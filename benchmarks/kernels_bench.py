@@ -16,7 +16,6 @@ import json
 import os
 import statistics
 import sys
-from concurrent.futures import ProcessPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -36,14 +35,23 @@ from benchmarks.bench_table import (  # noqa: E402
 )
 from benchmarks.gpu_timing import copy_bandwidth_gbs, rel_err  # noqa: E402
 from benchmarks.layer_ops_bench import bench_layer_ops, check_layer_ops  # noqa: E402
-from benchmarks.served_tables import served_block_tables  # noqa: E402
+from benchmarks.paged_inputs import (  # noqa: E402
+    BLOCK_SIZE,
+    DEVICE,
+    DTYPE,
+    HEAD_DIM,
+    NUM_HEADS,
+    NUM_KV_HEADS,
+    ROTATE_BYTES,
+    contiguous_kv,
+    make_paged,
+    new_tokens_kv,
+)
+from benchmarks.served_tables import served_tables_in_parallel  # noqa: E402
 from pagedserve.blockmgr.extents import DEFAULT_EXTENT_BLOCKS  # noqa: E402
 from pagedserve.kernels.copy_blocks import copy_blocks_reference, copy_blocks_triton  # noqa: E402
 from pagedserve.kernels.paged_attention import paged_attention_triton  # noqa: E402
-from pagedserve.kernels.paged_attention_reference import (  # noqa: E402
-    gather_sequence_kv,
-    paged_attention_reference,
-)
+from pagedserve.kernels.paged_attention_reference import paged_attention_reference  # noqa: E402
 from pagedserve.kernels.paged_decode_attention import (  # noqa: E402
     paged_decode_attention_reference,
     paged_decode_attention_triton,
@@ -54,54 +62,12 @@ from pagedserve.kernels.write_kv_cache import (  # noqa: E402
     write_kv_cache_triton,
 )
 
-DEVICE = torch.device("cuda")
-NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, DTYPE = 32, 8, 128, 16, torch.bfloat16
-# Rotate among copies of the inputs until they span this many bytes (L2 is 50 MB).
-ROTATE_BYTES = 512 * 1024 * 1024
 MAX_COPIES = 64
 MAX_KV_BYTES = 18e9  # per layout: the paged pool and the SDPA copy must both fit
 PREFILL_ROUNDS = 5  # prefill and SDPA timed in turn, medians
 # Decode is also timed over the tables the block manager hands out while
 # serving (served_tables.py), with its default extents and with longer ones.
 SERVED_EXTENTS = (DEFAULT_EXTENT_BLOCKS, 16)
-
-
-def make_paged(seq_lens, num_kv_heads, head_dim, dtype, copies=1, spare_blocks=7, served=None):
-    """Random caches; `copies` block tables over disjoint shuffled blocks, or,
-    with `served` = (tables, pool blocks) from served_tables, those tables,
-    each copy in a pool of its own."""
-    blocks_per_seq = [triton.cdiv(n, BLOCK_SIZE) for n in seq_lens]
-    needed = sum(blocks_per_seq)
-    pool_blocks = served[1] if served else needed
-    num_blocks = pool_blocks * copies + spare_blocks
-    shape = (num_blocks, BLOCK_SIZE, num_kv_heads, head_dim)
-    key_cache = torch.randn(shape, device=DEVICE, dtype=dtype)
-    value_cache = torch.randn(shape, device=DEVICE, dtype=dtype)
-    if served:
-        ids = torch.tensor([i for table in served[0] for i in table], dtype=torch.int32)
-        order = torch.cat([ids + copy * pool_blocks for copy in range(copies)]).to(DEVICE)
-    else:
-        order = torch.randperm(num_blocks, device=DEVICE).to(torch.int32)
-    width = max(blocks_per_seq) + 3
-    tables = []
-    for copy in range(copies):
-        table = torch.full((len(seq_lens), width), 1 << 28, dtype=torch.int32, device=DEVICE)
-        used = order[copy * needed : (copy + 1) * needed].split(blocks_per_seq)
-        for seq, ids in enumerate(used):
-            table[seq, : len(ids)] = ids
-        tables.append(table)
-    lens = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
-    return key_cache, value_cache, tables, lens
-
-
-def new_tokens_kv(key_cache, value_cache, table, seqs):
-    """The new tokens' K and V ([num_tokens, kv_heads, head_dim] each), copied
-    from the cache, for seqs = [(seq_len, q_len), ...]."""
-    keys, values = [], []
-    for seq, (seq_len, q_len) in enumerate(seqs):
-        keys.append(gather_sequence_kv(key_cache, table[seq], seq_len)[seq_len - q_len :])
-        values.append(gather_sequence_kv(value_cache, table[seq], seq_len)[seq_len - q_len :])
-    return torch.cat(keys), torch.cat(values)
 
 
 def run_checks() -> None:
@@ -211,7 +177,7 @@ def bench_decode(batch, context, copy_gbps, configs, served) -> None:
         # The same K/V, contiguous [batch, kv_heads, context, head_dim], for SDPA;
         # timed over the first layout only (the values differ, the shapes not).
         dense = [
-            (_contiguous(key_cache, t, context), _contiguous(value_cache, t, context))
+            (contiguous_kv(key_cache, t, context), contiguous_kv(value_cache, t, context))
             for t in (tables if sdpa_ms is None else tables[:1])
         ]
         if sdpa_ms is None:
@@ -253,24 +219,6 @@ def bench_decode(batch, context, copy_gbps, configs, served) -> None:
         torch.cuda.empty_cache()
 
 
-def _contiguous(cache, table, context):
-    blocks = cache[table[:, : context // BLOCK_SIZE].long()]  # [b, blocks, bs, h, d]
-    return blocks.flatten(1, 2).transpose(1, 2).contiguous()
-
-
-def served_layouts(shapes) -> dict:
-    """(batch, context, extent) -> (tables, pool blocks) from the block
-    manager's served workload, built in parallel on the host's cores."""
-    keys = [(b, c, e) for b, c in shapes for e in SERVED_EXTENTS]
-    if not keys:
-        return {}
-    with ProcessPoolExecutor(max_workers=min(len(keys), os.cpu_count() or 1)) as pool:
-        futures = {
-            key: pool.submit(served_block_tables, *key[:2], BLOCK_SIZE, key[2]) for key in keys
-        }
-        return {key: future.result() for key, future in futures.items()}
-
-
 def v3_partition_tokens(num_seqs: int, max_seq_len: int) -> int:
     """v3's rule: about 4 programs per multiprocessor, partitions of >= 256 keys."""
     num_sms = torch.cuda.get_device_properties(DEVICE).multi_processor_count
@@ -288,11 +236,8 @@ def bench_prefill(batch, length, configs) -> None:
     scale = HEAD_DIM**-0.5
     q4 = query.view(batch, length, NUM_HEADS, HEAD_DIM).transpose(1, 2).contiguous()
 
-    def contiguous(cache):
-        blocks = cache[tables[0][:, : triton.cdiv(length, BLOCK_SIZE)].long()]
-        return blocks.flatten(1, 2)[:, :length].transpose(1, 2).contiguous()
-
-    k4, v4 = contiguous(key_cache), contiguous(value_cache)  # [batch, kv_heads, length, dim]
+    k4 = contiguous_kv(key_cache, tables[0], length)  # [batch, kv_heads, length, dim]
+    v4 = contiguous_kv(value_cache, tables[0], length)
     new_key = k4.transpose(1, 2).flatten(0, 1).contiguous()  # [batch * length, kv_heads, dim]
     new_value = v4.transpose(1, 2).flatten(0, 1).contiguous()
     args = (query, new_key, new_value, key_cache, value_cache, tables[0], qsl, lens, scale)
@@ -475,7 +420,10 @@ def main() -> None:
     sections = set(args.only.split(","))
     if "decode" not in sections:
         decode_shapes = []
-    served = served_layouts(decode_shapes if args.served_tables else [])
+    served = served_tables_in_parallel(
+        [(b, c, e) for b, c in decode_shapes for e in SERVED_EXTENTS] if args.served_tables else [],
+        BLOCK_SIZE,
+    )
     for batch, context in decode_shapes:
         configs = DECODE_DEFAULT
         if args.sweep and (batch, context) in DECODE_SWEEP_SHAPES:

@@ -19,7 +19,9 @@ Run alone for the statistics: `python3 -m benchmarks.served_tables` (CPU).
 from __future__ import annotations
 
 import argparse
+import os
 import random
+from concurrent.futures import ProcessPoolExecutor
 
 from pagedserve.blockmgr.extents import DEFAULT_EXTENT_BLOCKS
 from pagedserve.blockmgr.manager import BlockManager
@@ -49,7 +51,7 @@ def served_block_tables(
     next_seq_id = 0
     num_finished = 0
     warm_up = WARM_UP_SEQUENCES_PER_SLOT * batch
-    while not measured or any(lengths[seq_id] < context for seq_id in measured):
+    while len(measured) < batch or any(lengths[seq_id] < context for seq_id in measured):
         ops: list = []
         admitting = len(measured) < batch
         while admitting and len(lengths) < batch:
@@ -75,6 +77,20 @@ def served_block_tables(
         assert all(result.ok for result in step.results), "the pool is sized never to run short"
     sequences = manager.sequences(executor_id)
     return [sequences[seq_id].block_ids() for seq_id in measured], num_blocks
+
+
+def served_tables_in_parallel(
+    keys: list[tuple[int, int, int]], block_size: int
+) -> dict[tuple[int, int, int], tuple[list[list[int]], int]]:
+    """served_block_tables of each (batch, context, extent_blocks), on the host's cores."""
+    if not keys:
+        return {}
+    with ProcessPoolExecutor(max_workers=min(len(keys), os.cpu_count() or 1)) as pool:
+        futures = {
+            key: pool.submit(served_block_tables, key[0], key[1], block_size, key[2])
+            for key in keys
+        }
+        return {key: future.result() for key, future in futures.items()}
 
 
 def mean_run_blocks(tables: list[list[int]]) -> float:

@@ -32,10 +32,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.engine_harness import BLOCK_SIZE_TOKENS, EngineSettings, build_engine, pool_spec
+from benchmarks.engine_harness import EngineSettings, build_engine, pool_spec
 from pagedserve.blockmgr.extents import DEFAULT_EXTENT_BLOCKS
-from pagedserve.executor.kv_pool import PoolSpec, create_pool
-from pagedserve.executor.model_config import load_model_config
+from pagedserve.executor.kv_pool import create_pool
+from pagedserve.executor.model_config import ModelConfig, load_model_config
 from pagedserve.executor.request import SamplingOptions
 from pagedserve.executor.service import capture_decode_graphs
 from pagedserve.executor.warm_up import CompletionSink, warm_up
@@ -55,18 +55,14 @@ def workload(num_requests: int, seed: int = 0) -> list[tuple[list[int], int]]:
     return list(zip(prompts, output_lens, strict=True))
 
 
-def pool_blocks(model_folder: Path, device: torch.device) -> int:
+def pool_blocks(config: ModelConfig, args, device: torch.device) -> int:
     """KV blocks in POOL_FRACTION_OF_FREE of the device's free memory now."""
     if device.type == "cuda":
         free_bytes, _ = torch.cuda.mem_get_info()
     else:  # a smoke run
         free_bytes = 1 << 30
-    config = load_model_config(model_folder)
-    spec = PoolSpec(
-        config.num_layers, 1, BLOCK_SIZE_TOKENS, config.num_kv_heads, config.head_dim,
-        torch.bfloat16,
-    )  # fmt: skip
-    return int(free_bytes * POOL_FRACTION_OF_FREE) // spec.bytes_per_block
+    bytes_per_block = pool_spec(config, engine_settings(args, 1, 1)).bytes_per_block
+    return int(free_bytes * POOL_FRACTION_OF_FREE) // bytes_per_block
 
 
 def engine_settings(args, num_blocks: int, extent_blocks: int) -> EngineSettings:
@@ -235,8 +231,9 @@ def main() -> None:
             torch.cuda.empty_cache()
             torch.cuda.memory._set_allocator_settings("expandable_segments:False")
     # Interleaved, so that drift hits every extent size alike; one pool size for all.
-    num_blocks = pool_blocks(model_folder, device)
-    pool = create_pool(pool_spec(model_folder, engine_settings(args, num_blocks, 1)), device)
+    config = load_model_config(model_folder)
+    num_blocks = pool_blocks(config, args, device)
+    pool = create_pool(pool_spec(config, engine_settings(args, num_blocks, 1)), device)
     runs = results["pagedserve_runs"] = []
     try:
         for _ in range(args.rounds):

@@ -28,14 +28,21 @@ from benchmarks.decode_experiments import (
     ordered_blocks,
 )
 from benchmarks.gpu_timing import capture_graph, copy_bandwidth_gbs, rel_err
+from benchmarks.paged_inputs import (
+    BLOCK_SIZE,
+    DEVICE,
+    DTYPE,
+    HEAD_DIM,
+    NUM_HEADS,
+    NUM_KV_HEADS,
+    ROTATE_BYTES,
+    contiguous_kv,
+)
 from pagedserve.kernels.paged_decode_attention import (
     paged_decode_attention_reference,
     paged_decode_attention_triton,
 )
 
-DEVICE = torch.device("cuda")
-NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, DTYPE = 32, 8, 128, 16, torch.bfloat16
-ROTATE_BYTES = 512 * 1024 * 1024  # rotate inputs until they span this (L2 is 50 MB)
 MAX_COPIES = 16
 SHAPES = [(b, c) for b in (32, 64, 128, 256) for c in (1024, 2048, 8192)] + [(1, 32768)]
 
@@ -119,10 +126,10 @@ def bench_shape(batch: int, context: int, variants: dict, rounds: int) -> tuple[
     key_cache, value_cache, tables, lens, queries = make_inputs(batch, context, copies)
     scale = HEAD_DIM**-0.5
 
-    def contiguous(cache, table):  # [batch, kv_heads, context, head_dim]
-        return cache[table.long()].flatten(1, 2).transpose(1, 2).contiguous()
-
-    dense = [(contiguous(key_cache, t), contiguous(value_cache, t)) for t in tables]
+    dense = [
+        (contiguous_kv(key_cache, t, context), contiguous_kv(value_cache, t, context))
+        for t in tables
+    ]
     outs = [torch.empty_like(q) for q in queries]
     state = {"i": 0}
 

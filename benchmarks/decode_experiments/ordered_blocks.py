@@ -14,13 +14,11 @@ cost of scattered blocks, not the kernel's structure.
 
 from __future__ import annotations
 
-import os
 import re
-from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-from benchmarks.served_tables import served_block_tables
+from benchmarks.served_tables import served_block_tables, served_tables_in_parallel
 from pagedserve.kernels.paged_decode_attention import paged_decode_attention_triton
 
 # Copies for one cache at a time; entries hold their inputs, so that no
@@ -75,7 +73,7 @@ _served_layouts: dict[tuple[int, int, int], tuple[list[list[int]], int]] = {}
 
 
 def _served(num_seqs: int, width: int, extent_blocks: int) -> tuple[list[list[int]], int]:
-    key = (num_seqs, width, extent_blocks)
+    key = (num_seqs, width * 16, extent_blocks)
     if key not in _served_layouts:
         _served_layouts[key] = served_block_tables(num_seqs, width * 16, 16, extent_blocks)
     return _served_layouts[key]
@@ -85,12 +83,8 @@ def prepare_served_tables(shapes: list[tuple[int, int]], names: list[str]) -> No
     """Builds the served tables of every timed shape at once, on the host's cores."""
     # A variant over served tables names its extent: "v7-served-64 ...".
     extents = sorted({int(m.group(1)) for m in map(_SERVED_NAME.search, names) if m})
-    keys = [(batch, context // 16, e) for batch, context in shapes for e in extents]
-    if not keys:
-        return
-    with ProcessPoolExecutor(max_workers=min(len(keys), os.cpu_count() or 1)) as pool:
-        futures = {k: pool.submit(served_block_tables, k[0], k[1] * 16, 16, k[2]) for k in keys}
-        _served_layouts.update({key: future.result() for key, future in futures.items()})
+    keys = [(batch, context, e) for batch, context in shapes for e in extents]
+    _served_layouts.update(served_tables_in_parallel(keys, 16))
 
 
 def _in_served_tables(key_cache, value_cache, block_tables, extent_blocks: int):

@@ -11,8 +11,9 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from benchmarks.decode_experiments.__main__ import HEAD_DIM, NUM_HEADS, make_inputs
+from benchmarks.decode_experiments.__main__ import make_inputs
 from benchmarks.decode_experiments.ordered_blocks import _in_served_tables
+from benchmarks.paged_inputs import HEAD_DIM, NUM_HEADS, contiguous_kv
 from pagedserve.kernels.paged_decode_attention import paged_decode_attention_triton
 
 
@@ -25,10 +26,7 @@ def main() -> None:
     torch.manual_seed(0)
     key_cache, value_cache, tables, lens, queries = make_inputs(args.batch, args.context, 1)
     keys, values, table = _in_served_tables(key_cache, value_cache, tables[0], 64)
-    dense = [
-        c[tables[0].long()].flatten(1, 2).transpose(1, 2).contiguous()
-        for c in (key_cache, value_cache)
-    ]
+    dense = [contiguous_kv(c, tables[0], args.context) for c in (key_cache, value_cache)]
     scale = HEAD_DIM**-0.5
     query = queries[0]
     assert query.shape[1] == NUM_HEADS

@@ -96,3 +96,19 @@ def test_the_service_places_by_its_default_extents() -> None:
             assert client.get_stats(pool_id).consecutive_block_ratio == 1.0
     finally:
         running.stop(grace_s=0.5)
+
+
+@pytest.mark.parametrize("batch,context", [(3, 80), (8, 400)])
+def test_a_served_workload_gets_whole_tables_in_runs(batch, context) -> None:
+    """The decode benchmark's served tables: every measured sequence comes back
+    whole, and extents lay it out in longer runs than LRU order does."""
+    from benchmarks.served_tables import mean_run_blocks, served_block_tables
+
+    runs = {}
+    for extent_blocks in (1, 16):
+        tables, _ = served_block_tables(batch, context, 16, extent_blocks)
+        assert len(tables) == batch
+        assert all(len(table) == -(-context // 16) for table in tables)
+        assert all(len(set(table)) == len(table) for table in tables)
+        runs[extent_blocks] = mean_run_blocks(tables)
+    assert runs[16] > 2 * runs[1]
