@@ -77,8 +77,19 @@ def start_stack(
         "--executor-port", str(_free_port()), *extra,
     ]  # fmt: skip
     process = subprocess.Popen(command, env={**os.environ, **(environment or {})})
+    deadline = time.monotonic() + 600
     with grpc.insecure_channel(f"127.0.0.1:{gateway}") as channel:
-        grpc.channel_ready_future(channel).result(timeout=600)
+        ready = grpc.channel_ready_future(channel)
+        while True:  # fail as soon as `up` exits (a service failed to start)
+            try:
+                ready.result(timeout=1.0)
+                break
+            except grpc.FutureTimeoutError:
+                if process.poll() is not None:
+                    raise SystemExit(f"pagedserve up exited with {process.returncode}") from None
+                if time.monotonic() > deadline:
+                    process.terminate()
+                    raise SystemExit("the stack did not come up in 600 s") from None
     return process, f"127.0.0.1:{gateway}", f"127.0.0.1:{blockmgr}"
 
 
