@@ -386,6 +386,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=".", help="folder for the table and the JSON")
     parser.add_argument("--sweep", action="store_true", help="also time tile/partition variants")
+    parser.add_argument(
+        "--prefill-variants",
+        default="",
+        help="comma-separated names from the prefill sweep to time beside the default",
+    )
     parser.add_argument("--skip-checks", action="store_true")
     parser.add_argument(
         "--only",
@@ -429,8 +434,11 @@ def main() -> None:
         if args.sweep and (batch, context) in DECODE_SWEEP_SHAPES:
             configs = DECODE_DEFAULT + DECODE_SWEEP + (PARTITION_SWEEP if batch <= 32 else [])
         guarded(bench_decode, batch, context, copy_gbps, configs, served)
+    picked = set(args.prefill_variants.split(","))
     for batch, length in ((1, 2048), (1, 8192), (4, 4096), (16, 1024)):
-        configs = PREFILL_DEFAULT + (PREFILL_SWEEP if args.sweep else [])
+        configs = PREFILL_DEFAULT + [
+            (name, config) for name, config in PREFILL_SWEEP if args.sweep or name in picked
+        ]
         if "prefill" in sections:
             guarded(bench_prefill, batch, length, configs)
     for name, bench in (

@@ -9,6 +9,7 @@ so a copy is a strided memcpy that one launch can do for all planes.
 import torch
 
 from pagedserve.kernels._backend import next_power_of_2, tl, triton
+from pagedserve.kernels.direct_launch import DirectLauncher
 
 # Values each program moves: 8 KiB of bf16, 32 bytes per thread at 4 warps.
 _CHUNK_NUMEL = 4096
@@ -48,6 +49,9 @@ def _copy_blocks_kernel(
     tl.store(dst, tl.load(src, mask=mask), mask=mask)
 
 
+_copy_blocks_launcher = DirectLauncher(_copy_blocks_kernel)
+
+
 def copy_blocks_triton(
     pool: torch.Tensor,  # [num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim]
     src_block_ids: torch.Tensor,  # [num_copies] int64
@@ -70,7 +74,8 @@ def copy_blocks_triton(
     block_numel = pool[0, 0, 0].numel()
     chunk_numel = min(_CHUNK_NUMEL, next_power_of_2(block_numel))
     grid = (num_copies, num_layers * 2, triton.cdiv(block_numel, chunk_numel))
-    _copy_blocks_kernel[grid](
+    _copy_blocks_launcher.launch(
+        grid,
         pool,
         src_block_ids,
         dst_block_ids,

@@ -25,6 +25,7 @@ from pagedserve.kernels.attention_tiles import (
     check_attention_shapes,
     online_softmax_step,
 )
+from pagedserve.kernels.direct_launch import DirectLauncher
 
 
 @triton.jit
@@ -157,6 +158,9 @@ def _paged_attention_kernel(
             cache_stride_head, block_table_stride_seq, BLOCK_SIZE, GROUP_SIZE, HEAD_DIM, BLOCK_M,
             BLOCK_Q, BLOCK_N, CACHED_CONTEXT, NEW_KV_DESCRIPTORS, DOT_IN_FP32, DOT_PRECISION,
         )  # fmt: skip
+
+
+_paged_attention_launcher = DirectLauncher(_paged_attention_kernel)
 
 
 @triton.jit
@@ -412,7 +416,8 @@ def paged_attention_triton(
         config["NEW_KV_DESCRIPTORS"] = False
     tokens_per_slot = block_q * (2 if config["PAIRED_TILES"] else 1)
     grid = (num_tokens // tokens_per_slot + num_seqs, num_kv_heads)
-    _paged_attention_kernel[grid](
+    _paged_attention_launcher.launch(
+        grid,
         query, key_source, value_source, key_cache, value_cache, block_tables, query_start_loc,
         seq_lens, out, scale * LOG2_E, num_seqs,
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), out.stride(0), out.stride(1),

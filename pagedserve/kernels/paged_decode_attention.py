@@ -11,6 +11,7 @@ import torch
 
 from pagedserve.kernels._backend import dot_in_fp32, dot_precision, next_power_of_2, tl, triton
 from pagedserve.kernels.attention_tiles import LOG2_E, attend_paged_tile, check_attention_shapes
+from pagedserve.kernels.direct_launch import DirectLauncher
 from pagedserve.kernels.paged_attention_reference import paged_attention_reference
 
 
@@ -155,6 +156,9 @@ def _decode_partition_kernel(
     )  # fmt: skip
 
 
+_decode_partition_launcher = DirectLauncher(_decode_partition_kernel)
+
+
 @triton.jit
 def store_partition_result(
     acc,  # [GROUP_BLOCK, HEAD_DIM] fp32, unnormalised
@@ -224,6 +228,9 @@ def _decode_merge_kernel(
     out = tl.sum(part_out * weights[:, None], axis=0) / tl.sum(part_sum * weights, axis=0)
     out_offsets = seq.to(tl.int64) * out_stride_seq + head * out_stride_head + dims
     tl.store(out_ptr + out_offsets, out.to(out_ptr.dtype.element_ty))
+
+
+_decode_merge_launcher = DirectLauncher(_decode_merge_kernel)
 
 
 # Programs to aim for: about two per multiprocessor. Measured on an H100
@@ -359,17 +366,21 @@ def paged_decode_attention_triton(
     num_partitions = triton.cdiv(max_seq_len, partition_tokens)
     group_size = num_heads // num_kv_heads
     single = num_partitions == 1
-    stats_shape = (num_seqs, num_heads, num_partitions)
-    # With one partition the kernel writes `out` itself: no partial buffers.
-    partial_shape = (1, 1, 1) if single else stats_shape
-    partial_out = torch.empty(*partial_shape, head_dim, dtype=torch.float32, device=query.device)
-    partial_max = torch.empty(partial_shape, dtype=torch.float32, device=query.device)
-    partial_sum = torch.empty(partial_shape, dtype=torch.float32, device=query.device)
+    if single:
+        # The kernel writes `out` itself and never touches the partial buffers:
+        # `out` stands in for them (no allocations, less host time per launch).
+        partial_out = partial_max = partial_sum = out
+    else:
+        stats_shape = (num_seqs, num_heads, num_partitions)
+        partial_out = torch.empty(*stats_shape, head_dim, dtype=torch.float32, device=query.device)
+        partial_max = torch.empty(stats_shape, dtype=torch.float32, device=query.device)
+        partial_sum = torch.empty(stats_shape, dtype=torch.float32, device=query.device)
     if config.get("HEADS_FASTEST", False):
         grid = (num_kv_heads, num_seqs, num_partitions)
     else:
         grid = (num_seqs, num_kv_heads, num_partitions)
-    _decode_partition_kernel[grid](
+    _decode_partition_launcher.launch(
+        grid,
         query, key_cache, value_cache, block_tables, seq_lens, out,
         partial_out, partial_max, partial_sum, scale * LOG2_E, partition_tokens,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
@@ -383,7 +394,8 @@ def paged_decode_attention_triton(
         **config,
     )  # fmt: skip
     if not single:
-        _decode_merge_kernel[(num_seqs, num_heads)](
+        _decode_merge_launcher.launch(
+            (num_seqs, num_heads),
             seq_lens, out, partial_out, partial_max, partial_sum, partition_tokens,
             num_partitions, out.stride(0), out.stride(1),
             HEAD_DIM=head_dim, PARTITIONS_BLOCK=next_power_of_2(num_partitions),

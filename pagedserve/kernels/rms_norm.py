@@ -9,6 +9,7 @@ then multiplied by the weight and rounded once more.
 import torch
 
 from pagedserve.kernels._backend import next_power_of_2, tl, triton
+from pagedserve.kernels.direct_launch import DirectLauncher
 
 
 def rms_norm_reference(
@@ -64,6 +65,9 @@ def _rms_norm_kernel(
     tl.store(out_ptr + row * HIDDEN_SIZE + cols, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+_rms_norm_launcher = DirectLauncher(_rms_norm_kernel)
+
+
 def _launch(x, residual, weight, eps):
     num_tokens, hidden_size = x.shape
     if x.stride(1) != 1:
@@ -74,7 +78,8 @@ def _launch(x, residual, weight, eps):
     summed = torch.empty_like(out) if residual is not None else out
     if num_tokens == 0:
         return out, summed
-    _rms_norm_kernel[(num_tokens,)](
+    _rms_norm_launcher.launch(
+        (num_tokens,),
         x, residual if residual is not None else x, weight, out, summed,
         x.stride(0), residual.stride(0) if residual is not None else 0, eps,
         HIDDEN_SIZE=hidden_size, HIDDEN_BLOCK=next_power_of_2(hidden_size),

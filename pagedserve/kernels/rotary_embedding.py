@@ -10,6 +10,7 @@ are left alone. Applied in place to the queries and keys of the new tokens.
 import torch
 
 from pagedserve.kernels._backend import next_power_of_2, tl, triton
+from pagedserve.kernels.direct_launch import DirectLauncher
 
 
 def rope_cos_sin_cache(
@@ -123,6 +124,9 @@ def _rotary_embedding_kernel(
     )
 
 
+_rotary_embedding_launcher = DirectLauncher(_rotary_embedding_kernel)
+
+
 def rotary_embedding_triton(
     positions: torch.Tensor,  # [num_tokens] int64
     query: torch.Tensor,  # [num_tokens, num_heads, head_dim], rotated in place
@@ -141,7 +145,8 @@ def rotary_embedding_triton(
         raise ValueError(f"rotary_dim {rotary_dim} must be even and <= head_dim {head_dim}")
     if num_tokens == 0:
         return
-    _rotary_embedding_kernel[(num_tokens,)](
+    _rotary_embedding_launcher.launch(
+        (num_tokens,),
         positions, query, key, cos_sin_cache,
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), cos_sin_cache.stride(0),
         NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads,

@@ -3,6 +3,7 @@
 import torch
 
 from pagedserve.kernels._backend import next_power_of_2, tl, triton
+from pagedserve.kernels.direct_launch import DirectLauncher
 
 # Values per program: 16 bytes per thread at 4 warps for bf16, several loads deep.
 _COLUMNS_PER_PROGRAM = 1024
@@ -33,6 +34,9 @@ def _silu_and_mul_kernel(
     tl.store(out_ptr + row * INTERMEDIATE_SIZE + cols, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+_silu_and_mul_launcher = DirectLauncher(_silu_and_mul_kernel)
+
+
 def silu_and_mul_triton(
     x: torch.Tensor,  # [num_tokens, 2 * intermediate_size]
 ) -> torch.Tensor:  # [num_tokens, intermediate_size], x's dtype
@@ -48,7 +52,7 @@ def silu_and_mul_triton(
         return out
     block = min(_COLUMNS_PER_PROGRAM, next_power_of_2(intermediate_size))
     grid = (num_tokens, triton.cdiv(intermediate_size, block))
-    _silu_and_mul_kernel[grid](
-        x, out, x.stride(0), INTERMEDIATE_SIZE=intermediate_size, BLOCK=block
+    _silu_and_mul_launcher.launch(
+        grid, x, out, x.stride(0), INTERMEDIATE_SIZE=intermediate_size, BLOCK=block
     )
     return out

@@ -13,6 +13,7 @@ not a shorter slot_mapping, because a captured graph's shapes cannot change.
 import torch
 
 from pagedserve.kernels._backend import next_power_of_2, rows_contiguous, tl, triton
+from pagedserve.kernels.direct_launch import DirectLauncher
 
 # The slot of a padding token: nothing is written for it.
 PADDING_SLOT = -1
@@ -75,6 +76,9 @@ def _write_kv_cache_kernel(
     tl.store(value_cache_ptr + cache_row + cols, v.to(value_cache_ptr.dtype.element_ty), mask=mask)
 
 
+_write_kv_cache_launcher = DirectLauncher(_write_kv_cache_kernel)
+
+
 def write_kv_cache_triton(
     key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
     value: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
@@ -93,7 +97,8 @@ def write_kv_cache_triton(
     key = rows_contiguous(key)
     value = rows_contiguous(value)
     row_numel = num_kv_heads * head_dim
-    _write_kv_cache_kernel[(num_tokens,)](
+    _write_kv_cache_launcher.launch(
+        (num_tokens,),
         key,
         value,
         key_cache,
