@@ -296,28 +296,39 @@ _SHORT_SEQUENCE_CONFIG = {
     "BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3,
     "PAIRED_TILES": True, "NEW_KV_DESCRIPTORS": True,
 }  # fmt: skip
+# Float32 (head size <= 128) takes its dot in "tf32x3" (_backend.dot_precision),
+# whose operand splits need more shared memory: 64 x 64 tiles in 2 stages at
+# every length (128 x 128 tiles need 256 KB at head size 128 even in 2 stages;
+# an H100 has 227 KB a block).
+_FLOAT32_CONFIG = {**_SHORT_SEQUENCE_CONFIG, "num_stages": 2}
 
 
-def _prefill_config(head_dim: int, max_seq_len: int) -> dict:
+def _prefill_config(head_dim: int, max_seq_len: int, dtype: torch.dtype) -> dict:
     """Tile sizes and launch options, from shapes alone (no device sync).
 
     Measured on an H100 (docs/kernels-notes.md v4): for sequences of 4k keys
     and more, 128 x 128 tiles with 8 warps, one query tile per program; below,
     64 x 64 tiles with 4 warps and paired query tiles, whose even programs
-    leave no multiprocessor idle at the end of a short launch.
+    leave no multiprocessor idle at the end of a short launch. Float32: see
+    _FLOAT32_CONFIG.
     """
     if head_dim > 128:
         return dict(_WIDE_HEAD_CONFIG)
+    if dtype == torch.float32:
+        return dict(_FLOAT32_CONFIG)
     if max_seq_len >= _LONG_SEQUENCE_TOKENS:
         return dict(_LONG_SEQUENCE_CONFIG)
     return dict(_SHORT_SEQUENCE_CONFIG)
 
 
-def prefill_configs(head_dim: int) -> list[dict]:
+def prefill_configs(head_dim: int, dtype: torch.dtype) -> list[dict]:
     """Every launch configuration _prefill_config can choose at this head size
-    (kernels.precompile compiles each, with and without cached context)."""
+    and cache dtype (kernels.precompile compiles each, with and without cached
+    context)."""
     if head_dim > 128:
         return [dict(_WIDE_HEAD_CONFIG)]
+    if dtype == torch.float32:
+        return [dict(_FLOAT32_CONFIG)]
     return [dict(_SHORT_SEQUENCE_CONFIG), dict(_LONG_SEQUENCE_CONFIG)]
 
 
@@ -401,7 +412,7 @@ def paged_attention_triton(
     group_size = num_heads // num_kv_heads
     max_seq_len = block_tables.shape[1] * block_size  # bounds every seq_len
     config = {
-        **_prefill_config(head_dim, max_seq_len),
+        **_prefill_config(head_dim, max_seq_len, key_cache.dtype),
         "CACHED_CONTEXT": cached_context,
         **(config or {}),
     }
@@ -425,7 +436,7 @@ def paged_attention_triton(
         BLOCK_SIZE=block_size, GROUP_SIZE=group_size, HEAD_DIM=head_dim, BLOCK_Q=block_q,
         SEQS_BLOCK=_SEQS_BLOCK,
         DOT_IN_FP32=dot_in_fp32(_paged_attention_kernel, key_cache.dtype),
-        DOT_PRECISION=dot_precision(key_cache.dtype),
+        DOT_PRECISION=dot_precision(key_cache.dtype, split_float32=head_dim <= 128),
         **config,
     )  # fmt: skip
     return out

@@ -139,7 +139,7 @@ class _Scratch:
         value = torch.zeros_like(key)
         query_start_loc = self._int32([0, num_new])
         launches = 0
-        for config in prefill_configs(self.head_dim):
+        for config in prefill_configs(self.head_dim, self.key_cache.dtype):
             # The table's width decides nothing here (config is given); wide
             # enough to hold the sequence.
             table = self._int32([[0]])
