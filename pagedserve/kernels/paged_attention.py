@@ -378,7 +378,7 @@ def paged_attention_triton(
     seq_lens: torch.Tensor,  # [num_seqs] int32
     scale: float,
     out: torch.Tensor | None = None,  # [num_tokens, num_heads, head_dim], written in full
-    config: dict | None = None,  # overrides _prefill_config (benchmarks, tests)
+    config: dict | None = None,  # overrides _prefill_config and DOT_PRECISION (benchmarks, tests)
     cached_context: bool = True,  # False only if every seq_len equals its new-token count
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim], query's dtype
     """Triton: one program per (tile of new tokens of one sequence, kv head).
@@ -425,6 +425,9 @@ def paged_attention_triton(
         value_source = _tile_descriptor(value, config["BLOCK_N"])
     else:
         config["NEW_KV_DESCRIPTORS"] = False
+    config.setdefault(
+        "DOT_PRECISION", dot_precision(key_cache.dtype, split_float32=head_dim <= 128)
+    )
     tokens_per_slot = block_q * (2 if config["PAIRED_TILES"] else 1)
     grid = (num_tokens // tokens_per_slot + num_seqs, num_kv_heads)
     _paged_attention_launcher.launch(
@@ -436,7 +439,6 @@ def paged_attention_triton(
         BLOCK_SIZE=block_size, GROUP_SIZE=group_size, HEAD_DIM=head_dim, BLOCK_Q=block_q,
         SEQS_BLOCK=_SEQS_BLOCK,
         DOT_IN_FP32=dot_in_fp32(_paged_attention_kernel, key_cache.dtype),
-        DOT_PRECISION=dot_precision(key_cache.dtype, split_float32=head_dim <= 128),
         **config,
     )  # fmt: skip
     return out

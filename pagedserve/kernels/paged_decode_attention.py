@@ -281,6 +281,7 @@ _FEW_PROGRAMS_PER_SM = 4
 _SHORT_PARTITION_TOKENS = 1024
 _TWO_STAGE_PARTITION_TOKENS = 2048
 _FEW_SHORT_PROGRAMS_OPTIONS = {"BLOCK_N": 32, "num_warps": 2, "num_stages": 6}
+_TILE_OPTIONS = {"BLOCK_N", "num_warps", "num_stages", "HEADS_FASTEST"}
 _TWO_STAGE_OPTIONS = {"num_stages": 2}
 
 
@@ -334,7 +335,7 @@ def paged_decode_attention_triton(
     scale: float,
     out: torch.Tensor | None = None,  # [num_seqs, num_heads, head_dim], written in full
     partition_tokens: int | None = None,  # keys per partition; None: choose_partition_tokens
-    config: dict | None = None,  # overrides _decode_config (benchmarks)
+    config: dict | None = None,  # overrides _decode_config and DOT_PRECISION (benchmarks)
 ) -> torch.Tensor:  # [num_seqs, num_heads, head_dim], query's dtype
     """Triton split-K decode: partitions of each sequence's keys, then a merge.
 
@@ -357,10 +358,12 @@ def paged_decode_attention_triton(
         partition_tokens = choose_partition_tokens(
             num_seqs, num_kv_heads, max_seq_len, query.device, chosen["BLOCK_N"]
         )
-    if head_dim <= 128 and config is None:  # 32-key tiles divide the 128-key partitions
+    # The rule picks the tile options unless the caller fixed some (32-key
+    # tiles divide the 128-key partitions).
+    if head_dim <= 128 and not set(config or {}) & _TILE_OPTIONS:
         num_programs = num_seqs * num_kv_heads * triton.cdiv(max_seq_len, partition_tokens)
         chosen.update(_launch_overrides(num_programs, partition_tokens, query.device))
-    config = chosen
+    config = {"DOT_PRECISION": dot_precision(key_cache.dtype), **chosen}
     if partition_tokens % config["BLOCK_N"]:
         raise ValueError(f"partition_tokens {partition_tokens} % BLOCK_N {config['BLOCK_N']}")
     num_partitions = triton.cdiv(max_seq_len, partition_tokens)
@@ -390,7 +393,6 @@ def paged_decode_attention_triton(
         GROUP_BLOCK=max(16, next_power_of_2(group_size)), HEAD_DIM=head_dim,
         SINGLE_PARTITION=single,
         DOT_IN_FP32=dot_in_fp32(_decode_partition_kernel, key_cache.dtype),
-        DOT_PRECISION=dot_precision(key_cache.dtype),
         **config,
     )  # fmt: skip
     if not single:
