@@ -31,10 +31,13 @@ Triton's dispatch is still used where this path does not apply: under the
 interpreter (CPU), when a launch hook is installed (profilers such as Proton
 install one), on Triton versions without `triton.knobs`, and when
 PAGEDSERVE_DIRECT_LAUNCH=0 (the switch, for comparisons and as an escape hatch).
+A compiled launcher that refuses the call (a Triton whose launcher takes other
+arguments) turns the direct path off for that kernel, with a warning.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -42,6 +45,8 @@ import torch
 from pagedserve.kernels._backend import HAS_TRITON, triton
 
 DIRECT_LAUNCH_ENV_VAR = "PAGEDSERVE_DIRECT_LAUNCH"
+
+log = logging.getLogger(__name__)
 
 _INT32 = 1 << 31
 _INT64 = 1 << 63
@@ -89,6 +94,11 @@ def _hook_installed(hook) -> bool:
     return calls is None or len(calls) > 0
 
 
+def _current_stream(device: int) -> int:
+    """The current CUDA stream's handle, as Triton's dispatch asks for it."""
+    return triton.runtime.driver.active.get_current_stream(device)
+
+
 def direct_launch_enabled() -> bool:
     return os.environ.get(DIRECT_LAUNCH_ENV_VAR, "1") != "0"
 
@@ -101,6 +111,7 @@ class DirectLauncher:
 
     def __init__(self, kernel) -> None:
         self.kernel = kernel
+        self._name = getattr(kernel, "__name__", repr(kernel))
         self._usable = (
             HAS_TRITON and type(kernel).__name__ == "JITFunction" and hasattr(triton, "knobs")
         )
@@ -113,7 +124,6 @@ class DirectLauncher:
             len(params),
         )
         self._variants: dict[tuple, object] = {}  # key -> CompiledKernel
-        self._current_stream = None  # Triton's (torch's) raw current-stream query, once on a GPU
 
     def key(self, args: tuple, kwargs: dict) -> tuple:
         """The cache key of a launch with these arguments (see the module's docstring)."""
@@ -149,13 +159,20 @@ class DirectLauncher:
             compiled = self.kernel[grid](*args, **kwargs)
             if all(name in kwargs for name in self._names[len(args) :]):
                 self._variants[key] = compiled
-                self._current_stream = triton.runtime.driver.active.get_current_stream
             return
         values = args + tuple(kwargs[name] for name in self._names[len(args) :])
         grid_y = grid[1] if len(grid) > 1 else 1
         grid_z = grid[2] if len(grid) > 2 else 1
-        stream = self._current_stream(key[0])
-        compiled.run(
-            grid[0], grid_y, grid_z, stream, compiled.function, compiled.packed_metadata,
-            None, None, None, *values,
-        )  # fmt: skip
+        try:
+            compiled.run(
+                grid[0], grid_y, grid_z, _current_stream(key[0]), compiled.function,
+                compiled.packed_metadata, None, None, None, *values,
+            )  # fmt: skip
+        except TypeError as error:  # raised before launching, by the argument parsing
+            log.warning(
+                "direct launch of %s refused (%s); Triton's dispatch launches it from now on",
+                self._name, error,
+            )  # fmt: skip
+            self._usable = False
+            self._variants.clear()
+            self.kernel[grid](*args, **kwargs)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from paged_kv_helpers import random_tensor
 
+from pagedserve.kernels import direct_launch
 from pagedserve.kernels._backend import tl, triton
 from pagedserve.kernels.direct_launch import (
     DIRECT_LAUNCH_ENV_VAR,
@@ -42,6 +43,52 @@ def test_hooks_count_only_when_installed():
     assert not _hook_installed(types.SimpleNamespace(calls=[]))
     assert _hook_installed(types.SimpleNamespace(calls=[print]))
     assert _hook_installed(print)
+
+
+class JITFunction:
+    """Stands in for a compiled Triton kernel (the class name is what
+    DirectLauncher checks): records each launch through "Triton's dispatch";
+    its compiled variant's launcher refuses every call, as a Triton whose
+    launcher takes other arguments would."""
+
+    __name__ = "stand_in_kernel"
+
+    def __init__(self) -> None:
+        self.params = [
+            types.SimpleNamespace(name="x_ptr", is_constexpr=False),
+            types.SimpleNamespace(name="BLOCK", is_constexpr=True),
+        ]
+        self.dispatched = []
+        self.refused = 0
+        self.compiled = types.SimpleNamespace(run=self._refuse, function=0, packed_metadata=0)
+
+    def _refuse(self, *args):
+        self.refused += 1
+        raise TypeError("function takes exactly 12 arguments")
+
+    def __getitem__(self, grid):
+        def dispatch(*args, **kwargs):
+            self.dispatched.append((grid, args, kwargs))
+            return self.compiled
+
+        return dispatch
+
+
+def test_refused_direct_launch_falls_back_to_triton(monkeypatch, caplog):
+    if not hasattr(triton, "knobs"):
+        pytest.skip("this Triton has no knobs: the direct path is never taken")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(direct_launch, "_current_stream", lambda device: 0)
+    kernel = JITFunction()
+    launcher = DirectLauncher(kernel)
+    tensor = torch.zeros(8)
+    for _ in range(3):
+        launcher.launch((2,), tensor, BLOCK=8)
+    # 1st: dispatched and kept; 2nd: refused, then dispatched; 3rd: dispatched.
+    assert kernel.refused == 1
+    assert [grid for grid, _, _ in kernel.dispatched] == [(2,), (2,), (2,)]
+    assert all(kwargs == {"BLOCK": 8} for _, _, kwargs in kernel.dispatched)
+    assert "stand_in_kernel" in caplog.text and "refused" in caplog.text
 
 
 def test_interpreter_launches_through_triton():
