@@ -24,8 +24,9 @@ checks on a GPU that the kept variant is the one Triton's dispatch would pick.
 
 Skipped on a direct launch besides the key: Triton's check that the globals a
 kernel reads have not changed since it was compiled (the kernels here read
-none that change). Measured: 7-13 us saved per launch of the kernels without
-tensor descriptors; with descriptors the key costs about what it saves.
+none that change). Measured: 3-28 us (7-13 in most runs) saved per launch of
+the kernels without tensor descriptors; with descriptors the key costs about
+what it saves.
 
 Triton's dispatch is still used where this path does not apply: under the
 interpreter (CPU), when a launch hook is installed (profilers such as Proton
