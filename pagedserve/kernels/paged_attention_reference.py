@@ -3,6 +3,7 @@ paged_attention.paged_attention_triton, without its launch options): the
 executor's CPU path, and what every Triton attention kernel is tested against."""
 
 import torch
+import torch.nn.functional as F
 
 # The reference bounds its fp32 score matrix to this many values (64 MiB) by
 # taking a sequence's queries in chunks.
@@ -24,35 +25,37 @@ def gather_sequence_kv(
 
 
 def _attend_one_sequence(
-    query: torch.Tensor,  # [q_len, num_heads, head_dim] fp32
-    key: torch.Tensor,  # [seq_len, num_kv_heads, head_dim] fp32
-    value: torch.Tensor,  # [seq_len, num_kv_heads, head_dim] fp32
+    query: torch.Tensor,  # [q_len, num_heads, head_dim] fp32 or fp64
+    key: torch.Tensor,  # [seq_len, num_kv_heads, head_dim], query's dtype
+    value: torch.Tensor,  # [seq_len, num_kv_heads, head_dim], query's dtype
     scale: float,
-) -> torch.Tensor:  # [q_len, num_heads, head_dim] fp32
-    q_len, num_heads, head_dim = query.shape
-    seq_len, num_kv_heads, _ = key.shape
-    group_size = num_heads // num_kv_heads
-    # Heads of one kv group side by side: [num_kv_heads, group_size * q_len, head_dim]
-    # (rows ordered head-major, so row r is head r // q_len, query r % q_len).
-    grouped_query = query.view(q_len, num_kv_heads, group_size, head_dim)
-    grouped_query = grouped_query.permute(1, 2, 0, 3).reshape(num_kv_heads, -1, head_dim)
-    # Heads first, contiguous: BLAS on the strided permutation ran ~20x slower.
-    key_t = key.permute(1, 0, 2).contiguous().transpose(1, 2)  # [num_kv_heads, head_dim, seq_len]
-    value_h = value.permute(1, 0, 2).contiguous()  # [num_kv_heads, seq_len, head_dim]
-    query_pos = torch.arange(seq_len - q_len, seq_len, device=query.device)  # [q_len]
-    key_pos = torch.arange(seq_len, device=query.device)  # [seq_len]
-    rows = group_size * q_len
-    chunk_rows = max(1, _REFERENCE_MAX_SCORES // max(1, num_kv_heads * seq_len))
-    out = torch.empty_like(grouped_query)  # [num_kv_heads, rows, head_dim]
-    for first in range(0, rows, chunk_rows):
-        last = min(rows, first + chunk_rows)
-        row_pos = query_pos[torch.arange(first, last, device=query.device) % q_len]
-        scores = torch.matmul(grouped_query[:, first:last], key_t) * scale
-        future = key_pos[None, :] > row_pos[:, None]  # [chunk, seq_len]
-        scores.masked_fill_(future, float("-inf"))
-        out[:, first:last] = torch.matmul(torch.softmax(scores, dim=-1), value_h)
-    out = out.view(num_kv_heads, group_size, q_len, head_dim).permute(2, 0, 1, 3)
-    return out.reshape(q_len, num_heads, head_dim)
+) -> torch.Tensor:  # [q_len, num_heads, head_dim], query's dtype
+    """The sequence's last q_len positions attend to every position up to their
+    own, through torch's scaled_dot_product_attention (query head h reads kv
+    head h // group size), queries in chunks so that no backend holds more than
+    _REFERENCE_MAX_SCORES scores. On the CPU it ran 2-3.7x faster than the
+    masked matmul-softmax-matmul it replaced, at the same error against
+    float64 (docs/kernels-notes.md, "Reference on CPU")."""
+    q_len, num_heads, _ = query.shape
+    seq_len = key.shape[0]
+    query_h = query.permute(1, 0, 2)  # [num_heads, q_len, head_dim], a view
+    key_h = key.permute(1, 0, 2)  # [num_kv_heads, seq_len, head_dim]
+    value_h = value.permute(1, 0, 2)
+    key_pos = torch.arange(seq_len, device=query.device)
+    chunk = max(1, _REFERENCE_MAX_SCORES // max(1, num_heads * seq_len))
+    out = torch.empty(query_h.shape, dtype=query.dtype, device=query.device)
+    for first in range(0, q_len, chunk):
+        last = min(q_len, first + chunk)
+        visible = None  # a decode query sees every key
+        if q_len > 1:  # bottom-right causal: query i sits at position seq_len - q_len + i
+            offset = seq_len - q_len
+            query_pos = torch.arange(offset + first, offset + last, device=query.device)
+            visible = key_pos[None, :] <= query_pos[:, None]  # [chunk, seq_len]
+        out[:, first:last] = F.scaled_dot_product_attention(
+            query_h[None, :, first:last], key_h[None], value_h[None],
+            attn_mask=visible, scale=scale, enable_gqa=True,
+        )[0]  # fmt: skip
+    return out.permute(1, 0, 2)
 
 
 def paged_attention_reference(
@@ -66,12 +69,15 @@ def paged_attention_reference(
     seq_lens: torch.Tensor,  # [num_seqs] int32
     scale: float,
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim], query's dtype
-    """Pure torch, fp32: per sequence, its cached context gathered from the cache
-    and its new K/V from `key`/`value`, then masked matmul, softmax, matmul.
+    """Pure torch, in float32 (float64 for float64 inputs: the high-precision
+    reference of the benchmarks): per sequence, its cached context gathered
+    from the cache and its new K/V from `key`/`value`, then causal attention
+    (torch's SDPA).
 
     Raises ValueError when a sequence has more new tokens than total tokens.
     """
     out = torch.empty_like(query)
+    compute_dtype = torch.promote_types(query.dtype, torch.float32)
     starts = query_start_loc.tolist()
     lens = seq_lens.tolist()
     for seq, seq_len in enumerate(lens):
@@ -83,10 +89,12 @@ def paged_attention_reference(
         context_len = seq_len - (last - first)
         seq_key = torch.cat(
             (gather_sequence_kv(key_cache, block_tables[seq], context_len), key[first:last])
-        ).float()
+        ).to(compute_dtype)
         seq_value = torch.cat(
             (gather_sequence_kv(value_cache, block_tables[seq], context_len), value[first:last])
-        ).float()
-        attended = _attend_one_sequence(query[first:last].float(), seq_key, seq_value, scale)
+        ).to(compute_dtype)
+        attended = _attend_one_sequence(
+            query[first:last].to(compute_dtype), seq_key, seq_value, scale
+        )
         out[first:last] = attended.to(query.dtype)
     return out

@@ -1,0 +1,95 @@
+"""The attention references on the CPU, which are the executor's CPU path.
+
+Run from the repository root: `python3 -m benchmarks.reference_cpu`. The
+default model's attention shape (9 query / 3 kv heads x 64, float32, block size
+16, shuffled block tables): fresh prompts, a chunked prefill after cached
+context, and decode batches, each timed as the median of 5 calls (after one
+untimed call), with its relative error against the same reference run in
+float64. Figures depend on the machine's cores: compare within one run, or
+runs of this script on one machine.
+"""
+
+import statistics
+import time
+
+import torch
+
+from pagedserve.kernels.paged_attention_reference import paged_attention_reference
+from pagedserve.kernels.paged_decode_attention import paged_decode_attention_reference
+
+NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE = 9, 3, 64, 16
+# (label, [(seq_len, new tokens)] per sequence)
+PREFILLS = [
+    ("prefill 1 x 1024", [(1024, 1024)]),
+    ("prefill 4 x 256", [(256, 256)] * 4),
+    ("chunked 512 new after 1536 cached", [(2048, 512)]),
+]
+DECODES = [("decode 32 x 1024", 32, 1024), ("decode 256 x 300", 256, 300)]
+
+
+def paged_cache(seq_lens: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(key_cache, value_cache, block_tables) over shuffled blocks."""
+    blocks = [-(-n // BLOCK_SIZE) for n in seq_lens]
+    num_blocks = sum(blocks)
+    shape = (num_blocks, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM)
+    key_cache, value_cache = torch.randn(shape), torch.randn(shape)
+    order = torch.randperm(num_blocks).to(torch.int32)
+    tables = torch.zeros(len(seq_lens), max(blocks), dtype=torch.int32)
+    start = 0
+    for seq, count in enumerate(blocks):
+        tables[seq, :count] = order[start : start + count]
+        start += count
+    return key_cache, value_cache, tables
+
+
+def median_ms(fn) -> float:
+    fn()
+    times = []
+    for _ in range(5):
+        started_s = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started_s) * 1e3)
+    return statistics.median(times)
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual.double() - expected).norm() / expected.norm()).item()
+
+
+def in_float64(args: tuple) -> tuple:
+    return tuple(a.double() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    scale = HEAD_DIM**-0.5
+    rows = []
+    for label, seqs in PREFILLS:
+        key_cache, value_cache, tables = paged_cache([n for n, _ in seqs])
+        new_tokens = sum(q for _, q in seqs)
+        query = torch.randn(new_tokens, NUM_HEADS, HEAD_DIM)
+        key = torch.randn(new_tokens, NUM_KV_HEADS, HEAD_DIM)
+        value = torch.randn_like(key)
+        starts = torch.tensor([0] + [q for _, q in seqs]).cumsum(0).to(torch.int32)
+        lens = torch.tensor([n for n, _ in seqs], dtype=torch.int32)
+        args = (query, key, value, key_cache, value_cache, tables, starts, lens, scale)
+        expected = paged_attention_reference(*in_float64(args))
+        rows.append((label, median_ms(lambda args=args: paged_attention_reference(*args)),
+                     rel_err(paged_attention_reference(*args), expected)))  # fmt: skip
+    for label, num_seqs, seq_len in DECODES:
+        key_cache, value_cache, tables = paged_cache([seq_len] * num_seqs)
+        query = torch.randn(num_seqs, NUM_HEADS, HEAD_DIM)
+        lens = torch.full((num_seqs,), seq_len, dtype=torch.int32)
+        args = (query, key_cache, value_cache, tables, lens, scale)
+        expected = paged_decode_attention_reference(*in_float64(args))
+        rows.append((label, median_ms(lambda args=args: paged_decode_attention_reference(*args)),
+                     rel_err(paged_decode_attention_reference(*args), expected)))  # fmt: skip
+    print(f"\nCPU ({torch.get_num_threads()} threads), torch {torch.__version__}, float32, "
+          f"{NUM_HEADS}/{NUM_KV_HEADS} heads x {HEAD_DIM}\n")  # fmt: skip
+    print("| call | ms (median of 5) | error vs float64 |\n|---|---|---|")
+    for label, ms, error in rows:
+        print(f"| {label} | {ms:.2f} | {error:.1e} |")
+
+
+if __name__ == "__main__":
+    main()
