@@ -61,20 +61,13 @@ def dot_in_fp32(kernel, dtype: torch.dtype) -> bool:
     return dtype == torch.bfloat16 and type(kernel).__name__ == "InterpretedFunction"
 
 
-def dot_precision(dtype: torch.dtype, split_float32: bool = False) -> str:
-    """tl.dot's input precision. 16-bit operands are exact either way ("tf32").
-    Float32 operands must keep float32's precision, so that a float32 model
-    gives the same tokens on the GPU as on the CPU (plain "tf32" rounds them to
-    10 mantissa bits): "ieee" (float32 FMAs), or with split_float32 "tf32x3",
-    three TF32 products per product (each operand split into a high and a low
-    part), whose error is float32's too but which runs on the tensor cores and
-    needs more shared memory. Measured on an H100 at the default model's shape
-    (docs/kernels-notes.md, v12), prefill of 1,024 tokens: "tf32x3" 35x faster
-    than "ieee", relative error against the reference in float64 3.1e-7,
-    against 3.2e-7 ("ieee") and 3.3e-7 (SDPA in float32)."""
-    if dtype != torch.float32:
-        return "tf32"
-    return "tf32x3" if split_float32 else "ieee"
+def dot_precision(dtype: torch.dtype) -> str:
+    """tl.dot's input precision by default: full float32 ("ieee", float32 FMAs)
+    for float32 caches, so that a float32 model gives the same tokens on the
+    GPU as on the CPU ("tf32" would round operands to 10 mantissa bits);
+    16-bit operands are exact either way. A launch configuration may name
+    another: float32 prefill takes "tf32x3" (paged_attention._FLOAT32_CONFIG)."""
+    return "ieee" if dtype == torch.float32 else "tf32"
 
 
 def next_power_of_2(n: int) -> int:

@@ -296,11 +296,16 @@ _SHORT_SEQUENCE_CONFIG = {
     "BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3,
     "PAIRED_TILES": True, "NEW_KV_DESCRIPTORS": True,
 }  # fmt: skip
-# Float32 (head size <= 128) takes its dot in "tf32x3" (_backend.dot_precision),
-# whose operand splits need more shared memory: 64 x 64 tiles in 2 stages at
-# every length (128 x 128 tiles need 256 KB at head size 128 even in 2 stages;
-# an H100 has 227 KB a block).
-_FLOAT32_CONFIG = {**_SHORT_SEQUENCE_CONFIG, "num_stages": 2}
+# Float32 (head size <= 128) takes its dot in "tf32x3": three TF32 products per
+# product (each operand split into a high and a low part), on the tensor cores,
+# with float32's error. Measured on an H100 at the default model's shape
+# (docs/kernels-notes.md, v12), prefill of 1,024 tokens: 35x faster than
+# "ieee" (float32 FMAs, _backend.dot_precision's default), relative error
+# against the reference in float64 3.1e-7, against 3.2e-7 ("ieee") and 3.3e-7
+# (SDPA in float32). Its operand splits need more shared memory: 64 x 64 tiles
+# in 2 stages at every length (128 x 128 tiles need 256 KB at head size 128
+# even in 2 stages; an H100 has 227 KB a block).
+_FLOAT32_CONFIG = {**_SHORT_SEQUENCE_CONFIG, "num_stages": 2, "DOT_PRECISION": "tf32x3"}
 
 
 def _prefill_config(head_dim: int, max_seq_len: int, dtype: torch.dtype) -> dict:
@@ -378,7 +383,7 @@ def paged_attention_triton(
     seq_lens: torch.Tensor,  # [num_seqs] int32
     scale: float,
     out: torch.Tensor | None = None,  # [num_tokens, num_heads, head_dim], written in full
-    config: dict | None = None,  # overrides _prefill_config and DOT_PRECISION (benchmarks, tests)
+    config: dict | None = None,  # overrides _prefill_config's options (benchmarks, tests)
     cached_context: bool = True,  # False only if every seq_len equals its new-token count
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim], query's dtype
     """Triton: one program per (tile of new tokens of one sequence, kv head).
@@ -425,9 +430,7 @@ def paged_attention_triton(
         value_source = _tile_descriptor(value, config["BLOCK_N"])
     else:
         config["NEW_KV_DESCRIPTORS"] = False
-    config.setdefault(
-        "DOT_PRECISION", dot_precision(key_cache.dtype, split_float32=head_dim <= 128)
-    )
+    config.setdefault("DOT_PRECISION", dot_precision(key_cache.dtype))
     tokens_per_slot = block_q * (2 if config["PAIRED_TILES"] else 1)
     grid = (num_tokens // tokens_per_slot + num_seqs, num_kv_heads)
     _paged_attention_launcher.launch(
