@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from triton.testing import do_bench
 
+from benchmarks.gpu_timing import rel_err
+from benchmarks.paged_inputs import in_float64
 from pagedserve.kernels.paged_attention import paged_attention_triton
 from pagedserve.kernels.paged_attention_reference import paged_attention_reference
 from pagedserve.kernels.paged_decode_attention import (
@@ -25,10 +27,6 @@ DEVICE = torch.device("cuda")
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE = 9, 3, 64, 16
 PROMPT_TOKENS, DECODE_SEQS, DECODE_KEYS = 1024, 64, 1024
 PRECISIONS = ["ieee", "tf32x3", "tf32"]
-
-
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual.double() - expected).norm() / expected.norm()).item()
 
 
 def prefill_inputs() -> tuple:
@@ -56,10 +54,6 @@ def decode_inputs() -> tuple:
     lens = torch.full((DECODE_SEQS,), DECODE_KEYS, device=DEVICE, dtype=torch.int32)
     query = torch.randn(DECODE_SEQS, NUM_HEADS, HEAD_DIM, device=DEVICE)
     return (query, key_cache, value_cache, table, lens, HEAD_DIM**-0.5)
-
-
-def in_float64(args: tuple) -> tuple:
-    return tuple(a.double() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
 
 
 def main() -> None:

@@ -29,21 +29,12 @@ import torch
 from benchmarks.engine_harness import EngineSettings, build_engine
 from pagedserve.executor.engine import Engine
 from pagedserve.executor.request import SamplingOptions
+from pagedserve.executor.warm_up import CompletionSink
 from pagedserve.kernels.direct_launch import DIRECT_LAUNCH_ENV_VAR
 
 # (requests, prompt tokens each)
 WORKLOADS = [(1, 16), (1, 128), (1, 1024), (8, 128), (32, 256)]
 PATHS = {"Triton's dispatch": "0", "direct": "1"}
-
-
-class _FirstTokens:
-    """Counts the requests that have received a token."""
-
-    def __init__(self) -> None:
-        self.requests: set[str] = set()
-
-    def deliver(self, events) -> None:
-        self.requests.update(event.request_id for event in events if event.token_ids)
 
 
 def first_token_ms(
@@ -52,15 +43,17 @@ def first_token_ms(
     """Submit every prompt for one token; step until each has its token (what
     a client waits for), then, untimed, until the engine is idle again."""
     one_token = SamplingOptions(max_tokens=1, temperature=0.0, top_p=1.0, top_k=0, seed=0)
-    sink = _FirstTokens()
+    sink = CompletionSink(len(prompts))  # a request of one token ends with it
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     started_s = time.perf_counter()
     for index, prompt in enumerate(prompts):
         engine.submit(f"{tag}-{index}", prompt, one_token, sink)
     engine._drain_inbox(block=False)
-    while len(sink.requests) < len(prompts):
+    while not sink.done.is_set():
         engine._step()
+    if sink.errors:
+        raise SystemExit(f"requests failed: {sink.errors}")
     elapsed_ms = (time.perf_counter() - started_s) * 1e3  # the token is on the host: synced
     while engine.num_active_requests() or engine.scheduler.has_work():
         engine._step()

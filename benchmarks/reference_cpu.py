@@ -14,10 +14,13 @@ import time
 
 import torch
 
+from benchmarks.gpu_timing import rel_err
+from benchmarks.paged_inputs import in_float64, make_paged, new_tokens_kv
 from pagedserve.kernels.paged_attention_reference import paged_attention_reference
 from pagedserve.kernels.paged_decode_attention import paged_decode_attention_reference
 
-NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE = 9, 3, 64, 16
+CPU = torch.device("cpu")
+NUM_HEADS, NUM_KV_HEADS, HEAD_DIM = 9, 3, 64  # blocks of 16 tokens (paged_inputs.BLOCK_SIZE)
 # (label, [(seq_len, new tokens)] per sequence)
 PREFILLS = [
     ("prefill 1 x 1024", [(1024, 1024)]),
@@ -25,21 +28,6 @@ PREFILLS = [
     ("chunked 512 new after 1536 cached", [(2048, 512)]),
 ]
 DECODES = [("decode 32 x 1024", 32, 1024), ("decode 256 x 300", 256, 300)]
-
-
-def paged_cache(seq_lens: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(key_cache, value_cache, block_tables) over shuffled blocks."""
-    blocks = [-(-n // BLOCK_SIZE) for n in seq_lens]
-    num_blocks = sum(blocks)
-    shape = (num_blocks, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM)
-    key_cache, value_cache = torch.randn(shape), torch.randn(shape)
-    order = torch.randperm(num_blocks).to(torch.int32)
-    tables = torch.zeros(len(seq_lens), max(blocks), dtype=torch.int32)
-    start = 0
-    for seq, count in enumerate(blocks):
-        tables[seq, :count] = order[start : start + count]
-        start += count
-    return key_cache, value_cache, tables
 
 
 def median_ms(fn) -> float:
@@ -52,35 +40,27 @@ def median_ms(fn) -> float:
     return statistics.median(times)
 
 
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual.double() - expected).norm() / expected.norm()).item()
-
-
-def in_float64(args: tuple) -> tuple:
-    return tuple(a.double() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
-
-
 def main() -> None:
     torch.manual_seed(0)
     scale = HEAD_DIM**-0.5
     rows = []
     for label, seqs in PREFILLS:
-        key_cache, value_cache, tables = paged_cache([n for n, _ in seqs])
-        new_tokens = sum(q for _, q in seqs)
-        query = torch.randn(new_tokens, NUM_HEADS, HEAD_DIM)
-        key = torch.randn(new_tokens, NUM_KV_HEADS, HEAD_DIM)
-        value = torch.randn_like(key)
+        key_cache, value_cache, tables, lens = make_paged(
+            [n for n, _ in seqs], NUM_KV_HEADS, HEAD_DIM, torch.float32, device=CPU
+        )
+        key, value = new_tokens_kv(key_cache, value_cache, tables[0], seqs)
+        query = torch.randn(key.shape[0], NUM_HEADS, HEAD_DIM)
         starts = torch.tensor([0] + [q for _, q in seqs]).cumsum(0).to(torch.int32)
-        lens = torch.tensor([n for n, _ in seqs], dtype=torch.int32)
-        args = (query, key, value, key_cache, value_cache, tables, starts, lens, scale)
+        args = (query, key, value, key_cache, value_cache, tables[0], starts, lens, scale)
         expected = paged_attention_reference(*in_float64(args))
         rows.append((label, median_ms(lambda args=args: paged_attention_reference(*args)),
                      rel_err(paged_attention_reference(*args), expected)))  # fmt: skip
     for label, num_seqs, seq_len in DECODES:
-        key_cache, value_cache, tables = paged_cache([seq_len] * num_seqs)
+        key_cache, value_cache, tables, lens = make_paged(
+            [seq_len] * num_seqs, NUM_KV_HEADS, HEAD_DIM, torch.float32, device=CPU
+        )
         query = torch.randn(num_seqs, NUM_HEADS, HEAD_DIM)
-        lens = torch.full((num_seqs,), seq_len, dtype=torch.int32)
-        args = (query, key_cache, value_cache, tables, lens, scale)
+        args = (query, key_cache, value_cache, tables[0], lens, scale)
         expected = paged_decode_attention_reference(*in_float64(args))
         rows.append((label, median_ms(lambda args=args: paged_decode_attention_reference(*args)),
                      rel_err(paged_decode_attention_reference(*args), expected)))  # fmt: skip
