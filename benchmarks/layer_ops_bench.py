@@ -53,8 +53,10 @@ def check_layer_ops() -> None:
     theirs = add_rms_norm_reference(t["x"], t["residual"], t["weight"], eps)
     err = max(rel_err(a, b) for a, b in zip(ours, theirs, strict=True))
     check("add_rms_norm", err, 1e-2)
-    expected = silu_and_mul_reference(t["gate_up"])
-    check("silu_and_mul", rel_err(silu_and_mul_triton(t["gate_up"]), expected), 1e-2)
+    expected = silu_and_mul_reference(*t["gate_up"].chunk(2, dim=-1))
+    check(
+        "silu_and_mul", rel_err(silu_and_mul_triton(*t["gate_up"].chunk(2, dim=-1)), expected), 1e-2
+    )
     ours_q, ours_k = t["query"].clone(), t["key"].clone()
     rotary_embedding_triton(t["positions"], ours_q, ours_k, t["cos_sin"])
     rotary_embedding_reference(t["positions"], t["query"], t["key"], t["cos_sin"])
@@ -72,7 +74,7 @@ def bench_layer_ops(copy_gbps) -> None:
         add_row("rms_norm triton", shape, ms, 2 * hidden_bytes, copy_gbps)
         ms = bench_ms(lambda t=t: add_rms_norm_triton(t["x"], t["residual"], t["weight"], 1e-5))
         add_row("add_rms_norm triton", shape, ms, 4 * hidden_bytes, copy_gbps)
-        ms = bench_ms(lambda t=t: silu_and_mul_triton(t["gate_up"]))
+        ms = bench_ms(lambda t=t: silu_and_mul_triton(*t["gate_up"].chunk(2, dim=-1)))
         add_row("silu_and_mul triton", shape, ms, 3 * num_tokens * INTERMEDIATE_SIZE * 2, copy_gbps)
         rotary_bytes = 2 * (t["query"].numel() + t["key"].numel()) * 2 + num_tokens * HEAD_DIM * 4
         ms = bench_ms(

@@ -1,11 +1,15 @@
 """Llama-family decoder (Llama, Mistral, Qwen2, Qwen3) over a paged KV cache.
 
 Module and parameter names match HF transformers' checkpoints, so weights load
-by name. The arithmetic follows transformers' float32 path op for op (RMSNorm in
-float32, rotary tables from the same inverse frequencies) so that greedy outputs
-are token-identical to `generate`. Attention reads and writes K and V only
-through the pool and the block tables (pagedserve.kernels); there is no
-per-sequence cache anywhere.
+by name. Every op between the projections is one of pagedserve.kernels: on
+CUDA a Triton kernel each (the residual add fused into the RMSNorm after it,
+rotary embedding of q and k in one launch, SiLU-and-mul in one), about 12
+launches a layer instead of about 40 torch ops; on the CPU their torch
+references, which do transformers' float32 operations in its order (RMSNorm
+in float32, rotary tables from the same inverse frequencies), so that greedy
+outputs are token-identical to `generate`. Attention reads and writes K and V
+only through the pool and the block tables; there is no per-sequence cache
+anywhere.
 
 The whole batch is flattened: `num_tokens` new tokens of all sequences back to
 back, described by an AttentionBatch.
@@ -46,11 +50,13 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        input_dtype = x.dtype
-        x32 = x.to(torch.float32)
-        variance = x32.pow(2).mean(-1, keepdim=True)
-        return self.weight * (x32 * torch.rsqrt(variance + self.eps)).to(input_dtype)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        """x: [T, size]. Without a residual: the normed x. With one: (the normed
+        x + residual, x + residual), the residual add fused into the norm's pass
+        on CUDA. Statistics in fp32, rounding as transformers' LlamaRMSNorm."""
+        if residual is None:
+            return kernels.rms_norm(x, self.weight, self.eps)
+        return kernels.add_rms_norm(x, residual, self.weight, self.eps)
 
 
 def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
@@ -70,7 +76,7 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding with cos/sin tables for every position."""
+    """Rotary position embedding from one cos/sin table of every position."""
 
     def __init__(self, config: ModelConfig, device: torch.device | None = None):
         super().__init__()
@@ -84,21 +90,17 @@ class RotaryEmbedding(nn.Module):
         angles = torch.cat((freqs, freqs), dim=-1).to(device)  # [max_positions, dim]
         # cos and sin are taken on the device the model runs on, as transformers
         # does: the CPU's and the GPU's last bits differ, enough to flip a near-tie.
-        self.register_buffer("cos_table", angles.cos(), persistent=False)
-        self.register_buffer("sin_table", angles.sin(), persistent=False)
+        # The same [max_positions, dim] calls as transformers', then the halves
+        # kernels.rotary_embedding reads: cos in the first, sin in the second.
+        half = dim // 2
+        cos_sin = torch.cat((angles.cos()[:, :half], angles.sin()[:, :half]), dim=-1)
+        self.register_buffer("cos_sin_cache", cos_sin, persistent=False)
 
-    @staticmethod
-    def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-        half = x.shape[-1] // 2
-        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
-        # positions: [T]; q: [T, Hq, D]; k: [T, Hkv, D]
-        cos = self.cos_table[positions].to(q.dtype)[:, None, :]  # [T, 1, D]
-        sin = self.sin_table[positions].to(q.dtype)[:, None, :]
-        q = q * cos + self._rotate_half(q) * sin
-        k = k * cos + self._rotate_half(k) * sin
-        return q, k
+    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> None:
+        """Rotates q [T, Hq, D] and k [T, Hkv, D] in place, for positions [T]:
+        in fp32, one rounding per output (in float32, transformers' operations:
+        x * cos + rotate_half(x) * sin)."""
+        kernels.rotary_embedding(positions, q, k, self.cos_sin_cache)
 
 
 class Attention(nn.Module):
@@ -131,9 +133,10 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(num_tokens, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = rotary(positions, q, k)
+        if self.q_norm is not None:  # per head: rows of head_dim
+            q = self.q_norm(q.reshape(-1, self.head_dim)).view(q.shape)
+            k = self.k_norm(k.reshape(-1, self.head_dim)).view(k.shape)
+        rotary(positions, q, k)
         key_cache, value_cache = kv_cache[0], kv_cache[1]
         kernels.write_kv_cache(k, v, key_cache, value_cache, batch.slot_mapping)
         if batch.decode_only:
@@ -166,7 +169,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(kernels.silu_and_mul(self.gate_proj(x), self.up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -177,9 +180,18 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, positions, rotary, kv_cache, batch):
-        x = x + self.self_attn(self.input_layernorm(x), positions, rotary, kv_cache, batch)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, residual, positions, rotary, kv_cache, batch):
+        """x: [T, hidden], the previous layer's output; residual: the residual
+        stream before it (None at the first layer, whose x is the embeddings).
+        Returns (this layer's output, the stream before it): each residual add
+        is done by the norm after it, in one pass."""
+        if residual is None:
+            residual, hidden = x, self.input_layernorm(x)
+        else:
+            hidden, residual = self.input_layernorm(x, residual)
+        hidden = self.self_attn(hidden, positions, rotary, kv_cache, batch)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
 
 
 class DecoderBody(nn.Module):
@@ -217,7 +229,9 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """Returns float32 logits [num_seqs, vocab] for the tokens at logits_indices."""
         x = self.model.embed_tokens(input_ids)  # [T, hidden]
+        residual = None
         for layer_index, layer in enumerate(self.model.layers):
-            x = layer(x, positions, self.rotary, kv_pool[layer_index], batch)
-        x = self.model.norm(x[logits_indices])  # [num_seqs, hidden]
+            x, residual = layer(x, residual, positions, self.rotary, kv_pool[layer_index], batch)
+        # The last residual add, only for the rows whose logits are needed.
+        x, _ = self.model.norm(x[logits_indices], residual[logits_indices])  # [num_seqs, hidden]
         return F.linear(x, self.output_weight()).float()

@@ -165,12 +165,13 @@ def rotary_embedding(
 
 
 def silu_and_mul(
-    x: torch.Tensor,  # [num_tokens, 2 * intermediate_size]: gate then up
-) -> torch.Tensor:  # [num_tokens, intermediate_size], x's dtype
-    """silu(gate) * up."""
-    if use_triton(x):
-        return silu_and_mul_triton(x)
-    return silu_and_mul_reference(x)
+    gate: torch.Tensor,  # [num_tokens, intermediate_size]
+    up: torch.Tensor,  # [num_tokens, intermediate_size]
+) -> torch.Tensor:  # [num_tokens, intermediate_size], gate's dtype
+    """silu(gate) * up, one pass on CUDA."""
+    if use_triton(gate):
+        return silu_and_mul_triton(gate, up)
+    return silu_and_mul_reference(gate, up)
 
 
 __all__ = [

@@ -37,16 +37,24 @@ from pagedserve.kernels.paged_decode_attention import (
     paged_decode_attention_triton,
     partition_count_classes,
 )
+from pagedserve.kernels.rms_norm import _rms_norm_kernel
+from pagedserve.kernels.rotary_embedding import _rotary_embedding_kernel
+from pagedserve.kernels.silu_and_mul import _silu_and_mul_kernel
 from pagedserve.kernels.write_kv_cache import _write_kv_cache_kernel, write_kv_cache_triton
 
-# The Triton kernels an executor launches (the layer ops are not on its path:
-# the model runs those in torch).
+# The Triton kernels an executor launches. precompile covers the KV-cache and
+# attention kernels, whose variants follow each step's shapes; the layer ops
+# (norms, rotary embedding, SiLU-and-mul) have one variant per model, compiled
+# by the warm-up's first forward pass (executor/warm_up.py).
 EXECUTOR_KERNELS = {
     "write_kv_cache": _write_kv_cache_kernel,
     "paged_attention": _paged_attention_kernel,
     "decode_partition": _decode_partition_kernel,
     "decode_merge": _decode_merge_kernel,
     "copy_blocks": _copy_blocks_kernel,
+    "rms_norm": _rms_norm_kernel,
+    "rotary_embedding": _rotary_embedding_kernel,
+    "silu_and_mul": _silu_and_mul_kernel,
 }
 
 

@@ -5,90 +5,22 @@ With a GPU, the same checks on captured graphs."""
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 
 from pagedserve.executor.decode_graphs import DecodeGraphs, graph_batch_sizes
-from pagedserve.executor.model_config import ModelConfig, load_model_config
-from pagedserve.executor.model_loader import load_model
 from pagedserve.executor.model_runner import ModelRunner
-from pagedserve.executor.model_store import resolve_model_path
-from pagedserve.executor.request import Sequence
 from pagedserve.executor.step_plan import ScheduledChunk
-
-BLOCK_SIZE = 4
-NUM_BLOCKS = 48
-TINY = ModelConfig(
-    name="tiny",
-    model_type="llama",
-    vocab_size=97,
-    hidden_size=64,
-    intermediate_size=96,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=16,
-    rms_norm_eps=1e-5,
-    rope_theta=10000.0,
-    max_context_tokens=64,
-    tie_word_embeddings=False,
-    qkv_bias=False,
-    qk_norm=False,
-    eos_token_ids=(),
-    bos_token_id=None,
+from tests.executor.helpers import (
+    BLOCK_SIZE,
+    TINY,
+    decode_chunks,
+    default_model,
+    new_pool,
+    new_sequences,
+    prefill,
+    tiny_model,
 )
-
-
-@functools.cache
-def tiny_model(device: str = "cpu"):
-    model = load_model(TINY, None, torch.device(device), torch.float32, random_seed=3)
-    # Weights of std 0.02 give logits within a hair of each other; larger ones
-    # give greedy choices with real margins.
-    generator = torch.Generator().manual_seed(4)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if not name.endswith("norm.weight"):
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-    return model
-
-
-@functools.cache
-def default_model():
-    path = resolve_model_path("default")
-    return load_model(load_model_config(path), path, torch.device("cpu"), torch.float32)
-
-
-def new_pool(config: ModelConfig, device: str = "cpu") -> torch.Tensor:
-    """Random values, never zeros: a stray write changes some byte."""
-    shape = (config.num_layers, 2, NUM_BLOCKS, BLOCK_SIZE, config.num_kv_heads, config.head_dim)
-    return torch.randn(shape, generator=torch.Generator().manual_seed(5)).to(device)
-
-
-def new_sequences(prompt_lens: list[int], vocab_size: int) -> list[Sequence]:
-    """Sequences with disjoint blocks, none of them block 0 (what padding rows read)."""
-    sequences, next_block = [], 1
-    for index, length in enumerate(prompt_lens):
-        prompt = [(11 * position + 5 * index + 1) % vocab_size for position in range(length)]
-        seq = Sequence(index, None, 0, prompt)
-        num_blocks = 8  # room for the prompt and the decode steps
-        seq.block_ids = list(range(next_block, next_block + num_blocks))
-        next_block += num_blocks
-        sequences.append(seq)
-    return sequences
-
-
-def prefill(runners: list[ModelRunner], sequences: list[Sequence]) -> None:
-    """The prompts' K/V into every runner's pool (eager: not decode-only); first tokens."""
-    chunks = [ScheduledChunk(seq, 0, seq.num_tokens) for seq in sequences]
-    logits = [runner.run(runner.prepare(chunks)) for runner in runners]
-    for seq, token in zip(sequences, logits[0].argmax(-1).tolist(), strict=True):
-        seq.token_ids.append(token)
-
-
-def decode_chunks(sequences: list[Sequence]) -> list[ScheduledChunk]:
-    return [ScheduledChunk(seq, seq.num_tokens - 1, 1) for seq in sequences]
 
 
 def written_slots_mask(pool: torch.Tensor, chunks: list[ScheduledChunk]) -> torch.Tensor:

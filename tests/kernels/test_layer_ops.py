@@ -91,9 +91,15 @@ def test_silu_and_mul(dtype, intermediate_size):
     x = random_tensor(4, 2 * intermediate_size, dtype=dtype) * 4
     gate, up = x.double().chunk(2, dim=-1)
     expected = gate / (1 + torch.exp(-gate)) * up
-    reference = silu_and_mul_reference(x)
+    reference = silu_and_mul_reference(*x.chunk(2, dim=-1))
     assert_close(reference, expected)
-    assert_close(silu_and_mul_triton(x), reference)
+    # The halves of one tensor (strided views), as a fused gate_up would give,
+    # and two tensors of their own, as separate projections give.
+    assert_close(silu_and_mul_triton(*x.chunk(2, dim=-1)), reference)
+    gate_only, up_only = (half.contiguous() for half in x.chunk(2, dim=-1))
+    assert torch.equal(
+        silu_and_mul_triton(gate_only, up_only), silu_and_mul_triton(*x.chunk(2, -1))
+    )
 
 
 def test_dispatchers_use_triton_when_asked(monkeypatch):
@@ -102,7 +108,7 @@ def test_dispatchers_use_triton_when_asked(monkeypatch):
     weight = random_tensor(64, dtype=torch.float32)
     assert_close(rms_norm(x, weight, 1e-5), rms_norm_reference(x, weight, 1e-5))
     assert_close(add_rms_norm(x, x, weight, 1e-5)[0], rms_norm_reference(2 * x, weight, 1e-5))
-    assert_close(silu_and_mul(x), silu_and_mul_reference(x))
+    assert_close(silu_and_mul(x, 2 * x), silu_and_mul_reference(x, 2 * x))
     query = random_tensor(3, 2, 16, dtype=torch.float32)
     key = random_tensor(3, 1, 16, dtype=torch.float32)
     positions = torch.tensor([0, 5, 9], device=DEVICE)
