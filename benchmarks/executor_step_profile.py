@@ -53,7 +53,7 @@ def decode_graphs(engine: Engine, device: torch.device) -> DecodeGraphs:
     if device.type == "cuda":
         report = runner.capture_decode_graphs(sizes, engine.max_context_tokens)
         print(
-            f"decode graphs: {len(report.batch_sizes)} sizes captured in {report.seconds:.2f} s, "
+            f"decode graphs: {len(report.sizes)} sizes captured in {report.seconds:.2f} s, "
             f"graph memory {report.memory_bytes / 2**20:.1f} MiB"
         )
         return runner.decode_graphs

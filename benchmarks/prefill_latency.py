@@ -1,5 +1,6 @@
-"""Time to first token of an executor's eager prefill, with the Triton kernels
-launched directly and through Triton's own dispatch (PAGEDSERVE_DIRECT_LAUNCH).
+"""Time to first token of an executor's prefill: eager, with the Triton kernels
+launched directly and through Triton's own dispatch (PAGEDSERVE_DIRECT_LAUNCH),
+and replayed from the prefill graphs (CUDA only).
 
 Run from the repository root:
     python -m benchmarks.prefill_latency --model FOLDER [--device cuda] [--dtype bfloat16]
@@ -7,10 +8,10 @@ FOLDER holds the model's config.json (random weights; they are never read).
 One engine in this process (engine_harness), a block manager on loopback. Each
 workload is a batch of greedy requests of one new token, submitted at once and
 stepped until every one has its token: prefill, sampling and the block
-manager's Step calls, as a request's first token sees them. The two launch
-paths alternate over --rounds rounds on the same engine, each round with
-prompts no earlier round sent (no prefix-cache hits); medians. Not a test:
-figures depend on the machine's CPU and GPU (docs/gpu.md).
+manager's Step calls, as a request's first token sees them. The paths
+alternate over --rounds rounds on the same engine, each round with prompts no
+earlier round sent (no prefix-cache hits); medians. Not a test: figures
+depend on the machine's CPU and GPU (docs/gpu.md).
 """
 
 from __future__ import annotations
@@ -28,13 +29,19 @@ import torch
 
 from benchmarks.engine_harness import EngineSettings, build_engine
 from pagedserve.executor.engine import Engine
+from pagedserve.executor.prefill_graphs import graph_token_counts
 from pagedserve.executor.request import SamplingOptions
 from pagedserve.executor.warm_up import CompletionSink
 from pagedserve.kernels.direct_launch import DIRECT_LAUNCH_ENV_VAR
 
 # (requests, prompt tokens each)
 WORKLOADS = [(1, 16), (1, 128), (1, 1024), (8, 128), (32, 256)]
-PATHS = {"Triton's dispatch": "0", "direct": "1"}
+# Path: (PAGEDSERVE_DIRECT_LAUNCH, replay the prefill graphs)
+PATHS = {
+    "eager, Triton's dispatch": ("0", False),
+    "eager, direct": ("1", False),
+    "graphs": ("1", True),
+}
 
 
 def first_token_ms(
@@ -81,20 +88,36 @@ def main() -> None:
             [(first * 7919 + 13 * t) % 30000 + 5 for t in range(num_tokens)] for first in firsts
         ]
 
+    prefill_graphs = None
+    if device.type == "cuda":  # as the executor captures them at start
+        report = engine.runner.capture_prefill_graphs(
+            graph_token_counts(settings.max_num_batched_tokens),
+            settings.max_num_seqs,
+            engine.max_context_tokens,
+        )
+        prefill_graphs = engine.runner.prefill_graphs
+        print(f"prefill graphs: {report.sizes} captured in {report.seconds:.2f} s", flush=True)
+    paths = {name: path for name, path in PATHS.items() if prefill_graphs or not path[1]}
+
+    def take(path: str) -> None:
+        direct_launch, replay_graphs = paths[path]
+        os.environ[DIRECT_LAUNCH_ENV_VAR] = direct_launch
+        engine.runner.prefill_graphs = prefill_graphs if replay_graphs else None
+
     try:
-        times = {(w, path): [] for w in WORKLOADS for path in PATHS}
+        times = {(w, path): [] for w in WORKLOADS for path in paths}
         for workload in WORKLOADS:  # warm-up: compiles every variant these steps meet
-            for switch in PATHS.values():
-                os.environ[DIRECT_LAUNCH_ENV_VAR] = switch
+            for path in paths:
+                take(path)
                 first_token_ms(engine, device, prompts(*workload), "warm")
         for round_index in range(args.rounds):
             for workload in WORKLOADS:
-                for path, switch in PATHS.items():
-                    os.environ[DIRECT_LAUNCH_ENV_VAR] = switch
+                for path in paths:
+                    take(path)
                     ms = first_token_ms(engine, device, prompts(*workload), f"r{round_index}")
                     times[workload, path].append(ms)
         if args.host_profile:
-            os.environ[DIRECT_LAUNCH_ENV_VAR] = "1"
+            take("eager, direct")
             host = cProfile.Profile()
             host.enable()
             for _ in range(10):
@@ -102,20 +125,16 @@ def main() -> None:
             host.disable()
             text = io.StringIO()
             pstats.Stats(host, stream=text).sort_stats("tottime").print_stats(25)
-            print(f"host profile, 10 x (1 x 16), direct:\n{text.getvalue()}")
+            print(f"host profile, 10 x (1 x 16), eager, direct:\n{text.getvalue()}")
     finally:
         resources.stop()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"\n{name}, {args.dtype}: time to first token, medians of {args.rounds} rounds (ms)")
-    print("| requests x prompt tokens | Triton's dispatch | direct | direct / dispatch |")
-    print("|---|---|---|---|")
+    print("| requests x prompt tokens | " + " | ".join(paths) + " |")
+    print("|---" * (len(paths) + 1) + "|")
     for workload in WORKLOADS:
-        dispatch = statistics.median(times[workload, "Triton's dispatch"])
-        direct = statistics.median(times[workload, "direct"])
-        print(
-            f"| {workload[0]} x {workload[1]} | {dispatch:.2f} | {direct:.2f} "
-            f"| {direct / dispatch:.2f} |"
-        )
+        cells = [f"{statistics.median(times[workload, path]):.2f}" for path in paths]
+        print(f"| {workload[0]} x {workload[1]} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from pagedserve.blockmgr.extents import DEFAULT_EXTENT_BLOCKS
 from pagedserve.executor.kv_pool import create_pool
 from pagedserve.executor.model_config import ModelConfig, load_model_config
 from pagedserve.executor.request import SamplingOptions
-from pagedserve.executor.service import capture_decode_graphs
+from pagedserve.executor.service import capture_cuda_graphs
 from pagedserve.executor.warm_up import CompletionSink, warm_up
 
 log = logging.getLogger("benchmarks.throughput_vs_hf")
@@ -82,7 +82,8 @@ def run_pagedserve(model_folder: Path, requests, args, settings, pool) -> dict:
     engine.start()  # the step loop's own thread, as in the executor service
     warm_up_s = warm_up(engine, timeout_s=600)
     started_s = time.monotonic()
-    capture_decode_graphs(engine, args.max_num_seqs, log)  # as the executor does
+    # as the executor does
+    capture_cuda_graphs(engine, args.max_num_seqs, args.max_num_batched_tokens, log)
     capture_s = time.monotonic() - started_s
     counter = CompletionSink(len(requests))
     synchronize(device)

@@ -36,8 +36,9 @@ class ExecutorConfig(ServiceOptions):
     )
     cuda_graphs: bool = option(
         True,
-        "on CUDA, capture decode steps of up to --max-num-seqs sequences (512 at most) in "
-        "CUDA graphs before serving, and replay them; ignored on CPU",
+        "on CUDA, capture steps in CUDA graphs before serving and replay them: decode "
+        "steps of up to --max-num-seqs sequences (512 at most), other steps of up to "
+        "--max-num-batched-tokens tokens (2048 at most); ignored on CPU",
     )
 
     def validate(self) -> None:

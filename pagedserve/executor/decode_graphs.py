@@ -26,9 +26,8 @@ The decode kernel chooses its partitions from the block table's width (it
 never syncs), so at the fixed width it splits keys as for the longest context;
 the programs past a sequence's end return at once.
 
-Graphs are captured largest first into one shared memory pool: they are
-replayed one at a time, so their intermediates may share memory, and the
-largest one's allocations serve the smaller ones. Where nothing is captured
+Graphs are captured largest first into one shared memory pool
+(graph_capture.py). Where nothing is captured
 (the CPU, or before capture), replay runs the same forward pass eagerly on the
 same static buffers: the padded path is one code path, tested on the CPU.
 """
@@ -36,11 +35,10 @@ same static buffers: the padded path is one code path, tested on the CPU.
 from __future__ import annotations
 
 import bisect
-import time
-from dataclasses import dataclass
 
 import torch
 
+from pagedserve.executor.graph_capture import CaptureReport, capture_graphs, replay
 from pagedserve.executor.llama import AttentionBatch, LlamaForCausalLM
 from pagedserve.kernels import PADDING_SLOT
 
@@ -64,14 +62,6 @@ def graph_batch_sizes(max_num_seqs: int) -> list[int]:
         *range(_SMALL_BATCH_SIZES[-1] + _BATCH_SIZE_STEP, largest, _BATCH_SIZE_STEP),
     ]
     return [size for size in ladder if size < largest] + [largest]
-
-
-@dataclass
-class CaptureReport:
-    batch_sizes: list[int]
-    seconds: float
-    # Device memory the graphs hold (their shared pool), beyond the static buffers.
-    memory_bytes: int
 
 
 class DecodeGraphs:
@@ -175,9 +165,7 @@ class DecodeGraphs:
         if graph is None:
             self._forward(batch_size)
         else:
-            # The graph launches on the current device's stream: make it the pool's.
-            with torch.cuda.device(self.device):
-                graph.replay()
+            replay(graph, self.device)
         return self.logits[:batch_size]
 
     @torch.inference_mode()
@@ -195,42 +183,14 @@ class DecodeGraphs:
         self.seq_lens.fill_(1)
         self.logits_indices.zero_()
 
-    def capture(self) -> CaptureReport:
-        """Captures one graph per batch size, largest first, into one memory
-        pool (CUDA only; the kernels must be Triton's, which never sync).
-        Each size runs once eagerly first, so that Triton and cuBLAS load its
-        kernels outside the capture. Raises ValueError off CUDA; torch's
-        RuntimeError if an operation is not capturable."""
-        if self.device.type != "cuda":
-            raise ValueError(f"CUDA graphs need a CUDA device, not {self.device}")
-        started_s = time.monotonic()
-        with torch.cuda.device(self.device):
-            self._fill_padding()
-            torch.cuda.synchronize()
-            torch.cuda.empty_cache()
-            reserved_before = torch.cuda.memory_reserved()
-            memory_pool = torch.cuda.graph_pool_handle()
-            stream = torch.cuda.Stream()
-            for batch_size in reversed(self.batch_sizes):
-                stream.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(stream):
-                    self._forward(batch_size)
-                torch.cuda.current_stream().wait_stream(stream)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=memory_pool, stream=stream):
-                    self._forward(batch_size)
-                self._graphs[batch_size] = graph
-            self._replay_each_once()
-            torch.cuda.synchronize()
-            # What stays reserved is the graphs' pool: the eager runs' memory went back.
-            torch.cuda.empty_cache()
-            memory_bytes = torch.cuda.memory_reserved() - reserved_before
-        return CaptureReport(list(self.batch_sizes), time.monotonic() - started_s, memory_bytes)
-
-    def _replay_each_once(self) -> None:
-        """The first launch of a graph also uploads it to the device (measured
-        on an H100, default model: about 1 ms more than a replay, per graph):
-        done here, not in a user's step. The buffers hold padding rows only,
-        so nothing is written to the pool."""
-        for graph in self._graphs.values():
-            graph.replay()
+    def capture(self, memory_pool=None) -> CaptureReport:
+        """Captures one graph per batch size (graph_capture.capture_graphs), into
+        memory_pool if given (the runner's, shared with its prefill graphs)."""
+        self._graphs, report = capture_graphs(
+            self.device,
+            self.batch_sizes,
+            self._forward,
+            self._fill_padding,
+            memory_pool,
+        )
+        return report

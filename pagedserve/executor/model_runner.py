@@ -7,8 +7,9 @@ the step (seq_lens), and which rows need logits (the last token of each chunk
 that reaches the end of its sequence).
 
 A decode-only batch that fits the decode graphs (decode_graphs.py) is copied
-into their static buffers, padded, and replayed; every other batch (prefill,
-mixed, larger than the largest graph, or no graphs) runs eagerly.
+into their static buffers, padded, and replayed; so is any other batch that
+fits the prefill graphs (prefill_graphs.py: prompts, chunks, prompts beside
+decode). Batches larger than the largest graph, or with no graphs, run eagerly.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from dataclasses import dataclass
 import torch
 
 from pagedserve import kernels
-from pagedserve.executor.decode_graphs import CaptureReport, DecodeGraphs
+from pagedserve.executor.decode_graphs import DecodeGraphs
+from pagedserve.executor.graph_capture import CaptureReport
 from pagedserve.executor.llama import AttentionBatch, LlamaForCausalLM
+from pagedserve.executor.prefill_graphs import PrefillGraphs
 from pagedserve.executor.step_plan import BlockCopies, ScheduledChunk
 from pagedserve.kernels._backend import use_triton
 
@@ -29,11 +32,13 @@ class ModelInputs:
     input_ids: torch.Tensor  # [T] int64
     positions: torch.Tensor  # [T] int64
     batch: AttentionBatch
-    logits_indices: torch.Tensor  # [num_sampled] int64 ([T] when padded, sampled rows first)
+    logits_indices: torch.Tensor  # [num_sampled] int64 (padded: sampled rows first)
     sampled_chunks: list[ScheduledChunk]
-    # Set when the batch was loaded into the decode graphs' static buffers
-    # (the tensors above are views of them): the padded batch size it runs at.
-    graph_batch_size: int | None = None
+    # Set when the batch was loaded into a set of graphs' static buffers (the
+    # tensors above are views of them): those graphs, and the padded size it
+    # runs at (decode: sequences; prefill: tokens).
+    graphs: DecodeGraphs | PrefillGraphs | None = None
+    graph_size: int | None = None
 
 
 @dataclass
@@ -109,9 +114,12 @@ class ModelRunner:
         self.swap_pool = swap_pool  # the same on the host, with num_swap_blocks
         self.block_size = block_size_tokens
         self.device = kv_pool.device
-        # Decode-only batches that fit run through these (captured at start on
-        # CUDA; without capture the same padded path runs eagerly). None: all eager.
+        # Decode-only batches that fit run through these, other batches that
+        # fit through the prefill graphs (captured at start on CUDA; without
+        # capture the same padded paths run eagerly). None: eager.
         self.decode_graphs: DecodeGraphs | None = None
+        self.prefill_graphs: PrefillGraphs | None = None
+        self._graph_memory_pool = None  # shared by every graph of this runner
 
     def capture_decode_graphs(
         self, batch_sizes: list[int], max_context_tokens: int
@@ -120,22 +128,52 @@ class ModelRunner:
         replay them from then on. Call it while no step runs. Raises
         ValueError unless the pool is on CUDA with the Triton kernels (the
         torch references sync with the device, which a capture forbids)."""
-        if not (self.device.type == "cuda" and use_triton(self.kv_pool)):
-            raise ValueError(f"CUDA graphs need CUDA and the Triton kernels ({self.device})")
+        memory_pool = self._capture_memory_pool()
         graphs = DecodeGraphs(
             self.model, self.kv_pool, self.block_size, batch_sizes, max_context_tokens
         )
-        report = graphs.capture()
+        report = graphs.capture(memory_pool)
         self.decode_graphs = graphs
         return report
 
+    def capture_prefill_graphs(
+        self, token_counts: list[int], max_num_seqs: int, max_context_tokens: int
+    ) -> CaptureReport:
+        """Captures a graph per token count for batches that are not
+        decode-only; those that fit replay them from then on. Call it while no
+        step runs. Raises ValueError as capture_decode_graphs."""
+        memory_pool = self._capture_memory_pool()
+        graphs = PrefillGraphs(
+            self.model,
+            self.kv_pool,
+            self.block_size,
+            token_counts,
+            max_num_seqs,
+            max_context_tokens,
+        )
+        report = graphs.capture(memory_pool)
+        self.prefill_graphs = graphs
+        return report
+
+    def _capture_memory_pool(self):
+        if not (self.device.type == "cuda" and use_triton(self.kv_pool)):
+            raise ValueError(f"CUDA graphs need CUDA and the Triton kernels ({self.device})")
+        if self._graph_memory_pool is None:
+            self._graph_memory_pool = torch.cuda.graph_pool_handle()
+        return self._graph_memory_pool
+
     def prepare(self, chunks: list[ScheduledChunk]) -> ModelInputs:
         host = _flatten(chunks, self.block_size)
-        graphs = self.decode_graphs
-        if graphs is not None and host.decode_only:
-            batch_size = graphs.padded_size(len(chunks), host.max_blocks_per_seq)
+        if host.decode_only and self.decode_graphs is not None:
+            batch_size = self.decode_graphs.padded_size(len(chunks), host.max_blocks_per_seq)
             if batch_size is not None:
-                return self._load_into_graphs(graphs, batch_size, host)
+                return self._load_into_decode_graphs(batch_size, host)
+        elif not host.decode_only and self.prefill_graphs is not None:
+            num_tokens = self.prefill_graphs.padded_size(
+                len(host.input_ids), len(chunks), host.max_blocks_per_seq
+            )
+            if num_tokens is not None:
+                return self._load_into_prefill_graphs(num_tokens, host)
         return self._to_device(host)
 
     def _to_device(self, host: _HostBatch) -> ModelInputs:
@@ -158,8 +196,8 @@ class ModelRunner:
             sampled_chunks=host.sampled_chunks,
         )
 
-    @staticmethod
-    def _load_into_graphs(graphs: DecodeGraphs, batch_size: int, host: _HostBatch) -> ModelInputs:
+    def _load_into_decode_graphs(self, batch_size: int, host: _HostBatch) -> ModelInputs:
+        graphs = self.decode_graphs
         graphs.load(
             batch_size,
             host.input_ids,
@@ -171,7 +209,24 @@ class ModelRunner:
         )
         input_ids, positions, batch, logits_indices = graphs.inputs(batch_size)
         return ModelInputs(
-            input_ids, positions, batch, logits_indices, host.sampled_chunks, batch_size
+            input_ids, positions, batch, logits_indices, host.sampled_chunks, graphs, batch_size
+        )
+
+    def _load_into_prefill_graphs(self, num_tokens: int, host: _HostBatch) -> ModelInputs:
+        graphs = self.prefill_graphs
+        graphs.load(
+            num_tokens,
+            host.input_ids,
+            host.positions,
+            host.slot_mapping,
+            host.block_tables,
+            host.query_start_loc,
+            host.seq_lens,
+            host.logits_indices,
+        )
+        input_ids, positions, batch, logits_indices = graphs.inputs(num_tokens)
+        return ModelInputs(
+            input_ids, positions, batch, logits_indices, host.sampled_chunks, graphs, num_tokens
         )
 
     def _ids(self, block_ids: list[int], device: torch.device) -> torch.Tensor:
@@ -203,11 +258,11 @@ class ModelRunner:
     def run(self, inputs: ModelInputs) -> torch.Tensor | None:
         """Runs the forward pass; returns logits [num_sampled, vocab], or None if none are needed.
 
-        A batch loaded into the decode graphs replays its padded size and
-        returns a copy of the real rows (the static output is the next step's).
+        A batch loaded into graphs replays its padded size and returns a copy
+        of the real rows (the static output is the next step's).
         """
-        if inputs.graph_batch_size is not None:
-            logits = self.decode_graphs.replay(inputs.graph_batch_size)
+        if inputs.graphs is not None:
+            logits = inputs.graphs.replay(inputs.graph_size)
             logits = logits[: len(inputs.sampled_chunks)].clone()
         else:
             logits = self.model(

@@ -39,6 +39,7 @@ from pagedserve.executor.model_loader import load_model
 from pagedserve.executor.model_runner import ModelRunner
 from pagedserve.executor.model_store import resolve_model_path
 from pagedserve.executor.outputs import SequenceEvent, error_event
+from pagedserve.executor.prefill_graphs import graph_token_counts
 from pagedserve.executor.request import FinishReason, SamplingOptions
 from pagedserve.executor.scheduler import Scheduler, SchedulerConfig
 from pagedserve.executor.v1 import executor_pb2 as pb
@@ -247,14 +248,16 @@ def build_engine(config: ExecutorConfig, link: BlockManagerLink, log):
     return engine, info, registered
 
 
-def capture_decode_graphs(engine: Engine, max_num_seqs: int, log) -> None:
-    """Captures the decode graphs of engine's runner (CUDA with the Triton
-    kernels; elsewhere logs that decode stays eager) once the engine is idle.
-    Raises RuntimeError when it stays busy, and what capture raises: a failed
-    capture fails the start."""
+def capture_cuda_graphs(
+    engine: Engine, max_num_seqs: int, max_num_batched_tokens: int, log
+) -> None:
+    """Captures the engine runner's decode and prefill graphs (CUDA with the
+    Triton kernels; elsewhere logs that steps stay eager) once the engine is
+    idle. Raises RuntimeError when it stays busy, and what capture raises: a
+    failed capture fails the start."""
     runner = engine.runner
     if runner.device.type != "cuda" or not use_triton(runner.kv_pool):
-        log.info("cuda graphs: off on %s, decode runs eagerly", runner.device)
+        log.info("cuda graphs: off on %s, steps run eagerly", runner.device)
         return
     deadline = time.monotonic() + _IDLE_WAIT_S
     while not engine.is_idle():
@@ -263,15 +266,20 @@ def capture_decode_graphs(engine: Engine, max_num_seqs: int, log) -> None:
             # or record that step's work into a graph.
             raise RuntimeError(f"cuda graphs: the engine was still busy after {_IDLE_WAIT_S} s")
         time.sleep(0.01)
-    report = runner.capture_decode_graphs(
-        graph_batch_sizes(max_num_seqs), engine.max_context_tokens
+    context = engine.max_context_tokens
+    decode = runner.capture_decode_graphs(graph_batch_sizes(max_num_seqs), context)
+    prefill = runner.capture_prefill_graphs(
+        graph_token_counts(max_num_batched_tokens), max_num_seqs, context
     )
-    log.info(
-        "cuda graphs: decode captured for batch sizes %s in %.2f s; graph memory %.1f MiB",
-        ",".join(map(str, report.batch_sizes)),
-        report.seconds,
-        report.memory_bytes / 2**20,
-    )
+    for name, report, unit in (("decode", decode, "batch sizes"), ("prefill", prefill, "tokens")):
+        log.info(
+            "cuda graphs: %s captured for %s %s in %.2f s; graph memory %.1f MiB",
+            name,
+            unit,
+            ",".join(map(str, report.sizes)),
+            report.seconds,
+            report.memory_bytes / 2**20,
+        )
 
 
 async def _serve(config: ExecutorConfig, log) -> None:
@@ -285,7 +293,7 @@ async def _serve(config: ExecutorConfig, log) -> None:
     if config.warm_up:
         warm_up(engine, WARM_UP_TIMEOUT_S)
     if config.cuda_graphs:
-        capture_decode_graphs(engine, config.max_num_seqs, log)
+        capture_cuda_graphs(engine, config.max_num_seqs, config.max_num_batched_tokens, log)
     servicer = ExecutorServicer(engine, info)
     server = aio_server(config.internal_token)
     pb_grpc.add_ExecutorServicer_to_server(servicer, server)

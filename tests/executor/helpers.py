@@ -86,3 +86,13 @@ def prefill(runners: list[ModelRunner], sequences: list[Sequence]) -> None:
 
 def decode_chunks(sequences: list[Sequence]) -> list[ScheduledChunk]:
     return [ScheduledChunk(seq, seq.num_tokens - 1, 1) for seq in sequences]
+
+
+def written_slots_mask(pool: torch.Tensor, chunks: list[ScheduledChunk]) -> torch.Tensor:
+    """True at every pool element the chunks' tokens own: [layers, 2, blocks, block_size, ...]."""
+    mask = torch.zeros(pool.shape[2:4], dtype=torch.bool)
+    for chunk in chunks:
+        for position in range(chunk.start, chunk.start + chunk.num_new_tokens):
+            block = chunk.seq.block_ids[position // BLOCK_SIZE]
+            mask[block, position % BLOCK_SIZE] = True
+    return mask[None, None, :, :, None, None].expand(pool.shape).to(pool.device)

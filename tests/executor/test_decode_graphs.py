@@ -20,17 +20,8 @@ from tests.executor.helpers import (
     new_sequences,
     prefill,
     tiny_model,
+    written_slots_mask,
 )
-
-
-def written_slots_mask(pool: torch.Tensor, chunks: list[ScheduledChunk]) -> torch.Tensor:
-    """True at every pool element the chunks' tokens own: [layers, 2, blocks, block_size, ...]."""
-    mask = torch.zeros(pool.shape[2:4], dtype=torch.bool)
-    for chunk in chunks:
-        for position in range(chunk.start, chunk.start + chunk.num_new_tokens):
-            block = chunk.seq.block_ids[position // BLOCK_SIZE]
-            mask[block, position % BLOCK_SIZE] = True
-    return mask[None, None, :, :, None, None].expand(pool.shape).to(pool.device)
 
 
 def run_decode_steps(model, batch_sizes, prompt_lens, num_steps, device="cpu", capture=False):
@@ -52,7 +43,7 @@ def run_decode_steps(model, batch_sizes, prompt_lens, num_steps, device="cpu", c
         pool_before = padded.kv_pool.clone()
         eager_logits = eager.run(eager.prepare(chunks))
         inputs = padded.prepare(chunks)
-        assert inputs.graph_batch_size == expected_size
+        assert inputs.graph_size == expected_size
         padded_logits = padded.run(inputs)
         assert padded_logits.shape == eager_logits.shape == (len(sequences), config.vocab_size)
         # A GEMM of more rows may round differently (seen on the CPU: 3e-5 on
@@ -94,16 +85,16 @@ def test_batches_that_do_not_fit_run_eagerly():
     runner.decode_graphs = DecodeGraphs(model, runner.kv_pool, BLOCK_SIZE, [1, 2], 64)
     sequences = new_sequences([3, 5, 2], TINY.vocab_size)
     prefill_inputs = runner.prepare([ScheduledChunk(seq, 0, seq.num_tokens) for seq in sequences])
-    assert prefill_inputs.graph_batch_size is None
+    assert prefill_inputs.graph_size is None
     runner.run(prefill_inputs)
     for seq in sequences:
         seq.token_ids.append(1)
     # Three sequences, graphs of at most two.
-    assert runner.prepare(decode_chunks(sequences)).graph_batch_size is None
-    assert runner.prepare(decode_chunks(sequences[:2])).graph_batch_size == 2
+    assert runner.prepare(decode_chunks(sequences)).graph_size is None
+    assert runner.prepare(decode_chunks(sequences[:2])).graph_size == 2
     # A table wider than the static one (16 tokens: 4 blocks); these have 8.
     runner.decode_graphs = DecodeGraphs(model, runner.kv_pool, BLOCK_SIZE, [4], 16)
-    assert runner.prepare(decode_chunks(sequences[:1])).graph_batch_size is None
+    assert runner.prepare(decode_chunks(sequences[:1])).graph_size is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

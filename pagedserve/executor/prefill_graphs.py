@@ -1,0 +1,209 @@
+"""Steps with prompt tokens replayed from CUDA graphs, one graph per padded token count.
+
+A step that is not decode-only (fresh prompts, a chunk of a long prompt,
+prompts beside decoding sequences) runs the forward pass eagerly otherwise:
+about 12 launches a layer from Python, which for a small model takes longer
+than the GPU's work (docs/gpu.md: 21-25 ms a step for the default model on an
+H100, against about 4 ms replayed). Every new request's first token waits for
+such a step, so its time is the time to first token.
+
+A graph's shapes and addresses are fixed, so the step's tokens are copied into
+static buffers, padded up to the next captured token count T, with S =
+min(T, max_num_seqs) sequence rows (a step of T tokens has at most T sequences):
+
+- input_ids, positions [T] int64; padding tokens: token 0 at position 0;
+- slot_mapping [T] int64; padding tokens: PADDING_SLOT (written nowhere);
+- query_start_loc [S + 1] int32: the real sequences' tokens first, then one
+  padding sequence that owns every padding token, then empty sequences (both
+  attention paths skip a sequence without new tokens);
+- seq_lens [S] int32: the padding sequence's is its token count (it has no
+  cached context, so it never reads its block table row); empty ones, 0;
+- block_tables [S, max_blocks_per_seq] int32, one width that holds the longest
+  context, as in decode_graphs.py;
+- logits_indices [S] int64: the rows sampled, first; logits [S, vocab] float32.
+
+The attention kernel runs with cached_context=True (a step may mix fresh
+prompts with sequences that have context) and chooses its tiles from the
+static table's width. Padding rows never change the real rows' values, but a
+GEMM of more rows may round differently. Where nothing is captured (the CPU),
+replay runs the same forward pass eagerly on the same static buffers.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+import torch
+
+from pagedserve.executor.graph_capture import CaptureReport, capture_graphs, replay
+from pagedserve.executor.llama import AttentionBatch, LlamaForCausalLM
+from pagedserve.kernels import PADDING_SLOT
+
+# The smallest token count captured: short prompts all round up to it.
+_MIN_GRAPH_TOKENS = 16
+# A bound on capture time and memory (static logits of min(T, max_num_seqs)
+# rows; intermediates of T tokens). Steps of more tokens run eagerly, where the
+# GPU's work is larger and the launches' share smaller.
+MAX_GRAPH_TOKENS = 2048
+
+
+def graph_token_counts(max_num_batched_tokens: int) -> list[int]:
+    """Token counts to capture for a scheduler of max_num_batched_tokens tokens
+    a step: powers of two from 16, then that bound itself (at most
+    MAX_GRAPH_TOKENS), ascending."""
+    largest = min(max_num_batched_tokens, MAX_GRAPH_TOKENS)
+    counts = []
+    count = _MIN_GRAPH_TOKENS
+    while count < largest:
+        counts.append(count)
+        count *= 2
+    return counts + [largest]
+
+
+class PrefillGraphs:
+    """Static inputs and outputs of steps with prompt tokens for a ladder of
+    token counts, and one captured graph per count once capture() ran."""
+
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        kv_pool: torch.Tensor,  # [layers, 2, num_blocks, block_size, Hkv, D]
+        block_size_tokens: int,
+        token_counts: list[int],
+        max_num_seqs: int,
+        max_context_tokens: int,
+    ):
+        if not token_counts or min(token_counts) < 1 or max_num_seqs < 1:
+            raise ValueError(f"token counts and max_num_seqs must be >= 1: {token_counts}")
+        self.model = model
+        self.kv_pool = kv_pool
+        self.device = kv_pool.device
+        self.token_counts = sorted(set(token_counts))
+        self.max_num_seqs = max_num_seqs
+        self.max_blocks_per_seq = -(-max_context_tokens // block_size_tokens)
+        num_tokens, device = self.token_counts[-1], self.device
+        num_seqs = self.num_seq_rows(num_tokens)
+        self.input_ids = torch.zeros(num_tokens, dtype=torch.int64, device=device)
+        self.positions = torch.zeros(num_tokens, dtype=torch.int64, device=device)
+        self.slot_mapping = torch.full(
+            (num_tokens,), PADDING_SLOT, dtype=torch.int64, device=device
+        )
+        self.block_tables = torch.zeros(
+            num_seqs, self.max_blocks_per_seq, dtype=torch.int32, device=device
+        )
+        self.query_start_loc = torch.zeros(num_seqs + 1, dtype=torch.int32, device=device)
+        self.seq_lens = torch.zeros(num_seqs, dtype=torch.int32, device=device)
+        self.logits_indices = torch.zeros(num_seqs, dtype=torch.int64, device=device)
+        vocab_size = model.config.vocab_size
+        self.logits = torch.zeros(num_seqs, vocab_size, dtype=torch.float32, device=device)
+        self._batches = {count: self._batch(count) for count in self.token_counts}
+        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
+
+    def num_seq_rows(self, num_tokens: int) -> int:
+        """S, the sequence rows of the graph of num_tokens tokens."""
+        return min(num_tokens, self.max_num_seqs)
+
+    def _batch(self, num_tokens: int) -> AttentionBatch:
+        num_seqs = self.num_seq_rows(num_tokens)
+        return AttentionBatch(
+            slot_mapping=self.slot_mapping[:num_tokens],
+            block_tables=self.block_tables[:num_seqs],
+            query_start_loc=self.query_start_loc[: num_seqs + 1],
+            seq_lens=self.seq_lens[:num_seqs],
+            decode_only=False,
+            cached_context=True,
+        )
+
+    def padded_size(self, num_tokens: int, num_seqs: int, max_blocks_per_seq: int) -> int | None:
+        """The token count (of the ladder) a step of num_tokens tokens of
+        num_seqs sequences runs at, padded, or None when it does not fit (too
+        many tokens or sequences, or a block table wider than the static one):
+        such a step runs eagerly."""
+        if num_tokens > self.token_counts[-1] or max_blocks_per_seq > self.max_blocks_per_seq:
+            return None
+        size = self.token_counts[bisect.bisect_left(self.token_counts, num_tokens)]
+        return size if num_seqs <= self.num_seq_rows(size) else None
+
+    def inputs(
+        self, num_tokens: int
+    ) -> tuple[torch.Tensor, torch.Tensor, AttentionBatch, torch.Tensor]:
+        """(input_ids, positions, batch, logits_indices) of the static buffers at num_tokens."""
+        return (
+            self.input_ids[:num_tokens],
+            self.positions[:num_tokens],
+            self._batches[num_tokens],
+            self.logits_indices[: self.num_seq_rows(num_tokens)],
+        )
+
+    @torch.inference_mode()
+    def load(
+        self,
+        num_tokens: int,  # padded, from padded_size
+        input_ids: list[int],  # [t]: every new token of the step
+        positions: list[int],  # [t]
+        slot_mapping: list[int],  # [t]
+        block_tables: list[list[int]],  # [num_seqs][width], width <= max_blocks_per_seq
+        query_start_loc: list[int],  # [num_seqs + 1], the last = t
+        seq_lens: list[int],  # [num_seqs]
+        logits_indices: list[int],  # [num_sampled]
+    ) -> None:
+        """Copies a step into the static buffers, padded to num_tokens tokens and
+        its sequence rows: one host-to-device copy per buffer."""
+        num_rows = self.num_seq_rows(num_tokens)
+        num_real_tokens, num_real_seqs = len(input_ids), len(seq_lens)
+        num_padding_tokens = num_tokens - num_real_tokens
+        # One padding sequence holds every padding token; the rows after it are empty.
+        padding_seq_lens = [num_padding_tokens] + [0] * (num_rows - num_real_seqs - 1)
+
+        def fill(target: torch.Tensor, values: list[int]) -> None:
+            host = torch.tensor(values, dtype=target.dtype)
+            target[: len(values)].copy_(host, non_blocking=True)
+
+        fill(self.input_ids, input_ids + [0] * num_padding_tokens)
+        fill(self.positions, positions + [0] * num_padding_tokens)
+        fill(self.slot_mapping, slot_mapping + [PADDING_SLOT] * num_padding_tokens)
+        fill(self.query_start_loc, query_start_loc + [num_tokens] * (num_rows - num_real_seqs))
+        fill(self.seq_lens, (seq_lens + padding_seq_lens)[:num_rows])
+        fill(self.logits_indices, logits_indices + [0] * (num_rows - len(logits_indices)))
+        # Only the real rows' first columns: the rest of the table keeps earlier
+        # valid ids, which seq_lens keeps every row from reading past.
+        tables = torch.tensor(block_tables, dtype=torch.int32)  # [num_seqs, width]
+        self.block_tables[: tables.shape[0], : tables.shape[1]].copy_(tables, non_blocking=True)
+
+    def replay(self, num_tokens: int) -> torch.Tensor:
+        """Runs the forward pass on the static buffers at num_tokens: the graph
+        where one was captured, else eagerly. Returns the static logits
+        [num_seq_rows(num_tokens), vocab], rows in logits_indices order
+        (overwritten by the next replay)."""
+        graph = self._graphs.get(num_tokens)
+        if graph is None:
+            self._forward(num_tokens)
+        else:
+            replay(graph, self.device)
+        return self.logits[: self.num_seq_rows(num_tokens)]
+
+    @torch.inference_mode()
+    def _forward(self, num_tokens: int) -> None:
+        input_ids, positions, batch, logits_indices = self.inputs(num_tokens)
+        logits = self.model(input_ids, positions, self.kv_pool, batch, logits_indices)
+        self.logits[: logits.shape[0]].copy_(logits)
+
+    def _fill_padding(self) -> None:
+        """What capture runs on: padding tokens of empty sequences only, so it
+        writes nothing into the pool and reads no block. Attention leaves the
+        rows of tokens no sequence owns unwritten; their values are never read."""
+        self.input_ids.zero_()
+        self.positions.zero_()
+        self.slot_mapping.fill_(PADDING_SLOT)
+        self.block_tables.zero_()
+        self.query_start_loc.zero_()
+        self.seq_lens.zero_()
+        self.logits_indices.zero_()
+
+    def capture(self, memory_pool=None) -> CaptureReport:
+        """Captures one graph per token count (graph_capture.capture_graphs), into
+        memory_pool if given (the runner's, shared with its decode graphs)."""
+        self._graphs, report = capture_graphs(
+            self.device, self.token_counts, self._forward, self._fill_padding, memory_pool
+        )
+        return report
