@@ -33,6 +33,7 @@ from pagedserve.executor.request import SamplingOptions
 MAX_NUM_SEQS = 256
 WARM_STEPS = 5
 PROFILED_STEPS = 5
+TOP_KERNELS = 15  # the kernels printed, by device time
 
 
 class _TokenSink:
@@ -89,6 +90,15 @@ def device_profile(engine: Engine, device: torch.device) -> tuple[float, float]:
     )
     launch_names = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cudaGraphLaunch")
     launches = sum(event.count for event in averages if event.key in launch_names)
+    kernels = sorted(
+        (e for e in averages if e.device_type == torch.autograd.DeviceType.CUDA),
+        key=lambda e: e.self_device_time_total,
+        reverse=True,
+    )
+    print(f"top kernels of {PROFILED_STEPS} steps (us per step, calls per step, name):")
+    for event in kernels[:TOP_KERNELS]:
+        per_step_us = event.self_device_time_total / PROFILED_STEPS
+        print(f"  {per_step_us:9.1f} {event.count / PROFILED_STEPS:6.1f}  {event.key[:90]}")
     return device_ms / 1e3 / PROFILED_STEPS, launches / PROFILED_STEPS
 
 

@@ -2,9 +2,10 @@
 
 A decode step of a small model is bound by launching its kernels from Python
 (docs/gpu.md: at 64 sequences of the default model, 428 launches and 4.5 ms of
-GPU work in an eager step of 21-22 ms, 8.4 ms replayed). Captured once at start, the forward pass of a step becomes one
-graph launch. A graph's shapes and addresses are fixed, so the step's batch is
-copied into static buffers, padded up to the next captured batch size:
+GPU work in an eager step of 21-22 ms, 8.4 ms replayed). Captured once at
+start, the forward pass of a step becomes one graph launch. A graph's shapes
+and addresses are fixed, so the step's batch is copied into static buffers
+(step_graphs.py), padded up to the next captured batch size:
 
 - input_ids, positions [max_batch_size] int64; padding rows: token 0 at position 0;
 - slot_mapping [max_batch_size] int64; padding rows: PADDING_SLOT, which
@@ -26,10 +27,9 @@ The decode kernel chooses its partitions from the block table's width (it
 never syncs), so at the fixed width it splits keys as for the longest context;
 the programs past a sequence's end return at once.
 
-Graphs are captured largest first into one shared memory pool
-(graph_capture.py). Where nothing is captured
-(the CPU, or before capture), replay runs the same forward pass eagerly on the
-same static buffers: the padded path is one code path, tested on the CPU.
+Graphs are captured largest first into one memory pool shared with the
+runner's prefill graphs; where nothing is captured (the CPU), replay runs the
+same forward pass eagerly on the same buffers (step_graphs.py).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ import bisect
 
 import torch
 
-from pagedserve.executor.graph_capture import CaptureReport, capture_graphs, replay
 from pagedserve.executor.llama import AttentionBatch, LlamaForCausalLM
+from pagedserve.executor.step_graphs import StepGraphs
 from pagedserve.kernels import PADDING_SLOT
 
 # Captured batch sizes: every small size a lone request or a few meet, then
@@ -64,9 +64,10 @@ def graph_batch_sizes(max_num_seqs: int) -> list[int]:
     return [size for size in ladder if size < largest] + [largest]
 
 
-class DecodeGraphs:
-    """Static decode inputs and outputs for a ladder of batch sizes, and one
-    captured graph per size once capture() ran."""
+class DecodeGraphs(StepGraphs):
+    """Static decode inputs and outputs for a ladder of batch sizes (one token
+    and one sequence row per batch row), and one captured graph per size once
+    capture() ran."""
 
     def __init__(
         self,
@@ -76,103 +77,61 @@ class DecodeGraphs:
         batch_sizes: list[int],
         max_context_tokens: int,
     ):
-        if not batch_sizes or min(batch_sizes) < 1:
-            raise ValueError(f"batch sizes must be >= 1, got {batch_sizes}")
-        self.model = model
-        self.kv_pool = kv_pool
-        self.device = kv_pool.device
-        self.batch_sizes = sorted(set(batch_sizes))
-        self.max_batch_size = self.batch_sizes[-1]
-        self.max_blocks_per_seq = -(-max_context_tokens // block_size_tokens)
-        size, device = self.max_batch_size, self.device
-        self.input_ids = torch.zeros(size, dtype=torch.int64, device=device)
-        self.positions = torch.zeros(size, dtype=torch.int64, device=device)
-        self.slot_mapping = torch.full((size,), PADDING_SLOT, dtype=torch.int64, device=device)
-        self.block_tables = torch.zeros(
-            size, self.max_blocks_per_seq, dtype=torch.int32, device=device
-        )
-        self.seq_lens = torch.ones(size, dtype=torch.int32, device=device)
-        self.logits_indices = torch.zeros(size, dtype=torch.int64, device=device)
-        vocab_size = model.config.vocab_size
-        self.logits = torch.zeros(size, vocab_size, dtype=torch.float32, device=device)
+        super().__init__(model, kv_pool, block_size_tokens, batch_sizes, max_context_tokens)
         # The decode kernel does not read query_start_loc; the batch carries one.
-        query_start_loc = torch.arange(size + 1, dtype=torch.int32, device=device)
-        self._batches = {
-            batch_size: AttentionBatch(
-                slot_mapping=self.slot_mapping[:batch_size],
-                block_tables=self.block_tables[:batch_size],
-                query_start_loc=query_start_loc[: batch_size + 1],
-                seq_lens=self.seq_lens[:batch_size],
-                decode_only=True,
-            )
-            for batch_size in self.batch_sizes
-        }
-        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.query_start_loc.copy_(torch.arange(len(self.query_start_loc)))
+        self.seq_lens.fill_(1)
 
-    def padded_size(self, num_seqs: int, max_blocks_per_seq: int) -> int | None:
-        """The batch size (of the ladder) a decode batch of num_seqs sequences
-        runs at, padded, or None when it does not fit (too many sequences, or a block table wider
-        than the static one): such a batch runs eagerly."""
-        if num_seqs > self.max_batch_size or max_blocks_per_seq > self.max_blocks_per_seq:
-            return None
-        return self.batch_sizes[bisect.bisect_left(self.batch_sizes, num_seqs)]
+    def num_tokens(self, size: int) -> int:
+        return size
 
-    def inputs(
-        self, batch_size: int
-    ) -> tuple[torch.Tensor, torch.Tensor, AttentionBatch, torch.Tensor]:
-        """(input_ids, positions, batch, logits_indices) of the static buffers at batch_size."""
-        return (
-            self.input_ids[:batch_size],
-            self.positions[:batch_size],
-            self._batches[batch_size],
-            self.logits_indices[:batch_size],
+    def num_seq_rows(self, size: int) -> int:
+        return size
+
+    def _batch(self, batch_size: int) -> AttentionBatch:
+        return AttentionBatch(
+            slot_mapping=self.slot_mapping[:batch_size],
+            block_tables=self.block_tables[:batch_size],
+            query_start_loc=self.query_start_loc[: batch_size + 1],
+            seq_lens=self.seq_lens[:batch_size],
+            decode_only=True,
         )
+
+    def padded_size(self, num_tokens: int, num_seqs: int, max_blocks_per_seq: int) -> int | None:
+        """The batch size (of the ladder) a decode batch of num_seqs sequences
+        (num_tokens of them, one each) runs at, padded, or None when it does not
+        fit (too many sequences, or a block table wider than the static one):
+        such a batch runs eagerly."""
+        if num_seqs > self.sizes[-1] or max_blocks_per_seq > self.max_blocks_per_seq:
+            return None
+        return self.sizes[bisect.bisect_left(self.sizes, num_seqs)]
 
     @torch.inference_mode()
     def load(
         self,
-        batch_size: int,
+        batch_size: int,  # padded, from padded_size
         input_ids: list[int],  # [num_seqs]: one new token per sequence
         positions: list[int],  # [num_seqs]
         slot_mapping: list[int],  # [num_seqs]
         block_tables: list[list[int]],  # [num_seqs][width], width <= max_blocks_per_seq
+        query_start_loc: list[int],  # [num_seqs + 1]: 0, 1, 2, ... (the static one serves)
         seq_lens: list[int],  # [num_seqs]
         logits_indices: list[int],  # [num_sampled]
     ) -> None:
-        """Copies a decode batch into the static buffers, padded to batch_size
-        (a size from padded_size): one host-to-device copy per buffer."""
-
-        def fill(target: torch.Tensor, values: list[int], padding: int, length: int) -> None:
-            host = torch.tensor(values + [padding] * (length - len(values)), dtype=target.dtype)
-            target[:length].copy_(host, non_blocking=True)
-
-        fill(self.input_ids, input_ids, 0, batch_size)
-        fill(self.positions, positions, 0, batch_size)
-        fill(self.slot_mapping, slot_mapping, PADDING_SLOT, batch_size)
-        fill(self.seq_lens, seq_lens, 1, batch_size)
-        fill(self.logits_indices, logits_indices, 0, batch_size)
+        """Copies a decode batch into the static buffers, padded to batch_size:
+        one host-to-device copy per buffer. Padding rows: token 0 at position
+        0, PADDING_SLOT, seq_len 1 (one key of a valid block)."""
+        num_padding = batch_size - len(input_ids)
+        self._copy_rows(self.input_ids, input_ids + [0] * num_padding)
+        self._copy_rows(self.positions, positions + [0] * num_padding)
+        self._copy_rows(self.slot_mapping, slot_mapping + [PADDING_SLOT] * num_padding)
+        self._copy_rows(self.seq_lens, seq_lens + [1] * num_padding)
+        self._copy_rows(
+            self.logits_indices, logits_indices + [0] * (batch_size - len(logits_indices))
+        )
         # Only the real rows' first columns: the rest of the table keeps earlier
         # valid ids, which seq_lens keeps every row from reading past.
-        tables = torch.tensor(block_tables, dtype=torch.int32)  # [num_seqs, width]
-        self.block_tables[: tables.shape[0], : tables.shape[1]].copy_(tables, non_blocking=True)
-
-    def replay(self, batch_size: int) -> torch.Tensor:
-        """Runs the forward pass on the static buffers at batch_size: the graph
-        where one was captured, else eagerly. Returns the static logits
-        [batch_size, vocab], rows in logits_indices order (overwritten by the
-        next replay)."""
-        graph = self._graphs.get(batch_size)
-        if graph is None:
-            self._forward(batch_size)
-        else:
-            replay(graph, self.device)
-        return self.logits[:batch_size]
-
-    @torch.inference_mode()
-    def _forward(self, batch_size: int) -> None:
-        input_ids, positions, batch, logits_indices = self.inputs(batch_size)
-        logits = self.model(input_ids, positions, self.kv_pool, batch, logits_indices)
-        self.logits[:batch_size].copy_(logits)
+        self._copy_rows(self.block_tables, block_tables)
 
     def _fill_padding(self) -> None:
         """Every row a padding row: what capture runs on, so it writes nothing into the pool."""
@@ -182,15 +141,3 @@ class DecodeGraphs:
         self.block_tables.zero_()
         self.seq_lens.fill_(1)
         self.logits_indices.zero_()
-
-    def capture(self, memory_pool=None) -> CaptureReport:
-        """Captures one graph per batch size (graph_capture.capture_graphs), into
-        memory_pool if given (the runner's, shared with its prefill graphs)."""
-        self._graphs, report = capture_graphs(
-            self.device,
-            self.batch_sizes,
-            self._forward,
-            self._fill_padding,
-            memory_pool,
-        )
-        return report

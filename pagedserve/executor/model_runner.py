@@ -20,9 +20,9 @@ import torch
 
 from pagedserve import kernels
 from pagedserve.executor.decode_graphs import DecodeGraphs
-from pagedserve.executor.graph_capture import CaptureReport
 from pagedserve.executor.llama import AttentionBatch, LlamaForCausalLM
 from pagedserve.executor.prefill_graphs import PrefillGraphs
+from pagedserve.executor.step_graphs import CaptureReport, StepGraphs
 from pagedserve.executor.step_plan import BlockCopies, ScheduledChunk
 from pagedserve.kernels._backend import use_triton
 
@@ -37,7 +37,7 @@ class ModelInputs:
     # Set when the batch was loaded into a set of graphs' static buffers (the
     # tensors above are views of them): those graphs, and the padded size it
     # runs at (decode: sequences; prefill: tokens).
-    graphs: DecodeGraphs | PrefillGraphs | None = None
+    graphs: StepGraphs | None = None
     graph_size: int | None = None
 
 
@@ -164,16 +164,11 @@ class ModelRunner:
 
     def prepare(self, chunks: list[ScheduledChunk]) -> ModelInputs:
         host = _flatten(chunks, self.block_size)
-        if host.decode_only and self.decode_graphs is not None:
-            batch_size = self.decode_graphs.padded_size(len(chunks), host.max_blocks_per_seq)
-            if batch_size is not None:
-                return self._load_into_decode_graphs(batch_size, host)
-        elif not host.decode_only and self.prefill_graphs is not None:
-            num_tokens = self.prefill_graphs.padded_size(
-                len(host.input_ids), len(chunks), host.max_blocks_per_seq
-            )
-            if num_tokens is not None:
-                return self._load_into_prefill_graphs(num_tokens, host)
+        graphs = self.decode_graphs if host.decode_only else self.prefill_graphs
+        if graphs is not None:
+            size = graphs.padded_size(len(host.input_ids), len(chunks), host.max_blocks_per_seq)
+            if size is not None:
+                return self._load_into_graphs(graphs, size, host)
         return self._to_device(host)
 
     def _to_device(self, host: _HostBatch) -> ModelInputs:
@@ -196,26 +191,10 @@ class ModelRunner:
             sampled_chunks=host.sampled_chunks,
         )
 
-    def _load_into_decode_graphs(self, batch_size: int, host: _HostBatch) -> ModelInputs:
-        graphs = self.decode_graphs
+    @staticmethod
+    def _load_into_graphs(graphs: StepGraphs, size: int, host: _HostBatch) -> ModelInputs:
         graphs.load(
-            batch_size,
-            host.input_ids,
-            host.positions,
-            host.slot_mapping,
-            host.block_tables,
-            host.seq_lens,
-            host.logits_indices,
-        )
-        input_ids, positions, batch, logits_indices = graphs.inputs(batch_size)
-        return ModelInputs(
-            input_ids, positions, batch, logits_indices, host.sampled_chunks, graphs, batch_size
-        )
-
-    def _load_into_prefill_graphs(self, num_tokens: int, host: _HostBatch) -> ModelInputs:
-        graphs = self.prefill_graphs
-        graphs.load(
-            num_tokens,
+            size,
             host.input_ids,
             host.positions,
             host.slot_mapping,
@@ -224,9 +203,9 @@ class ModelRunner:
             host.seq_lens,
             host.logits_indices,
         )
-        input_ids, positions, batch, logits_indices = graphs.inputs(num_tokens)
+        input_ids, positions, batch, logits_indices = graphs.inputs(size)
         return ModelInputs(
-            input_ids, positions, batch, logits_indices, host.sampled_chunks, graphs, num_tokens
+            input_ids, positions, batch, logits_indices, host.sampled_chunks, graphs, size
         )
 
     def _ids(self, block_ids: list[int], device: torch.device) -> torch.Tensor:

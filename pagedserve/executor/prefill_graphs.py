@@ -26,7 +26,7 @@ The attention kernel runs with cached_context=True (a step may mix fresh
 prompts with sequences that have context) and chooses its tiles from the
 static table's width. Padding rows never change the real rows' values, but a
 GEMM of more rows may round differently. Where nothing is captured (the CPU),
-replay runs the same forward pass eagerly on the same static buffers.
+replay runs the same forward pass eagerly on the same buffers (step_graphs.py).
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ import bisect
 
 import torch
 
-from pagedserve.executor.graph_capture import CaptureReport, capture_graphs, replay
 from pagedserve.executor.llama import AttentionBatch, LlamaForCausalLM
+from pagedserve.executor.step_graphs import StepGraphs
 from pagedserve.kernels import PADDING_SLOT
 
 # The smallest token count captured: short prompts all round up to it.
@@ -60,7 +60,7 @@ def graph_token_counts(max_num_batched_tokens: int) -> list[int]:
     return counts + [largest]
 
 
-class PrefillGraphs:
+class PrefillGraphs(StepGraphs):
     """Static inputs and outputs of steps with prompt tokens for a ladder of
     token counts, and one captured graph per count once capture() ran."""
 
@@ -73,43 +73,25 @@ class PrefillGraphs:
         max_num_seqs: int,
         max_context_tokens: int,
     ):
-        if not token_counts or min(token_counts) < 1 or max_num_seqs < 1:
-            raise ValueError(f"token counts and max_num_seqs must be >= 1: {token_counts}")
-        self.model = model
-        self.kv_pool = kv_pool
-        self.device = kv_pool.device
-        self.token_counts = sorted(set(token_counts))
+        if max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {max_num_seqs}")
         self.max_num_seqs = max_num_seqs
-        self.max_blocks_per_seq = -(-max_context_tokens // block_size_tokens)
-        num_tokens, device = self.token_counts[-1], self.device
-        num_seqs = self.num_seq_rows(num_tokens)
-        self.input_ids = torch.zeros(num_tokens, dtype=torch.int64, device=device)
-        self.positions = torch.zeros(num_tokens, dtype=torch.int64, device=device)
-        self.slot_mapping = torch.full(
-            (num_tokens,), PADDING_SLOT, dtype=torch.int64, device=device
-        )
-        self.block_tables = torch.zeros(
-            num_seqs, self.max_blocks_per_seq, dtype=torch.int32, device=device
-        )
-        self.query_start_loc = torch.zeros(num_seqs + 1, dtype=torch.int32, device=device)
-        self.seq_lens = torch.zeros(num_seqs, dtype=torch.int32, device=device)
-        self.logits_indices = torch.zeros(num_seqs, dtype=torch.int64, device=device)
-        vocab_size = model.config.vocab_size
-        self.logits = torch.zeros(num_seqs, vocab_size, dtype=torch.float32, device=device)
-        self._batches = {count: self._batch(count) for count in self.token_counts}
-        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        super().__init__(model, kv_pool, block_size_tokens, token_counts, max_context_tokens)
 
-    def num_seq_rows(self, num_tokens: int) -> int:
-        """S, the sequence rows of the graph of num_tokens tokens."""
-        return min(num_tokens, self.max_num_seqs)
+    def num_tokens(self, size: int) -> int:
+        return size
+
+    def num_seq_rows(self, size: int) -> int:
+        """S: a step of size tokens has at most that many sequences."""
+        return min(size, self.max_num_seqs)
 
     def _batch(self, num_tokens: int) -> AttentionBatch:
-        num_seqs = self.num_seq_rows(num_tokens)
+        num_rows = self.num_seq_rows(num_tokens)
         return AttentionBatch(
             slot_mapping=self.slot_mapping[:num_tokens],
-            block_tables=self.block_tables[:num_seqs],
-            query_start_loc=self.query_start_loc[: num_seqs + 1],
-            seq_lens=self.seq_lens[:num_seqs],
+            block_tables=self.block_tables[:num_rows],
+            query_start_loc=self.query_start_loc[: num_rows + 1],
+            seq_lens=self.seq_lens[:num_rows],
             decode_only=False,
             cached_context=True,
         )
@@ -119,21 +101,10 @@ class PrefillGraphs:
         num_seqs sequences runs at, padded, or None when it does not fit (too
         many tokens or sequences, or a block table wider than the static one):
         such a step runs eagerly."""
-        if num_tokens > self.token_counts[-1] or max_blocks_per_seq > self.max_blocks_per_seq:
+        if num_tokens > self.sizes[-1] or max_blocks_per_seq > self.max_blocks_per_seq:
             return None
-        size = self.token_counts[bisect.bisect_left(self.token_counts, num_tokens)]
+        size = self.sizes[bisect.bisect_left(self.sizes, num_tokens)]
         return size if num_seqs <= self.num_seq_rows(size) else None
-
-    def inputs(
-        self, num_tokens: int
-    ) -> tuple[torch.Tensor, torch.Tensor, AttentionBatch, torch.Tensor]:
-        """(input_ids, positions, batch, logits_indices) of the static buffers at num_tokens."""
-        return (
-            self.input_ids[:num_tokens],
-            self.positions[:num_tokens],
-            self._batches[num_tokens],
-            self.logits_indices[: self.num_seq_rows(num_tokens)],
-        )
 
     @torch.inference_mode()
     def load(
@@ -148,45 +119,25 @@ class PrefillGraphs:
         logits_indices: list[int],  # [num_sampled]
     ) -> None:
         """Copies a step into the static buffers, padded to num_tokens tokens and
-        its sequence rows: one host-to-device copy per buffer."""
+        their sequence rows: one host-to-device copy per buffer."""
         num_rows = self.num_seq_rows(num_tokens)
-        num_real_tokens, num_real_seqs = len(input_ids), len(seq_lens)
-        num_padding_tokens = num_tokens - num_real_tokens
-        # One padding sequence holds every padding token; the rows after it are empty.
-        padding_seq_lens = [num_padding_tokens] + [0] * (num_rows - num_real_seqs - 1)
-
-        def fill(target: torch.Tensor, values: list[int]) -> None:
-            host = torch.tensor(values, dtype=target.dtype)
-            target[: len(values)].copy_(host, non_blocking=True)
-
-        fill(self.input_ids, input_ids + [0] * num_padding_tokens)
-        fill(self.positions, positions + [0] * num_padding_tokens)
-        fill(self.slot_mapping, slot_mapping + [PADDING_SLOT] * num_padding_tokens)
-        fill(self.query_start_loc, query_start_loc + [num_tokens] * (num_rows - num_real_seqs))
-        fill(self.seq_lens, (seq_lens + padding_seq_lens)[:num_rows])
-        fill(self.logits_indices, logits_indices + [0] * (num_rows - len(logits_indices)))
+        num_padding_tokens = num_tokens - len(input_ids)
+        num_padding_rows = num_rows - len(seq_lens)
+        # One padding sequence holds every padding token; the rows after it are
+        # empty. With no row left for it, the padding tokens belong to no
+        # sequence: attention leaves their rows unwritten, and nothing reads them.
+        padding_seq_lens = ([num_padding_tokens] + [0] * num_rows)[:num_padding_rows]
+        self._copy_rows(self.input_ids, input_ids + [0] * num_padding_tokens)
+        self._copy_rows(self.positions, positions + [0] * num_padding_tokens)
+        self._copy_rows(self.slot_mapping, slot_mapping + [PADDING_SLOT] * num_padding_tokens)
+        self._copy_rows(self.query_start_loc, query_start_loc + [num_tokens] * num_padding_rows)
+        self._copy_rows(self.seq_lens, seq_lens + padding_seq_lens)
+        self._copy_rows(
+            self.logits_indices, logits_indices + [0] * (num_rows - len(logits_indices))
+        )
         # Only the real rows' first columns: the rest of the table keeps earlier
         # valid ids, which seq_lens keeps every row from reading past.
-        tables = torch.tensor(block_tables, dtype=torch.int32)  # [num_seqs, width]
-        self.block_tables[: tables.shape[0], : tables.shape[1]].copy_(tables, non_blocking=True)
-
-    def replay(self, num_tokens: int) -> torch.Tensor:
-        """Runs the forward pass on the static buffers at num_tokens: the graph
-        where one was captured, else eagerly. Returns the static logits
-        [num_seq_rows(num_tokens), vocab], rows in logits_indices order
-        (overwritten by the next replay)."""
-        graph = self._graphs.get(num_tokens)
-        if graph is None:
-            self._forward(num_tokens)
-        else:
-            replay(graph, self.device)
-        return self.logits[: self.num_seq_rows(num_tokens)]
-
-    @torch.inference_mode()
-    def _forward(self, num_tokens: int) -> None:
-        input_ids, positions, batch, logits_indices = self.inputs(num_tokens)
-        logits = self.model(input_ids, positions, self.kv_pool, batch, logits_indices)
-        self.logits[: logits.shape[0]].copy_(logits)
+        self._copy_rows(self.block_tables, block_tables)
 
     def _fill_padding(self) -> None:
         """What capture runs on: padding tokens of empty sequences only, so it
@@ -199,11 +150,3 @@ class PrefillGraphs:
         self.query_start_loc.zero_()
         self.seq_lens.zero_()
         self.logits_indices.zero_()
-
-    def capture(self, memory_pool=None) -> CaptureReport:
-        """Captures one graph per token count (graph_capture.capture_graphs), into
-        memory_pool if given (the runner's, shared with its decode graphs)."""
-        self._graphs, report = capture_graphs(
-            self.device, self.token_counts, self._forward, self._fill_padding, memory_pool
-        )
-        return report

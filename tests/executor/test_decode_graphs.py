@@ -36,7 +36,7 @@ def run_decode_steps(model, batch_sizes, prompt_lens, num_steps, device="cpu", c
     padded.decode_graphs = graphs
     sequences = new_sequences(prompt_lens, config.vocab_size)
     prefill([eager, padded], sequences)
-    expected_size = graphs.padded_size(len(sequences), 8)
+    expected_size = graphs.padded_size(len(sequences), len(sequences), 8)
     assert expected_size > len(sequences), "the test wants padding rows"
     for _ in range(num_steps):
         chunks = decode_chunks(sequences)
