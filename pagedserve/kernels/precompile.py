@@ -167,7 +167,7 @@ class _Scratch:
         query = self._tokens(1, self.num_heads, self.dtype)
         seq_lens = self._int32([1])
         launches = 0
-        for config in decode_configs(self.head_dim):
+        for config in decode_configs(self.head_dim, self.key_cache.dtype):
             block_n = config["BLOCK_N"]
             for num_partitions in partition_count_classes():
                 width = triton.cdiv(num_partitions * block_n, self.block_size)
