@@ -362,7 +362,7 @@ class Engine:
         seq = Sequence(next(self._seq_ids), request, index, token_ids)
         seq.num_prompt_tokens = len(request.prompt_token_ids)
         if not request.sampling.greedy and request.beam_search is None:
-            seq.generator = make_generator(request.sampling.seed + index, self.runner.device)
+            seq.generator = make_generator(request.sampling.seed + index)
         request.sequences.append(seq)
         return seq
 

@@ -1,10 +1,17 @@
 """Chooses the next token of each sequence from its logits.
 
 Greedy rows take the argmax of the raw logits (what HF `generate` does with
-do_sample=False). Sampled rows apply temperature, top-k and top-p, then draw
-from the sequence's own torch.Generator, so a seeded completion gives the same
+do_sample=False). Sampled rows apply temperature, top-k and top-p, then draw by
+inverting their distribution's cumulative sum at one uniform number from the
+sequence's own torch.Generator, so that a seeded completion gives the same
 tokens whatever else shares its batch. Log probabilities are those of the
 model's raw distribution (before temperature and truncation).
+
+Every step is batched over the sampled rows (one sort for all rows that use
+top-p, one top-k for all that use top-k, one cumulative sum): a loop over rows
+launched some ten operations per row, which at 64 rows of a 49,152-token
+vocabulary took 54-265 ms a step on a 2-core CPU (benchmarks/sampler_bench.py;
+docs/gpu.md has the GPU's figures).
 """
 
 from __future__ import annotations
@@ -14,38 +21,92 @@ import torch
 from pagedserve.executor.request import SamplingOptions
 
 
-def _truncate(logits: torch.Tensor, options: SamplingOptions) -> torch.Tensor:
-    """Masks tokens outside top-k and top-p with -inf; logits: [V], already scaled."""
-    if options.top_k and options.top_k < logits.shape[-1]:
-        kth_largest = torch.topk(logits, options.top_k).values[-1]
-        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
-    if options.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        sorted_probs = sorted_logits.softmax(-1)
-        # Drop a token when the tokens before it already reach top_p; the first always stays.
-        drop_sorted = (sorted_probs.cumsum(-1) - sorted_probs) >= options.top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
-
-
 def sample(
     logits: torch.Tensor,  # [num_seqs, vocab] float32
     options: list[SamplingOptions],
-    generators: list[torch.Generator | None],
+    generators: list[torch.Generator | None],  # CPU generators; None for greedy rows
 ) -> tuple[list[int], list[float]]:
     """Returns the chosen token id and its log probability for each row."""
     logprobs = torch.log_softmax(logits, dim=-1)  # [num_seqs, vocab]
     chosen = torch.argmax(logits, dim=-1)  # [num_seqs]; greedy rows keep this
-    for row, row_options in enumerate(options):
-        if row_options.greedy:
-            continue
-        scaled = _truncate(logits[row] / row_options.temperature, row_options)
-        probs = scaled.softmax(-1)
-        chosen[row] = torch.multinomial(probs, 1, generator=generators[row])[0]
+    rows = [row for row, row_options in enumerate(options) if not row_options.greedy]
+    if rows:
+        row_index = torch.tensor(rows, device=logits.device)
+        chosen[row_index] = _sample_rows(
+            logits[row_index], [options[row] for row in rows], [generators[row] for row in rows]
+        )
     chosen_logprobs = logprobs.gather(1, chosen[:, None])[:, 0]
     return chosen.tolist(), chosen_logprobs.tolist()
 
 
-def make_generator(seed: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed)
+def _sample_rows(
+    logits: torch.Tensor,  # [rows, vocab] float32
+    options: list[SamplingOptions],  # temperature > 0
+    generators: list[torch.Generator],
+) -> torch.Tensor:  # [rows] int64
+    device = logits.device
+    temperatures = torch.tensor([o.temperature for o in options], device=device)
+    scaled = logits / temperatures[:, None]
+    scaled = _keep_top_k(scaled, [o.top_k for o in options])
+    scaled = _keep_top_p(scaled, [o.top_p for o in options])
+    cumulative = scaled.softmax(-1).cumsum(-1)  # [rows, vocab]
+    # One draw per row from the row's own generator (on the host: no launch per row).
+    uniforms = torch.stack([torch.rand((), generator=g) for g in generators]).to(device)
+    # The first token whose cumulative probability passes u x the row's total
+    # (the total is 1 up to rounding); tokens masked out add nothing, so are never chosen.
+    targets = uniforms[:, None] * cumulative[:, -1:]
+    tokens = torch.searchsorted(cumulative, targets, right=True)[:, 0]
+    return tokens.clamp_(max=logits.shape[-1] - 1)
+
+
+def _keep_top_k(scaled: torch.Tensor, top_ks: list[int]) -> torch.Tensor:
+    """Masks with -inf every token below each row's k-th largest (rows with
+    top_k 0, or k >= vocab, keep all)."""
+    vocab_size = scaled.shape[-1]
+    limited = [0 < k < vocab_size for k in top_ks]
+    if not any(limited):
+        return scaled
+    largest_k = max(k for k, on in zip(top_ks, limited, strict=True) if on)
+    top_values = torch.topk(scaled, largest_k, dim=-1).values  # [rows, largest_k], descending
+    kth_index = torch.tensor(
+        [k - 1 if on else 0 for k, on in zip(top_ks, limited, strict=True)], device=scaled.device
+    )
+    kth = top_values.gather(1, kth_index[:, None])  # [rows, 1]
+    kth = kth.masked_fill(~torch.tensor(limited, device=scaled.device)[:, None], float("-inf"))
+    return scaled.masked_fill(scaled < kth, float("-inf"))
+
+
+# Tokens looked at first for top-p: a nucleus within them needs no full sort.
+_TOP_P_CANDIDATES = 1024
+
+
+def _keep_top_p(scaled: torch.Tensor, top_ps: list[float]) -> torch.Tensor:
+    """Masks with -inf each row's tokens outside its top-p nucleus: a token goes
+    when the more likely tokens before it already reach top_p (the most likely
+    always stays). Rows with top_p 1 keep all.
+
+    The nucleus is a prefix of the tokens by probability: when the
+    _TOP_P_CANDIDATES most likely tokens of every row reach its top_p, only
+    they are ranked (torch.topk); otherwise the whole vocabulary is sorted."""
+    if all(p >= 1.0 for p in top_ps):
+        return scaled
+    probs = scaled.softmax(-1)  # [rows, vocab]
+    # top_p >= 1 reads as 2: no cumulative sum reaches it.
+    limits = torch.tensor([p if p < 1.0 else 2.0 for p in top_ps], device=scaled.device)
+    candidates = min(_TOP_P_CANDIDATES, scaled.shape[-1])
+    ranked_probs, order = torch.topk(probs, candidates, dim=-1)  # [rows, candidates], descending
+    before = ranked_probs.cumsum(-1) - ranked_probs  # mass of the more likely tokens
+    reached = ((before[:, -1] + ranked_probs[:, -1]) >= limits) | (limits > 1.0)
+    if candidates < scaled.shape[-1] and not bool(reached.all()):
+        ranked_probs, order = torch.sort(probs, dim=-1, descending=True)
+        before = ranked_probs.cumsum(-1) - ranked_probs
+    keep_ranked = before < limits[:, None]
+    keep = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, keep_ranked)
+    keep |= (limits > 1.0)[:, None]  # past the candidates too
+    return scaled.masked_fill(~keep, float("-inf"))
+
+
+def make_generator(seed: int) -> torch.Generator:
+    """A sequence's generator, on the host: it gives one number per sampled
+    token, whatever device the logits are on."""
+    return torch.Generator().manual_seed(seed)
