@@ -6,16 +6,19 @@ random weights, one process, a block manager on loopback.
 Run from the repository root:
     python -m benchmarks.executor_step_profile --model FOLDER [--device cuda]
 FOLDER holds the model's config.json (weights are not read). For each batch
-size of --num-seqs, the same greedy requests run twice on the same engine,
-decode eager then from the decode graphs (captured once at start on CUDA; on
-the CPU the padded path runs eagerly), and every output token of the two runs
-is compared. Not a test: figures depend on the machine (see docs/gpu.md).
+size of --num-seqs, the same requests (greedy, or drawn with --temperature and
+--top-p, seeded per request) run twice on the same engine, decode eager then
+from the decode graphs (captured once at start on CUDA; on the CPU the padded
+path runs eagerly), and every output token of the two runs is compared (drawn
+tokens may part where the two paths' logits differ in their last bits). Not a
+test: figures depend on the machine (see docs/gpu.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import io
 import pstats
 import time
@@ -103,16 +106,20 @@ def device_profile(engine: Engine, device: torch.device) -> tuple[float, float]:
 
 
 def run_workload(engine: Engine, device: torch.device, num_seqs: int, args, tag: str) -> dict:
-    """num_seqs greedy requests to the end; times steady decode steps of the whole batch."""
+    """num_seqs requests to the end; times steady decode steps of the whole batch."""
     sink = _TokenSink()
     # Enough new tokens that the batch stays whole through the timed steps,
     # however many steps the prefills (and early decodes beside them) take.
     num_prefill_steps = -(-num_seqs * args.prompt_tokens // 2048) + 2
     max_tokens = num_prefill_steps + WARM_STEPS + args.steps + 2 * PROFILED_STEPS + 5
-    greedy = SamplingOptions(max_tokens=max_tokens, temperature=0.0, top_p=1.0, top_k=0, seed=0)
+    # Greedy by default; with --temperature the tokens are drawn (each request
+    # seeded, so that the eager and the graph runs draw alike).
+    sampling = SamplingOptions(
+        max_tokens=max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=0, seed=0
+    )
     for index in range(num_seqs):
         prompt = [(7 * position + index) % 1000 + 5 for position in range(args.prompt_tokens)]
-        engine.submit(f"{index}", prompt, greedy, sink)
+        engine.submit(f"{index}", prompt, dataclasses.replace(sampling, seed=index), sink)
     engine._drain_inbox(block=False)
     if engine.num_active_requests() != num_seqs:
         raise SystemExit("requests were refused (see the log): check --prompt-tokens and the model")
@@ -168,6 +175,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--profile-seqs", type=int, default=64, help="batch size profiled")
     parser.add_argument("--host-profile", action="store_true", help="also print cProfile")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    parser.add_argument("--top-p", type=float, default=1.0)
     args = parser.parse_args()
     device = torch.device(args.device)
     engine, resources = build_engine(Path(args.model), device, EngineSettings(num_blocks=8192))
