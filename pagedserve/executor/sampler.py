@@ -49,9 +49,13 @@ def _sample_rows(
     scaled = logits / temperatures[:, None]
     scaled = _keep_top_k(scaled, [o.top_k for o in options])
     scaled = _keep_top_p(scaled, [o.top_p for o in options])
-    cumulative = scaled.softmax(-1).cumsum(-1)  # [rows, vocab]
+    # In float64: a float32 sum over a vocabulary rounds by ~1e-5 at its end,
+    # enough for last-bit differences in the logits (another batch, another
+    # GEMM) to move a draw to the next token now and then.
+    cumulative = scaled.softmax(-1).cumsum(-1, dtype=torch.float64)  # [rows, vocab]
     # One draw per row from the row's own generator (on the host: no launch per row).
-    uniforms = torch.stack([torch.rand((), generator=g) for g in generators]).to(device)
+    uniforms = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generators])
+    uniforms = uniforms.to(device)
     # The first token whose cumulative probability passes u x the row's total
     # (the total is 1 up to rounding); tokens masked out add nothing, so are never chosen.
     targets = uniforms[:, None] * cumulative[:, -1:]
