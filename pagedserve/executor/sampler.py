@@ -1,14 +1,14 @@
 """Chooses the next token of each sequence from its logits.
 
 Greedy rows take the argmax of the raw logits (what HF `generate` does with
-do_sample=False). Sampled rows apply temperature, top-k and top-p, then draw by
-inverting their distribution's cumulative sum at one uniform number from the
-sequence's own torch.Generator, so that a seeded completion gives the same
-tokens whatever else shares its batch. Log probabilities are those of the
+do_sample=False). Sampled rows apply temperature, top-k and top-p, then draw
+with the exponential race over noise hashed from one seed a token, which the
+sequence's own torch.Generator gives, so that a seeded completion gives the
+same tokens whatever else shares its batch. Log probabilities are those of the
 model's raw distribution (before temperature and truncation).
 
 Every step is batched over the sampled rows (one sort for all rows that use
-top-p, one top-k for all that use top-k, one cumulative sum): a loop over rows
+top-p, one top-k for all that use top-k, one draw): a loop over rows
 launched some ten operations per row, which at 64 rows of a 49,152-token
 vocabulary took 54-265 ms a step on a 2-core CPU (benchmarks/sampler_bench.py;
 docs/gpu.md has the GPU's figures).
@@ -49,18 +49,43 @@ def _sample_rows(
     scaled = logits / temperatures[:, None]
     scaled = _keep_top_k(scaled, [o.top_k for o in options])
     scaled = _keep_top_p(scaled, [o.top_p for o in options])
-    # In float64: a float32 sum over a vocabulary rounds by ~1e-5 at its end,
-    # enough for last-bit differences in the logits (another batch, another
-    # GEMM) to move a draw to the next token now and then.
-    cumulative = scaled.softmax(-1).cumsum(-1, dtype=torch.float64)  # [rows, vocab]
-    # One draw per row from the row's own generator (on the host: no launch per row).
-    uniforms = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generators])
-    uniforms = uniforms.to(device)
-    # The first token whose cumulative probability passes u x the row's total
-    # (the total is 1 up to rounding); tokens masked out add nothing, so are never chosen.
-    targets = uniforms[:, None] * cumulative[:, -1:]
-    tokens = torch.searchsorted(cumulative, targets, right=True)[:, 0]
-    return tokens.clamp_(max=logits.shape[-1] - 1)
+    probs = scaled.softmax(-1)  # [rows, vocab]
+    # The exponential race: argmax of p / E with E ~ Exp(1) draws token i with
+    # probability p_i, and is unchanged by scaling p, so a nucleus that gains
+    # or loses a token at its edge (last-bit differences in the logits: another
+    # batch, another GEMM) does not move the draw, as inverting the cumulative
+    # sum did. One seed per row from the row's own generator (on the host: no
+    # launch per row); the noise is a hash of (seed, token id).
+    seeds = torch.tensor(
+        [int(torch.randint(0, 1 << 31, (), generator=g)) for g in generators], dtype=torch.int32
+    ).to(device)
+    exponentials = -torch.log(_hashed_uniforms(seeds, probs.shape[-1]))  # [rows, vocab]
+    return (probs / exponentials).argmax(-1)
+
+
+# SplitMix's golden-ratio increment and MurmurHash3's 32-bit finalizer
+# constants, as signed int32 (torch's int32 products wrap around).
+_GOLDEN_32 = 0x9E3779B9 - (1 << 32)
+_MIX_1 = 0x85EBCA6B - (1 << 32)
+_MIX_2 = 0xC2B2AE35 - (1 << 32)
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int32 values (torch's >> keeps the sign)."""
+    return (x >> bits) & ((1 << (32 - bits)) - 1)
+
+
+def _hashed_uniforms(seeds: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """[rows, vocab] float32 in (0, 1): uniform v of row r is a hash of
+    (seeds[r], v), so the same on every device and whatever else shares the
+    batch. seeds: [rows] int32."""
+    token_ids = torch.arange(vocab_size, dtype=torch.int32, device=seeds.device)
+    h = seeds[:, None] + token_ids[None, :] * _GOLDEN_32
+    h = (h ^ _shift_right(h, 16)) * _MIX_1
+    h = (h ^ _shift_right(h, 13)) * _MIX_2
+    h = h ^ _shift_right(h, 16)
+    # 24 bits, exact in float32; + 0.5 keeps 0 and 1 out.
+    return (_shift_right(h, 8).to(torch.float32) + 0.5) / (1 << 24)
 
 
 def _keep_top_k(scaled: torch.Tensor, top_ks: list[int]) -> torch.Tensor:

@@ -44,15 +44,15 @@ def expected_distribution(logits: torch.Tensor, o: SamplingOptions) -> torch.Ten
 )
 def test_frequencies_follow_the_distribution(o):
     logits = torch.tensor([2.0, 1.5, 1.4, 0.3, 0.0, -0.5, -1.0, 1.0, 0.8, -2.0, 0.1, 0.5])
-    num_draws = 6000
+    num_draws = 20000
     batch = logits.expand(num_draws, -1).contiguous()
     generators = [make_generator(seed) for seed in range(num_draws)]
     tokens, _ = sample(batch, [o] * num_draws, generators)
     frequencies = torch.bincount(torch.tensor(tokens), minlength=len(logits)).double() / num_draws
     expected = expected_distribution(logits, o)
     assert frequencies[expected == 0].sum() == 0, "a token outside top-k / top-p was drawn"
-    # 6,000 draws: a frequency's standard deviation is at most 0.0065.
-    assert (frequencies - expected).abs().max() < 0.03
+    # 20,000 draws: a frequency's standard deviation is at most 0.0036.
+    assert (frequencies - expected).abs().max() < 0.015
 
 
 def test_greedy_rows_take_the_argmax_beside_sampled_rows():
