@@ -59,8 +59,8 @@ def _sample_rows(
     seeds = torch.tensor(
         [int(torch.randint(0, 1 << 31, (), generator=g)) for g in generators], dtype=torch.int32
     ).to(device)
-    exponentials = -torch.log(_hashed_uniforms(seeds, probs.shape[-1]))  # [rows, vocab]
-    return (probs / exponentials).argmax(-1)
+    exponentials = _hashed_uniforms(seeds, probs.shape[-1]).log_().neg_()  # [rows, vocab]
+    return probs.div_(exponentials).argmax(-1)
 
 
 # SplitMix's golden-ratio increment and MurmurHash3's 32-bit finalizer
@@ -70,22 +70,26 @@ _MIX_1 = 0x85EBCA6B - (1 << 32)
 _MIX_2 = 0xC2B2AE35 - (1 << 32)
 
 
-def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """Logical right shift of int32 values (torch's >> keeps the sign)."""
-    return (x >> bits) & ((1 << (32 - bits)) - 1)
+def _shift_right_into(h: torch.Tensor, bits: int, out: torch.Tensor) -> torch.Tensor:
+    """out = logical right shift of int32 h (torch's >> keeps the sign)."""
+    torch.bitwise_right_shift(h, bits, out=out)
+    return out.bitwise_and_((1 << (32 - bits)) - 1)
 
 
 def _hashed_uniforms(seeds: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """[rows, vocab] float32 in (0, 1): uniform v of row r is a hash of
     (seeds[r], v), so the same on every device and whatever else shares the
-    batch. seeds: [rows] int32."""
+    batch. seeds: [rows] int32. In place where it can: a few passes over
+    [rows, vocab] int32."""
     token_ids = torch.arange(vocab_size, dtype=torch.int32, device=seeds.device)
     h = seeds[:, None] + token_ids[None, :] * _GOLDEN_32
-    h = (h ^ _shift_right(h, 16)) * _MIX_1
-    h = (h ^ _shift_right(h, 13)) * _MIX_2
-    h = h ^ _shift_right(h, 16)
+    shifted = torch.empty_like(h)
+    h.bitwise_xor_(_shift_right_into(h, 16, shifted)).mul_(_MIX_1)
+    h.bitwise_xor_(_shift_right_into(h, 13, shifted)).mul_(_MIX_2)
+    h.bitwise_xor_(_shift_right_into(h, 16, shifted))
     # 24 bits, exact in float32; + 0.5 keeps 0 and 1 out.
-    return (_shift_right(h, 8).to(torch.float32) + 0.5) / (1 << 24)
+    uniforms = _shift_right_into(h, 8, shifted).to(torch.float32)
+    return uniforms.add_(0.5).mul_(1.0 / (1 << 24))
 
 
 def _keep_top_k(scaled: torch.Tensor, top_ks: list[int]) -> torch.Tensor:
