@@ -2,7 +2,7 @@
 
 Greedy rows take the argmax of the raw logits (what HF `generate` does with
 do_sample=False). Sampled rows apply temperature, top-k and top-p, then draw
-with the exponential race over noise hashed from one seed a token, which the
+by the Gumbel-max trick over noise hashed from one seed a step, which the
 sequence's own torch.Generator gives, so that a seeded completion gives the
 same tokens whatever else shares its batch. Log probabilities are those of the
 model's raw distribution (before temperature and truncation).
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from pagedserve import kernels
 from pagedserve.executor.request import SamplingOptions
 
 
@@ -49,47 +50,15 @@ def _sample_rows(
     scaled = logits / temperatures[:, None]
     scaled = _keep_top_k(scaled, [o.top_k for o in options])
     scaled = _keep_top_p(scaled, [o.top_p for o in options])
-    probs = scaled.softmax(-1)  # [rows, vocab]
-    # The exponential race: argmax of p / E with E ~ Exp(1) draws token i with
-    # probability p_i, and is unchanged by scaling p, so a nucleus that gains
-    # or loses a token at its edge (last-bit differences in the logits: another
-    # batch, another GEMM) does not move the draw, as inverting the cumulative
-    # sum did. One seed per row from the row's own generator (on the host: no
-    # launch per row); the noise is a hash of (seed, token id).
+    # The Gumbel-max trick (kernels.gumbel_sample) depends on no
+    # normalization, so a nucleus that gains or loses a token at its edge
+    # (last-bit differences in the logits: another batch, another GEMM) does
+    # not move the draw, as inverting a cumulative sum did. One seed per row
+    # and step from the row's own generator (on the host: no launch per row).
     seeds = torch.tensor(
         [int(torch.randint(0, 1 << 31, (), generator=g)) for g in generators], dtype=torch.int32
     ).to(device)
-    exponentials = _hashed_uniforms(seeds, probs.shape[-1]).log_().neg_()  # [rows, vocab]
-    return probs.div_(exponentials).argmax(-1)
-
-
-# SplitMix's golden-ratio increment and MurmurHash3's 32-bit finalizer
-# constants, as signed int32 (torch's int32 products wrap around).
-_GOLDEN_32 = 0x9E3779B9 - (1 << 32)
-_MIX_1 = 0x85EBCA6B - (1 << 32)
-_MIX_2 = 0xC2B2AE35 - (1 << 32)
-
-
-def _shift_right_into(h: torch.Tensor, bits: int, out: torch.Tensor) -> torch.Tensor:
-    """out = logical right shift of int32 h (torch's >> keeps the sign)."""
-    torch.bitwise_right_shift(h, bits, out=out)
-    return out.bitwise_and_((1 << (32 - bits)) - 1)
-
-
-def _hashed_uniforms(seeds: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """[rows, vocab] float32 in (0, 1): uniform v of row r is a hash of
-    (seeds[r], v), so the same on every device and whatever else shares the
-    batch. seeds: [rows] int32. In place where it can: a few passes over
-    [rows, vocab] int32."""
-    token_ids = torch.arange(vocab_size, dtype=torch.int32, device=seeds.device)
-    h = seeds[:, None] + token_ids[None, :] * _GOLDEN_32
-    shifted = torch.empty_like(h)
-    h.bitwise_xor_(_shift_right_into(h, 16, shifted)).mul_(_MIX_1)
-    h.bitwise_xor_(_shift_right_into(h, 13, shifted)).mul_(_MIX_2)
-    h.bitwise_xor_(_shift_right_into(h, 16, shifted))
-    # 24 bits, exact in float32; + 0.5 keeps 0 and 1 out.
-    uniforms = _shift_right_into(h, 8, shifted).to(torch.float32)
-    return uniforms.add_(0.5).mul_(1.0 / (1 << 24))
+    return kernels.gumbel_sample(scaled, seeds)
 
 
 def _keep_top_k(scaled: torch.Tensor, top_ks: list[int]) -> torch.Tensor:

@@ -9,8 +9,8 @@ pass against 1,707 in steady state). First, kernels.precompile launches every
 attention and cache kernel in every configuration its launch rules can choose
 for the model's shape, on scratch tensors (never the shared pool). Then the
 warm-up sends requests of made-up token ids through the real engine
-(scheduler, block manager, model, sampler), which also brings torch's own
-kernels and the sampler up: prefills of several lengths in one batch, then
+(scheduler, block manager, model, sampler, greedy and drawn), which also
+brings torch's own kernels and the sampler's up: prefills of several lengths in one batch, then
 decodes in batches that shrink to one as the requests end, then a lone
 request. Their blocks come from the block manager like any request's and are
 freed when they end; with prefix caching off they leave nothing to match.
@@ -101,11 +101,14 @@ def warm_up(engine: Engine, timeout_s: float) -> float:
     for wave_index, wave in enumerate(waves):
         sink = CompletionSink(len(wave))
         for request_index, (prompt_token_ids, max_tokens) in enumerate(wave):
+            # Greedy, except the first request of a wave, which draws its
+            # tokens (top-k and top-p too): the sampler's kernel compiles here.
+            drawn = request_index == 0
             sampling = SamplingOptions(
                 max_tokens=max_tokens,
-                temperature=0.0,
-                top_p=1.0,
-                top_k=0,
+                temperature=1.0 if drawn else 0.0,
+                top_p=0.9 if drawn else 1.0,
+                top_k=50 if drawn else 0,
                 seed=0,
                 use_prefix_cache=False,
             )

@@ -14,6 +14,7 @@ import torch
 
 from pagedserve.kernels._backend import use_triton
 from pagedserve.kernels.copy_blocks import copy_blocks_reference, copy_blocks_triton
+from pagedserve.kernels.gumbel_sample import gumbel_sample_reference, gumbel_sample_triton
 from pagedserve.kernels.paged_attention import paged_attention_triton
 from pagedserve.kernels.paged_attention_reference import paged_attention_reference
 from pagedserve.kernels.paged_decode_attention import (
@@ -174,11 +175,24 @@ def silu_and_mul(
     return silu_and_mul_reference(gate, up)
 
 
+def gumbel_sample(
+    scaled: torch.Tensor,  # [rows, vocab] float32: logits / temperature, masked with -inf
+    seeds: torch.Tensor,  # [rows] int32
+) -> torch.Tensor:  # [rows] int64
+    """One token per row, drawn with probability softmax(scaled) by the
+    Gumbel-max trick over noise hashed from (seed, token id): the same draw
+    whatever else shares the batch. One launch on CUDA."""
+    if use_triton(scaled):
+        return gumbel_sample_triton(scaled, seeds)
+    return gumbel_sample_reference(scaled, seeds)
+
+
 __all__ = [
     "PADDING_SLOT",
     "add_rms_norm",
     "compiled_variant_counts",
     "copy_blocks",
+    "gumbel_sample",
     "paged_attention",
     "paged_decode_attention",
     "precompile",

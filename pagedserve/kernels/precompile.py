@@ -25,6 +25,7 @@ import torch
 
 from pagedserve.kernels._backend import HAS_TRITON, triton, use_triton
 from pagedserve.kernels.copy_blocks import _copy_blocks_kernel, copy_blocks_triton
+from pagedserve.kernels.gumbel_sample import _gumbel_sample_kernel
 from pagedserve.kernels.paged_attention import (
     _paged_attention_kernel,
     paged_attention_triton,
@@ -44,8 +45,8 @@ from pagedserve.kernels.write_kv_cache import _write_kv_cache_kernel, write_kv_c
 
 # The Triton kernels an executor launches. precompile covers the KV-cache and
 # attention kernels, whose variants follow each step's shapes; the layer ops
-# (norms, rotary embedding, SiLU-and-mul) have one variant per model, compiled
-# by the warm-up's first forward pass (executor/warm_up.py).
+# (norms, rotary embedding, SiLU-and-mul) and the sampler's Gumbel draw have
+# one variant per model, compiled by the warm-up's requests (executor/warm_up.py).
 EXECUTOR_KERNELS = {
     "write_kv_cache": _write_kv_cache_kernel,
     "paged_attention": _paged_attention_kernel,
@@ -55,6 +56,7 @@ EXECUTOR_KERNELS = {
     "rms_norm": _rms_norm_kernel,
     "rotary_embedding": _rotary_embedding_kernel,
     "silu_and_mul": _silu_and_mul_kernel,
+    "gumbel_sample": _gumbel_sample_kernel,
 }
 
 

@@ -69,6 +69,23 @@ def test_greedy_rows_take_the_argmax_beside_sampled_rows():
     assert logprobs == pytest.approx([raw[row, t].item() for row, t in enumerate(tokens)])
 
 
+def test_the_triton_draw_gives_the_references_tokens(monkeypatch):
+    """The sampler with its draw on the Triton kernel (as on CUDA; here
+    through Triton's interpreter) and on the torch reference."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    logits = (torch.randn(6, 3000, generator=torch.Generator().manual_seed(5)) * 2).to(device)
+    row_options = [options(0.8), options(1.0, top_p=0.9), options(0.0), options(0.7, 0.95, 40),
+                   options(1.5), options(1.0, top_k=5)]  # fmt: skip
+    draws = {}
+    for path in ("torch", "triton"):
+        monkeypatch.setenv("PAGEDSERVE_KERNELS", path)
+        generators = [
+            None if o.greedy else make_generator(row) for row, o in enumerate(row_options)
+        ]
+        draws[path] = sample(logits, row_options, generators)[0]
+    assert draws["triton"] == draws["torch"]
+
+
 def test_a_seeded_row_draws_the_same_tokens_whatever_shares_its_batch():
     logits = torch.randn(5, 300, generator=torch.Generator().manual_seed(2))
     mine = options(0.9, top_p=0.9, top_k=40, seed=11)
