@@ -40,11 +40,11 @@ def random_logits(kind: str, rows: int, vocab_size: int, device: torch.device) -
     return logits.scatter_add(1, raised, torch.full(raised.shape, 14.0, device=device))
 
 
-def engine_generator(seed: int, device: torch.device) -> torch.Generator:
+def engine_generator(seed: int, device: torch.device):
     """What the engine gives the sampler for a row: make_generator's generator.
-    It takes the seed alone since the batched sampler (on the host); before,
-    also the device, which this script still accepts, so that it times the
-    earlier sampler too."""
+    It takes the seed alone since the batched sampler (a random.Random on the
+    host); before, also the device (a torch.Generator there), which this
+    script still accepts, so that it times the earlier sampler too."""
     try:
         return make_generator(seed)
     except TypeError:

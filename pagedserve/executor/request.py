@@ -9,10 +9,9 @@ block ids it is given.
 from __future__ import annotations
 
 import enum
+import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-
-import torch
 
 if TYPE_CHECKING:
     from pagedserve.executor.beam_search import BeamSearch
@@ -88,7 +87,7 @@ class Sequence:
         self.status = SequenceStatus.WAITING
         self.finish_reason: FinishReason | None = None
         self.cumulative_logprob = 0.0
-        self.generator: torch.Generator | None = None
+        self.generator: random.Random | None = None  # drawn tokens' seeds (sampler.py)
         # Output not yet sent to the gateway.
         self.pending_token_ids: list[int] = []
         self.pending_logprobs: list[float] = []
