@@ -78,6 +78,26 @@ class StepGraphs:
     def _batch(self, size: int) -> AttentionBatch:
         raise NotImplementedError
 
+    def padded_size(self, num_tokens: int, num_seqs: int, max_blocks_per_seq: int) -> int | None:
+        """The captured size a step of num_tokens new tokens of num_seqs
+        sequences runs at, padded, or None when it does not fit (it runs eagerly)."""
+        raise NotImplementedError
+
+    def load(
+        self,
+        size: int,  # padded, from padded_size
+        input_ids: list[int],  # [t]: every new token of the step
+        positions: list[int],  # [t]
+        slot_mapping: list[int],  # [t]
+        block_tables: list[list[int]],  # [num_seqs][width], width <= max_blocks_per_seq
+        query_start_loc: list[int],  # [num_seqs + 1]
+        seq_lens: list[int],  # [num_seqs]
+        logits_indices: list[int],  # [num_sampled]
+    ) -> None:
+        """Copies a step into the static buffers, padded to size: one
+        host-to-device copy per buffer."""
+        raise NotImplementedError
+
     def _fill_padding(self) -> None:
         """Makes every row a padding row, which writes nothing into the pool."""
         raise NotImplementedError
