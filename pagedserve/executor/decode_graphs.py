@@ -34,13 +34,10 @@ same forward pass eagerly on the same buffers (step_graphs.py).
 
 from __future__ import annotations
 
-import bisect
-
 import torch
 
-from pagedserve.executor.llama import AttentionBatch, LlamaForCausalLM
+from pagedserve.executor.llama import LlamaForCausalLM
 from pagedserve.executor.step_graphs import StepGraphs
-from pagedserve.kernels import PADDING_SLOT
 
 # Captured batch sizes: every small size a lone request or a few meet, then
 # steps of 32 (vLLM captures a similar ladder).
@@ -69,6 +66,8 @@ class DecodeGraphs(StepGraphs):
     and one sequence row per batch row), and one captured graph per size once
     capture() ran."""
 
+    decode_only = True
+
     def __init__(
         self,
         model: LlamaForCausalLM,
@@ -82,62 +81,15 @@ class DecodeGraphs(StepGraphs):
         self.query_start_loc.copy_(torch.arange(len(self.query_start_loc)))
         self.seq_lens.fill_(1)
 
-    def num_tokens(self, size: int) -> int:
-        return size
-
     def num_seq_rows(self, size: int) -> int:
         return size
 
-    def _batch(self, batch_size: int) -> AttentionBatch:
-        return AttentionBatch(
-            slot_mapping=self.slot_mapping[:batch_size],
-            block_tables=self.block_tables[:batch_size],
-            query_start_loc=self.query_start_loc[: batch_size + 1],
-            seq_lens=self.seq_lens[:batch_size],
-            decode_only=True,
-        )
-
-    def padded_size(self, num_tokens: int, num_seqs: int, max_blocks_per_seq: int) -> int | None:
-        """The batch size (of the ladder) a decode batch of num_seqs sequences
-        (num_tokens of them, one each) runs at, padded, or None when it does not
-        fit (too many sequences, or a block table wider than the static one):
-        such a batch runs eagerly."""
-        if num_seqs > self.sizes[-1] or max_blocks_per_seq > self.max_blocks_per_seq:
-            return None
-        return self.sizes[bisect.bisect_left(self.sizes, num_seqs)]
-
-    @torch.inference_mode()
-    def load(
-        self,
-        batch_size: int,  # padded, from padded_size
-        input_ids: list[int],  # [num_seqs]: one new token per sequence
-        positions: list[int],  # [num_seqs]
-        slot_mapping: list[int],  # [num_seqs]
-        block_tables: list[list[int]],  # [num_seqs][width], width <= max_blocks_per_seq
-        query_start_loc: list[int],  # [num_seqs + 1]: 0, 1, 2, ... (the static one serves)
-        seq_lens: list[int],  # [num_seqs]
-        logits_indices: list[int],  # [num_sampled]
+    def _load_sequence_rows(
+        self, batch_size: int, query_start_loc: list[int], seq_lens: list[int]
     ) -> None:
-        """Copies a decode batch into the static buffers, padded to batch_size:
-        one host-to-device copy per buffer. Padding rows: token 0 at position
-        0, PADDING_SLOT, seq_len 1 (one key of a valid block)."""
-        num_padding = batch_size - len(input_ids)
-        self._copy_rows(self.input_ids, input_ids + [0] * num_padding)
-        self._copy_rows(self.positions, positions + [0] * num_padding)
-        self._copy_rows(self.slot_mapping, slot_mapping + [PADDING_SLOT] * num_padding)
-        self._copy_rows(self.seq_lens, seq_lens + [1] * num_padding)
-        self._copy_rows(
-            self.logits_indices, logits_indices + [0] * (batch_size - len(logits_indices))
-        )
-        # Only the real rows' first columns: the rest of the table keeps earlier
-        # valid ids, which seq_lens keeps every row from reading past.
-        self._copy_rows(self.block_tables, block_tables)
+        """Padding rows: seq_len 1 (one key of a valid block); the static
+        query_start_loc (0, 1, 2, ...) serves every batch."""
+        self._copy_rows(self.seq_lens, seq_lens + [1] * (batch_size - len(seq_lens)))
 
-    def _fill_padding(self) -> None:
-        """Every row a padding row: what capture runs on, so it writes nothing into the pool."""
-        self.input_ids.zero_()
-        self.positions.zero_()
-        self.slot_mapping.fill_(PADDING_SLOT)
-        self.block_tables.zero_()
+    def _fill_padding_rows(self) -> None:
         self.seq_lens.fill_(1)
-        self.logits_indices.zero_()

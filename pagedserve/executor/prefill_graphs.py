@@ -31,13 +31,10 @@ replay runs the same forward pass eagerly on the same buffers (step_graphs.py).
 
 from __future__ import annotations
 
-import bisect
-
 import torch
 
-from pagedserve.executor.llama import AttentionBatch, LlamaForCausalLM
+from pagedserve.executor.llama import LlamaForCausalLM
 from pagedserve.executor.step_graphs import StepGraphs
-from pagedserve.kernels import PADDING_SLOT
 
 # The smallest token count captured: short prompts all round up to it.
 _MIN_GRAPH_TOKENS = 16
@@ -64,6 +61,8 @@ class PrefillGraphs(StepGraphs):
     """Static inputs and outputs of steps with prompt tokens for a ladder of
     token counts, and one captured graph per count once capture() ran."""
 
+    decode_only = False
+
     def __init__(
         self,
         model: LlamaForCausalLM,
@@ -78,75 +77,24 @@ class PrefillGraphs(StepGraphs):
         self.max_num_seqs = max_num_seqs
         super().__init__(model, kv_pool, block_size_tokens, token_counts, max_context_tokens)
 
-    def num_tokens(self, size: int) -> int:
-        return size
-
     def num_seq_rows(self, size: int) -> int:
         """S: a step of size tokens has at most that many sequences."""
         return min(size, self.max_num_seqs)
 
-    def _batch(self, num_tokens: int) -> AttentionBatch:
-        num_rows = self.num_seq_rows(num_tokens)
-        return AttentionBatch(
-            slot_mapping=self.slot_mapping[:num_tokens],
-            block_tables=self.block_tables[:num_rows],
-            query_start_loc=self.query_start_loc[: num_rows + 1],
-            seq_lens=self.seq_lens[:num_rows],
-            decode_only=False,
-            cached_context=True,
-        )
-
-    def padded_size(self, num_tokens: int, num_seqs: int, max_blocks_per_seq: int) -> int | None:
-        """The token count (of the ladder) a step of num_tokens tokens of
-        num_seqs sequences runs at, padded, or None when it does not fit (too
-        many tokens or sequences, or a block table wider than the static one):
-        such a step runs eagerly."""
-        if num_tokens > self.sizes[-1] or max_blocks_per_seq > self.max_blocks_per_seq:
-            return None
-        size = self.sizes[bisect.bisect_left(self.sizes, num_tokens)]
-        return size if num_seqs <= self.num_seq_rows(size) else None
-
-    @torch.inference_mode()
-    def load(
-        self,
-        num_tokens: int,  # padded, from padded_size
-        input_ids: list[int],  # [t]: every new token of the step
-        positions: list[int],  # [t]
-        slot_mapping: list[int],  # [t]
-        block_tables: list[list[int]],  # [num_seqs][width], width <= max_blocks_per_seq
-        query_start_loc: list[int],  # [num_seqs + 1], the last = t
-        seq_lens: list[int],  # [num_seqs]
-        logits_indices: list[int],  # [num_sampled]
+    def _load_sequence_rows(
+        self, num_tokens: int, query_start_loc: list[int], seq_lens: list[int]
     ) -> None:
-        """Copies a step into the static buffers, padded to num_tokens tokens and
-        their sequence rows: one host-to-device copy per buffer."""
-        num_rows = self.num_seq_rows(num_tokens)
-        num_padding_tokens = num_tokens - len(input_ids)
-        num_padding_rows = num_rows - len(seq_lens)
-        # One padding sequence holds every padding token; the rows after it are
-        # empty. With no row left for it, the padding tokens belong to no
-        # sequence: attention leaves their rows unwritten, and nothing reads them.
-        padding_seq_lens = ([num_padding_tokens] + [0] * num_rows)[:num_padding_rows]
-        self._copy_rows(self.input_ids, input_ids + [0] * num_padding_tokens)
-        self._copy_rows(self.positions, positions + [0] * num_padding_tokens)
-        self._copy_rows(self.slot_mapping, slot_mapping + [PADDING_SLOT] * num_padding_tokens)
+        """One padding sequence holds every padding token; the rows after it
+        are empty. With no row left for it, the padding tokens belong to no
+        sequence: attention leaves their rows unwritten, and nothing reads them."""
+        num_padding_rows = self.num_seq_rows(num_tokens) - len(seq_lens)
+        num_padding_tokens = num_tokens - query_start_loc[-1]
+        padding_seq_lens = ([num_padding_tokens] + [0] * num_padding_rows)[:num_padding_rows]
         self._copy_rows(self.query_start_loc, query_start_loc + [num_tokens] * num_padding_rows)
         self._copy_rows(self.seq_lens, seq_lens + padding_seq_lens)
-        self._copy_rows(
-            self.logits_indices, logits_indices + [0] * (num_rows - len(logits_indices))
-        )
-        # Only the real rows' first columns: the rest of the table keeps earlier
-        # valid ids, which seq_lens keeps every row from reading past.
-        self._copy_rows(self.block_tables, block_tables)
 
-    def _fill_padding(self) -> None:
-        """What capture runs on: padding tokens of empty sequences only, so it
-        writes nothing into the pool and reads no block. Attention leaves the
+    def _fill_padding_rows(self) -> None:
+        """Empty sequences only: capture reads no block. Attention leaves the
         rows of tokens no sequence owns unwritten; their values are never read."""
-        self.input_ids.zero_()
-        self.positions.zero_()
-        self.slot_mapping.fill_(PADDING_SLOT)
-        self.block_tables.zero_()
         self.query_start_loc.zero_()
         self.seq_lens.zero_()
-        self.logits_indices.zero_()

@@ -12,6 +12,7 @@ one code path, tested on the CPU.
 
 from __future__ import annotations
 
+import bisect
 import time
 from dataclasses import dataclass
 
@@ -31,9 +32,12 @@ class CaptureReport:
 
 class StepGraphs:
     """Static inputs and outputs of a step for a ladder of padded sizes, and
-    one captured graph per size once capture() ran. Subclasses say how many
-    tokens and sequence rows a size has, build each size's AttentionBatch,
-    load a step and fill the buffers with padding."""
+    one captured graph per size once capture() ran. A size is the graph's
+    token count (decode: one token per sequence). Subclasses say how many
+    sequence rows a size has, whether its steps are decode-only, and how the
+    sequence rows (seq_lens, query_start_loc) are padded."""
+
+    decode_only: bool  # the AttentionBatch's: the decode kernel or the varlen one
 
     def __init__(
         self,
@@ -50,7 +54,7 @@ class StepGraphs:
         self.device = device = kv_pool.device
         self.sizes = sorted(set(sizes))
         self.max_blocks_per_seq = -(-max_context_tokens // block_size_tokens)
-        num_tokens, num_rows = self.num_tokens(self.sizes[-1]), self.num_seq_rows(self.sizes[-1])
+        num_tokens, num_rows = self.sizes[-1], self.num_seq_rows(self.sizes[-1])
         self.input_ids = torch.zeros(num_tokens, dtype=torch.int64, device=device)
         self.positions = torch.zeros(num_tokens, dtype=torch.int64, device=device)
         self.slot_mapping = torch.full(
@@ -67,22 +71,42 @@ class StepGraphs:
         self._batches = {size: self._batch(size) for size in self.sizes}
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
 
-    def num_tokens(self, size: int) -> int:
-        """Token rows of the graph of this size."""
-        raise NotImplementedError
-
     def num_seq_rows(self, size: int) -> int:
         """Sequence rows (and logits rows) of the graph of this size."""
         raise NotImplementedError
 
-    def _batch(self, size: int) -> AttentionBatch:
+    def _load_sequence_rows(
+        self, size: int, query_start_loc: list[int], seq_lens: list[int]
+    ) -> None:
+        """Copies the step's query_start_loc and seq_lens, padded to the size's rows."""
         raise NotImplementedError
+
+    def _fill_padding_rows(self) -> None:
+        """The sequence rows of an all-padding step (what capture runs on)."""
+        raise NotImplementedError
+
+    def _batch(self, size: int) -> AttentionBatch:
+        num_rows = self.num_seq_rows(size)
+        return AttentionBatch(
+            slot_mapping=self.slot_mapping[:size],
+            block_tables=self.block_tables[:num_rows],
+            query_start_loc=self.query_start_loc[: num_rows + 1],
+            seq_lens=self.seq_lens[:num_rows],
+            decode_only=self.decode_only,
+            cached_context=True,
+        )
 
     def padded_size(self, num_tokens: int, num_seqs: int, max_blocks_per_seq: int) -> int | None:
-        """The captured size a step of num_tokens new tokens of num_seqs
-        sequences runs at, padded, or None when it does not fit (it runs eagerly)."""
-        raise NotImplementedError
+        """The size (of the ladder) a step of num_tokens new tokens of num_seqs
+        sequences runs at, padded, or None when it does not fit (too many tokens
+        or sequences, or a block table wider than the static one): such a step
+        runs eagerly."""
+        if num_tokens > self.sizes[-1] or max_blocks_per_seq > self.max_blocks_per_seq:
+            return None
+        size = self.sizes[bisect.bisect_left(self.sizes, num_tokens)]
+        return size if num_seqs <= self.num_seq_rows(size) else None
 
+    @torch.inference_mode()
     def load(
         self,
         size: int,  # padded, from padded_size
@@ -95,19 +119,36 @@ class StepGraphs:
         logits_indices: list[int],  # [num_sampled]
     ) -> None:
         """Copies a step into the static buffers, padded to size: one
-        host-to-device copy per buffer."""
-        raise NotImplementedError
+        host-to-device copy per buffer. Padding tokens: token 0 at position 0,
+        PADDING_SLOT (written nowhere)."""
+        num_padding = size - len(input_ids)
+        self._copy_rows(self.input_ids, input_ids + [0] * num_padding)
+        self._copy_rows(self.positions, positions + [0] * num_padding)
+        self._copy_rows(self.slot_mapping, slot_mapping + [PADDING_SLOT] * num_padding)
+        self._load_sequence_rows(size, query_start_loc, seq_lens)
+        num_rows = self.num_seq_rows(size)
+        self._copy_rows(
+            self.logits_indices, logits_indices + [0] * (num_rows - len(logits_indices))
+        )
+        # Only the real rows' first columns: the rest of the table keeps earlier
+        # valid ids, which seq_lens keeps every row from reading past.
+        self._copy_rows(self.block_tables, block_tables)
 
     def _fill_padding(self) -> None:
-        """Makes every row a padding row, which writes nothing into the pool."""
-        raise NotImplementedError
+        """Every token a padding token: what capture runs on, so it writes
+        nothing into the pool."""
+        self.input_ids.zero_()
+        self.positions.zero_()
+        self.slot_mapping.fill_(PADDING_SLOT)
+        self.block_tables.zero_()
+        self.logits_indices.zero_()
+        self._fill_padding_rows()
 
     def inputs(self, size: int) -> tuple[torch.Tensor, torch.Tensor, AttentionBatch, torch.Tensor]:
         """(input_ids, positions, batch, logits_indices) of the static buffers at size."""
-        num_tokens = self.num_tokens(size)
         return (
-            self.input_ids[:num_tokens],
-            self.positions[:num_tokens],
+            self.input_ids[:size],
+            self.positions[:size],
             self._batches[size],
             self.logits_indices[: self.num_seq_rows(size)],
         )
