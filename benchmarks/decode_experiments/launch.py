@@ -39,7 +39,7 @@ def launch_decode(
         _, block_size, num_kv_heads, _ = key_cache.shape
         block_stride, slot_stride, head_stride = (key_cache.stride(i) for i in (0, 1, 2))
     max_seq_len = block_tables.shape[1] * block_size
-    config = _decode_config(head_dim)
+    config = _decode_config(head_dim, key_cache.dtype)
     partition_tokens = choose_partition_tokens(
         num_seqs, num_kv_heads, max_seq_len, query.device, config["BLOCK_N"]
     )

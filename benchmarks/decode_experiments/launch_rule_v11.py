@@ -24,7 +24,7 @@ def _v5_rule(query, key_cache, block_tables) -> tuple[dict, int]:
     num_seqs, _, head_dim = query.shape
     _, block_size, num_kv_heads, _ = key_cache.shape
     max_seq_len = block_tables.shape[1] * block_size
-    config = _decode_config(head_dim)
+    config = _decode_config(head_dim, key_cache.dtype)
     partition = choose_partition_tokens(
         num_seqs, num_kv_heads, max_seq_len, query.device, config["BLOCK_N"]
     )

@@ -285,31 +285,6 @@ _TILE_OPTIONS = {"BLOCK_N", "num_warps", "num_stages", "HEADS_FASTEST"}
 _TWO_STAGE_OPTIONS = {"num_stages": 2}
 
 
-def _decode_config(head_dim: int) -> dict:
-    """Launch options measured on an H100 (head size 128, bf16; docs/kernels-notes.md v4):
-    128 keys x 4 warps x 3 stages was fastest at long contexts and within 1% of
-    the best variant at every batch and context of the sweep. The kv-head-major
-    grid read 0.2-0.8% faster at batch >= 128 in each of three runs."""
-    if head_dim <= 128:
-        return {"BLOCK_N": 128, "num_warps": 4, "num_stages": 3, "HEADS_FASTEST": True}
-    return {"BLOCK_N": 32, "num_warps": 4, "num_stages": 2, "HEADS_FASTEST": False}
-
-
-def _launch_overrides(num_programs: int, partition_tokens: int, device: torch.device) -> dict:
-    """Overrides of _decode_config for head size <= 128 (the rules above), from
-    shapes alone; empty for long programs, many of them."""
-    num_sms = _num_sms(device)
-    few_short = (
-        num_programs <= _FEW_PROGRAMS_PER_SM * num_sms
-        and partition_tokens <= _SHORT_PARTITION_TOKENS
-    )
-    if num_programs <= _FEWEST_PROGRAMS_PER_SM * num_sms or few_short:
-        return dict(_FEW_SHORT_PROGRAMS_OPTIONS)
-    if partition_tokens <= _TWO_STAGE_PARTITION_TOKENS:
-        return dict(_TWO_STAGE_OPTIONS)
-    return {}
-
-
 # Float32 (head size <= 128) takes its dot in "tf32x3" (three TF32 products
 # per product, on the tensor cores), as prefill does, with one tile option for
 # every batch and length. Measured on an H100 (docs/kernels-notes.md v13,
@@ -324,18 +299,46 @@ _FLOAT32_DECODE_CONFIG = {
 }  # fmt: skip
 
 
-def _uses_float32_config(head_dim: int, cache_dtype: torch.dtype) -> bool:
-    return cache_dtype == torch.float32 and head_dim <= 128
+def _decode_config(head_dim: int, cache_dtype: torch.dtype) -> dict:
+    """Launch options measured on an H100 (head size 128, bf16; docs/kernels-notes.md v4):
+    128 keys x 4 warps x 3 stages was fastest at long contexts and within 1% of
+    the best variant at every batch and context of the sweep. The kv-head-major
+    grid read 0.2-0.8% faster at batch >= 128 in each of three runs. Float32:
+    see _FLOAT32_DECODE_CONFIG."""
+    if head_dim > 128:
+        return {"BLOCK_N": 32, "num_warps": 4, "num_stages": 2, "HEADS_FASTEST": False}
+    if cache_dtype == torch.float32:
+        return dict(_FLOAT32_DECODE_CONFIG)
+    return {"BLOCK_N": 128, "num_warps": 4, "num_stages": 3, "HEADS_FASTEST": True}
+
+
+def _has_launch_rule(head_dim: int, cache_dtype: torch.dtype) -> bool:
+    """Whether _launch_overrides picks the tiles (16-bit caches, head size <=
+    128); elsewhere _decode_config's one option serves every shape."""
+    return head_dim <= 128 and cache_dtype != torch.float32
+
+
+def _launch_overrides(num_programs: int, partition_tokens: int, device: torch.device) -> dict:
+    """Overrides of _decode_config where _has_launch_rule (the rules above),
+    from shapes alone; empty for long programs, many of them."""
+    num_sms = _num_sms(device)
+    few_short = (
+        num_programs <= _FEW_PROGRAMS_PER_SM * num_sms
+        and partition_tokens <= _SHORT_PARTITION_TOKENS
+    )
+    if num_programs <= _FEWEST_PROGRAMS_PER_SM * num_sms or few_short:
+        return dict(_FEW_SHORT_PROGRAMS_OPTIONS)
+    if partition_tokens <= _TWO_STAGE_PARTITION_TOKENS:
+        return dict(_TWO_STAGE_OPTIONS)
+    return {}
 
 
 def decode_configs(head_dim: int, cache_dtype: torch.dtype) -> list[dict]:
     """Every launch configuration the rules above can choose at this head size
     and cache dtype (kernels.precompile compiles each, with one partition and
     with several)."""
-    if _uses_float32_config(head_dim, cache_dtype):
-        return [dict(_FLOAT32_DECODE_CONFIG)]
-    base = _decode_config(head_dim)
-    if head_dim > 128:
+    base = _decode_config(head_dim, cache_dtype)
+    if not _has_launch_rule(head_dim, cache_dtype):
         return [base]
     return [base, {**base, **_TWO_STAGE_OPTIONS}, {**base, **_FEW_SHORT_PROGRAMS_OPTIONS}]
 
@@ -374,16 +377,14 @@ def paged_decode_attention_triton(
     if num_seqs == 0:
         return out
     max_seq_len = block_tables.shape[1] * block_size
-    float32_tiles = _uses_float32_config(head_dim, key_cache.dtype)
-    base = dict(_FLOAT32_DECODE_CONFIG) if float32_tiles else _decode_config(head_dim)
-    chosen = {**base, **(config or {})}
+    chosen = {**_decode_config(head_dim, key_cache.dtype), **(config or {})}
     if partition_tokens is None:
         partition_tokens = choose_partition_tokens(
             num_seqs, num_kv_heads, max_seq_len, query.device, chosen["BLOCK_N"]
         )
     # The rule picks the tile options unless the caller fixed some (32-key
-    # tiles divide the 128-key partitions); float32 keeps its one option.
-    if head_dim <= 128 and not float32_tiles and not set(config or {}) & _TILE_OPTIONS:
+    # tiles divide the 128-key partitions).
+    if _has_launch_rule(head_dim, key_cache.dtype) and not set(config or {}) & _TILE_OPTIONS:
         num_programs = num_seqs * num_kv_heads * triton.cdiv(max_seq_len, partition_tokens)
         chosen.update(_launch_overrides(num_programs, partition_tokens, query.device))
     config = {"DOT_PRECISION": dot_precision(key_cache.dtype), **chosen}
