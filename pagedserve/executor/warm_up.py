@@ -10,9 +10,9 @@ attention and cache kernel in every configuration its launch rules can choose
 for the model's shape, on scratch tensors (never the shared pool). Then the
 warm-up sends requests of made-up token ids through the real engine
 (scheduler, block manager, model, sampler, greedy and drawn), which also
-brings torch's own kernels and the sampler's up: prefills of several lengths in one batch, then
-decodes in batches that shrink to one as the requests end, then a lone
-request. Their blocks come from the block manager like any request's and are
+compiles the layer ops' and the sampler's kernels and brings torch's own up:
+prefills of several lengths in one batch, then decodes in batches that shrink
+to one as the requests end, then a lone request. Their blocks come from the block manager like any request's and are
 freed when they end; with prefix caching off they leave nothing to match.
 """
 
