@@ -26,6 +26,7 @@ from benchmarks.decode_experiments import (
     launch_rule_v11,
     load_latency,
     ordered_blocks,
+    pdl_v14,
 )
 from benchmarks.gpu_timing import capture_graph, copy_bandwidth_gbs, rel_err
 from benchmarks.paged_inputs import (
@@ -60,6 +61,7 @@ VARIANTS = {
     **load_latency.VARIANTS,
     **ordered_blocks.VARIANTS,
     **launch_rule_v11.VARIANTS,
+    **pdl_v14.VARIANTS,
 }
 
 

@@ -28,6 +28,8 @@ that the page's translation is resolved before the step that loads it.
 
 from __future__ import annotations
 
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
 from benchmarks.decode_experiments.launch import launch_decode
 from pagedserve.kernels._backend import tl, triton
 from pagedserve.kernels.attention_tiles import attend_paged_tile, online_softmax_step
@@ -79,6 +81,7 @@ def _decode_partition_kernel_v9(
     PREFETCH_TABLE: tl.constexpr,  # v9a
     EARLY_BLOCK: tl.constexpr,  # v9b; the launch sets it only with SINGLE_PARTITION
     PREFETCH_AHEAD: tl.constexpr,  # v10: loop steps ahead to prefetch blocks for; 0 = off
+    PDL_TRIGGER: tl.constexpr = 0,  # v14: 0 = no PDL; 1 = next launch at start; 2 = after keys
 ):  # fmt: skip
     seq, kv_head, num_kv_heads, partition = decode_program(HEADS_FASTEST)
     block_table_row_ptr = block_tables_ptr + seq.to(tl.int64) * block_table_stride_seq
@@ -104,6 +107,12 @@ def _decode_partition_kernel_v9(
         if PREFETCH_TABLE:
             _prefetch_l1(block_table_row_ptr + first_token // BLOCK_SIZE)
         seq_len = tl.load(seq_lens_ptr + seq)
+        if PDL_TRIGGER > 0:
+            # v14: the table and seq_len come from the host, not the kernel
+            # before: only the query and the cache wait for it.
+            gdc_wait()
+        if PDL_TRIGGER == 1:
+            gdc_launch_dependents()
         if first_token >= seq_len:
             return
         loop_first = first_token
@@ -144,6 +153,8 @@ def _decode_partition_kernel_v9(
             kv_head_offset, full_end, key_limit, scale_log2, cache_stride_block,
             cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, True, DOT_IN_FP32, DOT_PRECISION,
         )  # fmt: skip
+    if PDL_TRIGGER == 2:
+        gdc_launch_dependents()
     if EARLY_BLOCK:
         # Key 0 is always visible, so this step's max is finite even when it
         # is the first; order does not matter to the online softmax.
@@ -165,12 +176,15 @@ def _decode_partition_kernel_v9(
 
 
 def _decode_v9(
-    query, key_cache, value_cache, block_tables, seq_lens, scale, out, prefetch, early, ahead=0
-):
+    query, key_cache, value_cache, block_tables, seq_lens, scale, out, prefetch, early, ahead=0,
+    pdl_trigger=0,
+):  # fmt: skip
+    overrides = {"PREFETCH_TABLE": prefetch, "EARLY_BLOCK": False, "PREFETCH_AHEAD": ahead}
+    if pdl_trigger:
+        overrides.update(PDL_TRIGGER=pdl_trigger, launch_pdl=True)
     return launch_decode(
         _decode_partition_kernel_v9, query, key_cache, value_cache, block_tables, seq_lens,
-        scale, out, extra_args=(key_cache.shape[0],),
-        overrides={"PREFETCH_TABLE": prefetch, "EARLY_BLOCK": False, "PREFETCH_AHEAD": ahead},
+        scale, out, extra_args=(key_cache.shape[0],), overrides=overrides,
         single_overrides={"EARLY_BLOCK": early},
     )  # fmt: skip
 

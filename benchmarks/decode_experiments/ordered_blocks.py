@@ -140,6 +140,8 @@ SERVED_LAUNCHES = {
     "part512": (None, 512),
     "part1024": (None, 1024),
     "part2048": (None, 2048),
+    "part8192": (None, 8192),
+    "part16384": (None, 16384),
 }
 for _name, (_config, _partition) in SERVED_LAUNCHES.items():
     VARIANTS[f"v7-served-64 {_name}"] = _decode_in_served_tables(64, _config, _partition)
