@@ -25,6 +25,7 @@ from benchmarks.decode_experiments import (
     head_major_v7,
     launch_rule_v11,
     load_latency,
+    long_context_v15,
     ordered_blocks,
     pdl_v14,
 )
@@ -62,6 +63,7 @@ VARIANTS = {
     **ordered_blocks.VARIANTS,
     **launch_rule_v11.VARIANTS,
     **pdl_v14.VARIANTS,
+    **long_context_v15.VARIANTS,
 }
 
 
