@@ -29,6 +29,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.engine_harness import EngineSettings, build_engine
+from pagedserve.executor import engine as engine_module
+from pagedserve.executor import model_runner, step_graphs
 from pagedserve.executor.decode_graphs import DecodeGraphs, graph_batch_sizes
 from pagedserve.executor.engine import Engine
 from pagedserve.executor.request import SamplingOptions
@@ -105,13 +107,54 @@ def device_profile(engine: Engine, device: torch.device) -> tuple[float, float]:
     return device_ms / 1e3 / PROFILED_STEPS, launches / PROFILED_STEPS
 
 
+class PhaseTimes:
+    """Wall time spent inside some functions of the step, no syncs added: a
+    phase that waits for the device shows the wait. Phases nest (prepare
+    holds flatten and the copies), so they do not add up to the step."""
+
+    def __init__(self, engine: Engine):
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._patched: list[tuple[object, str, object]] = []
+        scheduler, runner = engine.scheduler, engine.runner
+        self._wrap(scheduler, "schedule", "schedule (block manager's Step call included)")
+        self._wrap(scheduler, "_step_call", "  the block manager's Step call")
+        self._wrap(runner, "prepare", "prepare the inputs")
+        self._wrap(model_runner, "_flatten", "  flatten the chunks to host lists")
+        self._wrap(step_graphs.StepGraphs, "load", "  host lists to the static buffers")
+        self._wrap(runner, "run", "run (launch, or eager forward)")
+        self._wrap(engine_module, "sample", "sample (waits for the device)")
+        self._wrap(engine, "_deliver", "deliver the events")
+
+    def _wrap(self, owner, name: str, phase: str) -> None:
+        original = getattr(owner, name)
+        seconds = self.seconds
+
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                seconds[phase] += time.perf_counter() - started
+
+        raw = owner.__dict__.get(name)
+        self._patched.append((owner, name, raw))
+        setattr(owner, name, staticmethod(timed) if isinstance(raw, staticmethod) else timed)
+
+    def restore(self) -> None:
+        for owner, name, original in reversed(self._patched):
+            if original is None:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
+
+
 def run_workload(engine: Engine, device: torch.device, num_seqs: int, args, tag: str) -> dict:
     """num_seqs requests to the end; times steady decode steps of the whole batch."""
     sink = _TokenSink()
     # Enough new tokens that the batch stays whole through the timed steps,
     # however many steps the prefills (and early decodes beside them) take.
     num_prefill_steps = -(-num_seqs * args.prompt_tokens // 2048) + 2
-    max_tokens = num_prefill_steps + WARM_STEPS + args.steps + 2 * PROFILED_STEPS + 5
+    max_tokens = num_prefill_steps + WARM_STEPS + 2 * args.steps + 2 * PROFILED_STEPS + 5
     # Greedy by default; with --temperature the tokens are drawn (each request
     # seeded, so that the eager and the graph runs draw alike).
     sampling = SamplingOptions(
@@ -138,6 +181,17 @@ def run_workload(engine: Engine, device: torch.device, num_seqs: int, args, tag:
     result = {"step_ms": step_ms}
     if num_seqs == args.profile_seqs:
         result["device_ms"], result["launches"] = device_profile(engine, device)
+        if args.phases:
+            phases = PhaseTimes(engine)
+            started_s = time.perf_counter()
+            for _ in range(args.steps):
+                engine._step()
+            synchronize(device)
+            phases.seconds["the step"] = time.perf_counter() - started_s
+            phases.restore()
+            print(f"phases, {tag}, {num_seqs} sequences (ms per step):")
+            for phase, seconds in phases.seconds.items():
+                print(f"  {seconds / args.steps * 1e3:8.3f}  {phase}")
         if args.host_profile:
             host = cProfile.Profile()
             host.enable()
@@ -145,7 +199,10 @@ def run_workload(engine: Engine, device: torch.device, num_seqs: int, args, tag:
                 engine._step()
             host.disable()
             text = io.StringIO()
-            pstats.Stats(host, stream=text).sort_stats("tottime").print_stats(15)
+            stats = pstats.Stats(host, stream=text)
+            stats.sort_stats("tottime").print_stats(15)
+            # The step's phases: the package's own functions by cumulative time.
+            stats.sort_stats("cumulative").print_stats(r"pagedserve/(executor|kernels)", 25)
             print(f"host profile, {tag}, {num_seqs} sequences:\n{text.getvalue()}")
     while engine.num_active_requests() or engine.scheduler.has_work():
         engine._step()
@@ -175,6 +232,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--profile-seqs", type=int, default=64, help="batch size profiled")
     parser.add_argument("--host-profile", action="store_true", help="also print cProfile")
+    parser.add_argument("--phases", action="store_true", help="also time the step's phases")
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     parser.add_argument("--top-p", type=float, default=1.0)
     args = parser.parse_args()
