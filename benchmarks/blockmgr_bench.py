@@ -10,10 +10,7 @@ from __future__ import annotations
 import argparse
 import gc
 import platform
-import re
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 
@@ -23,6 +20,7 @@ import grpc
 
 # isort: on
 
+from benchmarks.blockmgr_process import start_blockmgr_process, stop_blockmgr_process
 from pagedserve.blockmgr import convert, step_codec
 from pagedserve.blockmgr.block_pool import BlockPool
 from pagedserve.blockmgr.client import BlockManagerClient
@@ -147,22 +145,6 @@ def bench_decode_in_process(num_seqs: int, num_steps: int) -> dict[str, list[flo
     return results
 
 
-def start_server_process() -> tuple[subprocess.Popen, str]:
-    """The service as it is deployed: its own process, beside the executor's."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pagedserve.blockmgr.service", "--port", "0"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    while True:
-        line = process.stderr.readline()
-        if not line:
-            raise RuntimeError("block manager process exited")
-        match = re.search(r"listening on ([\d.]+:\d+)", line)
-        if match:
-            return process, match.group(1)
-
-
 def bench_decode_grpc(num_seqs: int, num_steps: int) -> dict[str, list[float]]:
     """Per-step seconds over loopback to a server in another process: an empty
     Step (the transport floor), a prebuilt request of one AppendOp per sequence
@@ -170,7 +152,7 @@ def bench_decode_grpc(num_seqs: int, num_steps: int) -> dict[str, list[float]]:
     object per sequence every step (it packs them into one AppendBatchOp), and
     the typed client sent one AppendBatchOp, as the executor sends its decode
     appends."""
-    process, target = start_server_process()
+    process, target = start_blockmgr_process()
     try:
         with BlockManagerClient(target) as client:
             # Room for every token the timed steps append: running out would
@@ -206,8 +188,7 @@ def bench_decode_grpc(num_seqs: int, num_steps: int) -> dict[str, list[float]]:
             "grpc AppendBatchOp": batch,
         }
     finally:
-        process.terminate()
-        process.wait()
+        stop_blockmgr_process(process)
 
 
 def report(label: str, samples: list[float]) -> str:

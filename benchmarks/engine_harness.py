@@ -1,18 +1,18 @@
-"""An executor's engine in this process for benchmarks: a block manager on
-loopback, a KV pool on the device, a model built from a config with random
-weights (the weights are never read)."""
+"""An executor's engine in this process for benchmarks: a block manager in its
+own process on loopback (as deployed), a KV pool on the device, a model built
+from a config with random weights (the weights are never read)."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from pagedserve.blockmgr.config import BlockManagerConfig
+from benchmarks.blockmgr_process import start_blockmgr_process, stop_blockmgr_process
 from pagedserve.blockmgr.extents import DEFAULT_EXTENT_BLOCKS
-from pagedserve.blockmgr.service import RunningServer, serve
 from pagedserve.executor.blockmgr_link import BlockManagerLink
 from pagedserve.executor.engine import Engine
 from pagedserve.executor.kv_pool import CreatedPool, PoolSpec, create_pool
@@ -36,9 +36,9 @@ class EngineSettings:
 @dataclass
 class EngineResources:
     """What an engine built here runs on, stopped together after it: the block
-    manager server, the engine's link to it, and a pool it created itself."""
+    manager's process, the engine's link to it, and a pool it created itself."""
 
-    server: RunningServer
+    blockmgr: subprocess.Popen
     link: BlockManagerLink
     heartbeat_stop: threading.Event
     own_pool: CreatedPool | None
@@ -46,7 +46,7 @@ class EngineResources:
     def stop(self) -> None:
         self.heartbeat_stop.set()
         self.link.close()
-        self.server.stop(grace_s=0)
+        stop_blockmgr_process(self.blockmgr)
         if self.own_pool is not None:
             self.own_pool.release()  # the shared-memory file of a CPU pool
 
@@ -75,11 +75,13 @@ def build_engine(
     never freed while its process lives, so each run creating its own leaks);
     the caller releases it."""
     config = load_model_config(model_folder)
-    blockmgr = serve(BlockManagerConfig(port=0, extent_blocks=settings.extent_blocks))
+    blockmgr, blockmgr_target = start_blockmgr_process(
+        "--extent-blocks", str(settings.extent_blocks)
+    )
     spec = pool_spec(config, settings)
     own_pool = None if pool else create_pool(spec, device)
     pool = pool or own_pool
-    link = BlockManagerLink(f"127.0.0.1:{blockmgr.port}")
+    link = BlockManagerLink(blockmgr_target)
     pool_id = link.register_pool(spec, device.type, 0, pool.handle, "benchmark")
     registered = link.register_executor(pool_id)
     heartbeat_stop = link.start_heartbeat(registered.executor_id, 1.0)
