@@ -15,26 +15,13 @@ row is opened once per program instead of once per block. Questions:
 
 from __future__ import annotations
 
-from benchmarks.decode_experiments.head_major_v7 import _copies
-from benchmarks.decode_experiments.launch import launch_decode
+from benchmarks.decode_experiments.head_major_v7 import _head_major
 from benchmarks.decode_experiments.ordered_blocks import (
     _decode_in_served_tables,
-    _in_served_tables,
+    over_served_tables,
 )
-from pagedserve.kernels.paged_decode_attention import _decode_partition_kernel
 
 _SMALL = {"BLOCK_N": 32, "num_warps": 2, "num_stages": 6, "HEADS_FASTEST": True}
-
-
-def _head_major_served(heads_fastest: bool):
-    def run(query, key_cache, value_cache, block_tables, seq_lens, scale, out):
-        keys, values, table = _in_served_tables(key_cache, value_cache, block_tables, 64)
-        return launch_decode(
-            _decode_partition_kernel, query, *_copies(keys, values), table, seq_lens, scale,
-            out, head_major=True, overrides={"HEADS_FASTEST": heads_fastest},
-        )  # fmt: skip
-
-    return run
 
 
 _LAUNCHES = {
@@ -46,8 +33,8 @@ _LAUNCHES = {
     "n64 w2 s4": ({**_SMALL, "BLOCK_N": 64, "num_stages": 4}, None),
 }
 VARIANTS = {
-    "v15-served-64 head-major": _head_major_served(True),
-    "v15-served-64 head-major seq-major": _head_major_served(False),
+    "v15-served-64 head-major": over_served_tables(_head_major(True)),
+    "v15-served-64 head-major seq-major": over_served_tables(_head_major(False)),
     **{
         f"v15-served-64 {name}": _decode_in_served_tables(64, config, partition)
         for name, (config, partition) in _LAUNCHES.items()

@@ -108,15 +108,25 @@ def _decode_in_runs(run_blocks: int | None, scrambled: bool = False):
     return run
 
 
-def _decode_in_served_tables(extent_blocks: int, config=None, partition_tokens=None):
+def over_served_tables(decode, extent_blocks: int = 64):
+    """A variant that runs `decode` (a variant's signature) over the same
+    values laid out as the block manager's tables (`_in_served_tables`)."""
+
     def run(query, key_cache, value_cache, block_tables, seq_lens, scale, out):
         keys, values, table = _in_served_tables(key_cache, value_cache, block_tables, extent_blocks)
+        return decode(query, keys, values, table, seq_lens, scale, out)
+
+    return run
+
+
+def _decode_in_served_tables(extent_blocks: int, config=None, partition_tokens=None):
+    def decode(query, key_cache, value_cache, block_tables, seq_lens, scale, out):
         return paged_decode_attention_triton(
-            query, keys, values, table, seq_lens, scale, out=out,
+            query, key_cache, value_cache, block_tables, seq_lens, scale, out=out,
             config=config, partition_tokens=partition_tokens,
         )  # fmt: skip
 
-    return run
+    return over_served_tables(decode, extent_blocks)
 
 
 VARIANTS = {

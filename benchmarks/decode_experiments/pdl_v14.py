@@ -13,23 +13,20 @@ call pays, these hide it behind the previous call's tail.
 
 from __future__ import annotations
 
+from functools import partial
+
 from benchmarks.decode_experiments.load_latency import _decode_v9
-from benchmarks.decode_experiments.ordered_blocks import _in_served_tables
+from benchmarks.decode_experiments.ordered_blocks import over_served_tables
 
 
-def _decode_pdl_served(pdl_trigger: int, extent_blocks: int = 64):
-    def run(query, key_cache, value_cache, block_tables, seq_lens, scale, out):
-        keys, values, table = _in_served_tables(key_cache, value_cache, block_tables, extent_blocks)
-        return _decode_v9(
-            query, keys, values, table, seq_lens, scale, out,
-            prefetch=True, early=False, pdl_trigger=pdl_trigger,
-        )  # fmt: skip
-
-    return run
+def _decode_pdl(pdl_trigger: int):
+    return over_served_tables(
+        partial(_decode_v9, prefetch=True, early=False, pdl_trigger=pdl_trigger)
+    )
 
 
 VARIANTS = {
-    "v14-served-64-prefetch": _decode_pdl_served(0),
-    "v14-served-64-pdl-at-start": _decode_pdl_served(1),
-    "v14-served-64-pdl-after-keys": _decode_pdl_served(2),
+    "v14-served-64-prefetch": _decode_pdl(0),
+    "v14-served-64-pdl-at-start": _decode_pdl(1),
+    "v14-served-64-pdl-after-keys": _decode_pdl(2),
 }
