@@ -40,6 +40,18 @@ def median_ms(fn) -> float:
     return statistics.median(times)
 
 
+def one_query_per_sequence(decode_args: tuple) -> tuple:
+    """paged_attention_reference's arguments for a decode batch: each
+    sequence's new key and value are the cache's entries at its last position."""
+    query, key_cache, value_cache, tables, lens, scale = decode_args
+    block_size = key_cache.shape[1]
+    last = lens.long() - 1
+    blocks = tables.gather(1, (last // block_size)[:, None])[:, 0].long()
+    key, value = key_cache[blocks, last % block_size], value_cache[blocks, last % block_size]
+    starts = torch.arange(len(lens) + 1, dtype=torch.int32)
+    return (query, key, value, key_cache, value_cache, tables, starts, lens, scale)
+
+
 def main() -> None:
     torch.manual_seed(0)
     scale = HEAD_DIM**-0.5
@@ -64,6 +76,12 @@ def main() -> None:
         expected = paged_decode_attention_reference(*in_float64(args))
         rows.append((label, median_ms(lambda args=args: paged_decode_attention_reference(*args)),
                      rel_err(paged_decode_attention_reference(*args), expected)))  # fmt: skip
+        # The same decode through the varlen reference, one sequence at a time
+        # (the decode reference before it batched sequences), as the baseline.
+        varlen_args = one_query_per_sequence(args)
+        rows.append((f"{label}, one by one (varlen)",
+                     median_ms(lambda args=varlen_args: paged_attention_reference(*args)),
+                     rel_err(paged_attention_reference(*varlen_args), expected)))  # fmt: skip
     print(f"\nCPU ({torch.get_num_threads()} threads), torch {torch.__version__}, float32, "
           f"{NUM_HEADS}/{NUM_KV_HEADS} heads x {HEAD_DIM}\n")  # fmt: skip
     print("| call | ms (median of 5) | error vs float64 |\n|---|---|---|")

@@ -12,7 +12,16 @@ import torch
 from pagedserve.kernels._backend import dot_in_fp32, dot_precision, next_power_of_2, tl, triton
 from pagedserve.kernels.attention_tiles import LOG2_E, attend_paged_tile, check_attention_shapes
 from pagedserve.kernels.direct_launch import DirectLauncher
-from pagedserve.kernels.paged_attention_reference import paged_attention_reference
+
+# The batched reference pads every sequence of a group to the group's longest:
+# a group's gathered K (and V) holds at most this many values (4 MiB in
+# float32), unless one sequence alone is longer. The gather is what costs on
+# the CPU (the attention's arithmetic is small): groups that stay in the
+# caches between the gather and the attention ran decode 32 x 1024 and 256 x
+# 300 (the default model's heads) 2.0x and 2.8-3.5x faster than one sequence
+# at a time, groups of 16 Mi values slower than one at a time at 256 x 300
+# (2-core CPU, docs/kernels-notes.md, "Reference on CPU").
+_REFERENCE_MAX_GATHERED_VALUES = 1 << 20
 
 
 def paged_decode_attention_reference(
@@ -20,21 +29,79 @@ def paged_decode_attention_reference(
     key_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
     value_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
     block_tables: torch.Tensor,  # [num_seqs, max_blocks_per_seq] int32
-    seq_lens: torch.Tensor,  # [num_seqs] int32
+    seq_lens: torch.Tensor,  # [num_seqs] int32, each >= 1
     scale: float,
 ) -> torch.Tensor:  # [num_seqs, num_heads, head_dim], query's dtype
-    """Pure torch: the varlen reference with one query per sequence, whose new
-    key and value are the cache's entries at the sequence's last position."""
-    num_seqs = query.shape[0]
-    query_start_loc = torch.arange(num_seqs + 1, dtype=torch.int32, device=query.device)
-    block_size = key_cache.shape[1]
-    last = seq_lens.long() - 1  # [num_seqs]
-    last_blocks = block_tables.gather(1, (last // block_size)[:, None])[:, 0].long()
-    key = key_cache[last_blocks, last % block_size]  # [num_seqs, num_kv_heads, head_dim]
-    value = value_cache[last_blocks, last % block_size]
-    return paged_attention_reference(
-        query, key, value, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale
+    """Pure torch, in float32 (float64 for float64 inputs): each sequence's
+    one query attends to its seq_lens keys in the cache (its new key and value
+    are the cache's entries at its last position).
+
+    Sequences go through torch's SDPA a group at a time, not one by one (the
+    executor's CPU decode path: a step of many sequences was a Python loop of
+    many small calls). A group holds sequences of similar length, in order of
+    length, padded to its longest and masked, its gathered keys bounded by
+    _REFERENCE_MAX_GATHERED_VALUES. Table entries past a sequence's blocks are
+    never read."""
+    num_seqs, num_heads, head_dim = query.shape
+    out = torch.empty_like(query)
+    if num_seqs == 0:
+        return out
+    _, block_size, num_kv_heads, _ = key_cache.shape
+    max_padded_keys = max(1, _REFERENCE_MAX_GATHERED_VALUES // (num_kv_heads * head_dim))
+    compute_dtype = torch.promote_types(query.dtype, torch.float32)
+    lens = seq_lens.tolist()
+    order = sorted(range(num_seqs), key=lens.__getitem__)
+    first = 0
+    while first < num_seqs:
+        # Sorted by length: the group's last sequence is its longest.
+        last = first + 1
+        while last < num_seqs and (last + 1 - first) * lens[order[last]] <= max_padded_keys:
+            last += 1
+        rows = torch.tensor(order[first:last], device=query.device)
+        attended = _attend_group(
+            query.index_select(0, rows), key_cache, value_cache,
+            block_tables.index_select(0, rows), seq_lens.index_select(0, rows),
+            lens[order[last - 1]], block_size, compute_dtype, scale,
+        )  # fmt: skip
+        out.index_copy_(0, rows, attended.to(query.dtype))
+        first = last
+    return out
+
+
+def _attend_group(
+    query: torch.Tensor,  # [group, num_heads, head_dim]
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,  # [group, max_blocks_per_seq]
+    seq_lens: torch.Tensor,  # [group]
+    max_len: int,
+    block_size: int,
+    compute_dtype: torch.dtype,
+    scale: float,
+) -> torch.Tensor:  # [group, num_heads, head_dim] in compute_dtype
+    group = query.shape[0]
+    num_blocks = -(-max_len // block_size)
+    table = block_tables[:, :num_blocks].long()
+    # Entries past a sequence's own blocks may hold anything: block 0 instead
+    # (its keys are masked out).
+    owned = torch.arange(num_blocks, device=table.device)[None, :] < (
+        (seq_lens[:, None] + block_size - 1) // block_size
     )
+    block_ids = torch.where(owned, table, 0).flatten()
+
+    def gathered(cache: torch.Tensor) -> torch.Tensor:  # [group, kv_heads, max_len, head_dim]
+        # index_select, not advanced indexing (docs/kernels-notes.md, "Reference on CPU").
+        keys = cache.index_select(0, block_ids).view(
+            group, num_blocks * block_size, *cache.shape[2:]
+        )
+        return keys[:, :max_len].permute(0, 2, 1, 3).to(compute_dtype)
+
+    visible = torch.arange(max_len, device=seq_lens.device)[None, :] < seq_lens[:, None]
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query.to(compute_dtype)[:, :, None], gathered(key_cache), gathered(value_cache),
+        attn_mask=visible[:, None, None, :], scale=scale, enable_gqa=True,
+    )  # fmt: skip
+    return out[:, :, 0]
 
 
 @triton.jit

@@ -8,6 +8,7 @@ import torch
 from paged_kv_helpers import DEVICE, assert_close, dense_attention, make_paged_kv, random_tensor
 
 from pagedserve.kernels import paged_attention, paged_decode_attention
+from pagedserve.kernels.paged_attention_reference import paged_attention_reference
 from pagedserve.kernels.paged_decode_attention import (
     paged_decode_attention_reference,
     paged_decode_attention_triton,
@@ -112,3 +113,32 @@ def test_partition_rule_on_a_132_multiprocessor_card(monkeypatch):
     tokens = module.choose_partition_tokens(1, 8, 32816, device, 128)
     assert tokens % 128 == 0 and 30 <= -(-32816 // tokens) <= 36  # about 33 partitions
     assert module.choose_partition_tokens(1, 8, 1072, device, 128) >= 256  # no tiny partitions
+
+
+@pytest.mark.parametrize("budget", [None, 4096], ids=["one-group", "small-groups"])
+def test_reference_batches_like_one_by_one(monkeypatch, budget):
+    """The decode reference attends a group of sequences at a time (padded to
+    the group's longest, masked): the output of the varlen reference, which
+    attends one sequence at a time, for lengths far apart, in an order that
+    is not by length, and with table entries past each sequence's blocks out
+    of the pool."""
+    if budget is not None:
+        # 4,096 values = 21 padded keys at 3 kv heads x 64: groups of one or a few.
+        module = importlib.import_module("pagedserve.kernels.paged_decode_attention")
+        monkeypatch.setattr(module, "_REFERENCE_MAX_GATHERED_VALUES", budget)
+    seq_lens = [300, 1, 17, 2049, 16, 5, 64, 1000, 33, 15]
+    args, _, _ = make_inputs(seq_lens, 9, 3, 64, 16, torch.float32)
+    query, key_cache, value_cache, block_tables, lens, scale = args
+    positions = lens.long() - 1
+    last_blocks = block_tables.gather(1, (positions // 16)[:, None])[:, 0].long()
+    key = key_cache[last_blocks, positions % 16]
+    value = value_cache[last_blocks, positions % 16]
+    query_start_loc = torch.arange(len(seq_lens) + 1, dtype=torch.int32, device=DEVICE)
+    one_by_one = paged_attention_reference(
+        query, key, value, key_cache, value_cache, block_tables, query_start_loc, lens, scale
+    )
+    # Equal up to float32 rounding: SDPA's sums over a batch, and over padded
+    # keys, round differently from one sequence's (last bits, about 1e-7).
+    batched = paged_decode_attention_reference(*args)
+    assert torch.isfinite(batched).all()
+    torch.testing.assert_close(batched, one_by_one, rtol=1e-5, atol=1e-5)
