@@ -104,6 +104,21 @@ def test_reference_chunks_long_queries(monkeypatch):
     assert_close(out, dense_attention(args[0], keys, values, q_lens, args[-1]))
 
 
+@pytest.mark.parametrize("length", [2, 17, 300, 1100])
+def test_reference_fresh_prompt_like_masked_queries(length):
+    """A prompt without cached context takes SDPA's own causal mask on the CPU:
+    the same rows as its queries but the first through the masked path (fewer
+    queries than keys), and as the dense float64 attention."""
+    module = importlib.import_module("pagedserve.kernels.paged_attention_reference")
+    query = random_tensor(length, 9, 64, dtype=torch.float32)
+    key = random_tensor(length, 3, 64, dtype=torch.float32)
+    value = random_tensor(length, 3, 64, dtype=torch.float32)
+    fresh = module._attend_one_sequence(query, key, value, 0.125)
+    masked = module._attend_one_sequence(query[1:], key, value, 0.125)
+    torch.testing.assert_close(fresh[1:], masked, rtol=1e-6, atol=1e-6)
+    assert_close(fresh, dense_attention(query, [key], [value], [length], 0.125))
+
+
 # New K/V through tensor descriptors or pointers; one or two query tiles per program.
 LOADS_AND_TILES = [
     pytest.param({"NEW_KV_DESCRIPTORS": True, "PAIRED_TILES": True}, id="descriptors-paired"),
