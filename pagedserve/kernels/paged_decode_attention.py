@@ -79,6 +79,8 @@ def _attend_group(
     compute_dtype: torch.dtype,
     scale: float,
 ) -> torch.Tensor:  # [group, num_heads, head_dim] in compute_dtype
+    """One SDPA call for a group: each sequence's keys gathered from its
+    blocks, padded to max_len, the padding masked."""
     group = query.shape[0]
     num_blocks = -(-max_len // block_size)
     table = block_tables[:, :num_blocks].long()
