@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.engine_harness import EngineSettings, build_engine
+from benchmarks.report import device_name, print_markdown_table
 from pagedserve.executor.engine import Engine
 from pagedserve.executor.prefill_graphs import graph_token_counts
 from pagedserve.executor.request import SamplingOptions
@@ -128,13 +129,17 @@ def main() -> None:
             print(f"host profile, 10 x (1 x 16), eager, direct:\n{text.getvalue()}")
     finally:
         resources.stop()
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"\n{name}, {args.dtype}: time to first token, medians of {args.rounds} rounds (ms)")
-    print("| requests x prompt tokens | " + " | ".join(paths) + " |")
-    print("|---" * (len(paths) + 1) + "|")
-    for workload in WORKLOADS:
-        cells = [f"{statistics.median(times[workload, path]):.2f}" for path in paths]
-        print(f"| {workload[0]} x {workload[1]} | " + " | ".join(cells) + " |")
+    print(
+        f"\n{device_name(device)}, {args.dtype}: time to first token, "
+        f"medians of {args.rounds} rounds (ms)"
+    )
+    print_markdown_table(
+        ["requests x prompt tokens", *paths],
+        [
+            [f"{n} x {tokens}", *(f"{statistics.median(times[(n, tokens), p]):.2f}" for p in paths)]
+            for n, tokens in WORKLOADS
+        ],
+    )
 
 
 if __name__ == "__main__":

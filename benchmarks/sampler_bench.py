@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from benchmarks.report import device_name, print_markdown_table
 from pagedserve.executor.request import SamplingOptions
 from pagedserve.executor.sampler import make_generator, sample
 
@@ -80,13 +81,19 @@ def main() -> None:
         for name, fields in OPTIONS.items():
             options = SamplingOptions(max_tokens=1, seed=0, **fields)
             results[vocab_size, rows, kind, name] = time_sample(logits, options, args.repeats)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"\n{name}: sampler ms per call (medians of {args.repeats})")
-    print("| vocabulary | rows | logits | " + " | ".join(OPTIONS) + " |")
-    print("|---" * (len(OPTIONS) + 3) + "|")
-    for shape in shapes:
-        cells = [f"{results[(*shape, name)]:.2f}" for name in OPTIONS]
-        print(f"| {shape[0]:,} | {shape[1]} | {shape[2]} | " + " | ".join(cells) + " |")
+    print(f"\n{device_name(device)}: sampler ms per call (medians of {args.repeats})")
+    print_markdown_table(
+        ["vocabulary", "rows", "logits", *OPTIONS],
+        [
+            [
+                f"{vocab:,}",
+                str(rows),
+                kind,
+                *(f"{results[vocab, rows, kind, o]:.2f}" for o in OPTIONS),
+            ]
+            for vocab, rows, kind in shapes
+        ],
+    )
 
 
 if __name__ == "__main__":

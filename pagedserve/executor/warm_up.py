@@ -12,8 +12,9 @@ warm-up sends requests of made-up token ids through the real engine
 (scheduler, block manager, model, sampler, greedy and drawn), which also
 compiles the layer ops' and the sampler's kernels and brings torch's own up:
 prefills of several lengths in one batch, then decodes in batches that shrink
-to one as the requests end, then a lone request. Their blocks come from the block manager like any request's and are
-freed when they end; with prefix caching off they leave nothing to match.
+to one as the requests end, then a lone request. Their blocks come from the
+block manager like any request's and are freed when they end; with prefix
+caching off they leave nothing to match.
 """
 
 from __future__ import annotations
