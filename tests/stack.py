@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from pagedserve.blockmgr.v1 import blockmgr_pb2, blockmgr_pb2_grpc
-from pagedserve.common.security import open_channel
+from pagedserve.common.security import open_channel, wait_channel_ready
 from pagedserve.v1 import generation_pb2_grpc
 
 
@@ -121,7 +121,7 @@ def start_stack(
             if process.poll() is not None:
                 raise RuntimeError(f"pagedserve up exited with {process.returncode}")
             try:
-                grpc.channel_ready_future(channel).result(timeout=1)
+                wait_channel_ready(channel, 1)
                 break
             except grpc.FutureTimeoutError:
                 if time.monotonic() > deadline:

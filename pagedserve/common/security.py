@@ -142,6 +142,18 @@ def open_channel(
     return grpc.secure_channel(address, credentials, options=options)
 
 
+def wait_channel_ready(channel: grpc.Channel, timeout_s: float) -> None:
+    """Blocks until the channel connects; raises grpc.FutureTimeoutError. On a
+    timeout the readiness watch is cancelled: left running, its thread polls
+    the channel after the caller closes it and dies with "Channel closed"."""
+    ready = grpc.channel_ready_future(channel)
+    try:
+        ready.result(timeout=timeout_s)
+    except grpc.FutureTimeoutError:
+        ready.cancel()
+        raise
+
+
 def _read(path: str, what: str) -> bytes:
     file = Path(path)
     if not file.is_file():

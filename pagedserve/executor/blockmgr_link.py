@@ -16,7 +16,7 @@ import grpc
 
 from pagedserve.blockmgr.v1 import blockmgr_pb2 as pb
 from pagedserve.blockmgr.v1 import blockmgr_pb2_grpc as pb_grpc
-from pagedserve.common.security import auth_metadata, open_channel
+from pagedserve.common.security import auth_metadata, open_channel, wait_channel_ready
 from pagedserve.common.server import CHANNEL_OPTIONS
 from pagedserve.executor.kv_pool import POOL_LAYOUT, PoolSpec, dtype_from_name, dtype_name
 from pagedserve.executor.request_trace import BLOCKMGR_STEP_LATENCY
@@ -62,7 +62,7 @@ class BlockManagerLink:
 
     def wait_ready(self, timeout_s: float) -> None:
         """Blocks until the block manager answers; raises grpc.FutureTimeoutError."""
-        grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
+        wait_channel_ready(self._channel, timeout_s)
 
     def close(self) -> None:
         self._channel.close()
