@@ -127,6 +127,45 @@ def attend_paged_tile(
     )
 
 
+@triton.jit
+def attend_paged_range(
+    q,
+    row_max,
+    row_sum,
+    acc,
+    key_cache_ptr,
+    value_cache_ptr,
+    block_table_row_ptr,
+    kv_head_offset,
+    first_token,
+    key_limit,
+    scale_log2,
+    cache_stride_block,
+    cache_stride_slot,
+    BLOCK_SIZE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """attend_paged_tile over the keys first_token .. key_limit - 1: whole
+    tiles without masks, then at most one tile that crosses key_limit."""
+    full_end = first_token + ((key_limit - first_token) // BLOCK_N) * BLOCK_N
+    for tile_first in range(first_token, full_end, BLOCK_N):
+        row_max, row_sum, acc = attend_paged_tile(
+            q, row_max, row_sum, acc, key_cache_ptr, value_cache_ptr, block_table_row_ptr,
+            kv_head_offset, tile_first, key_limit, scale_log2, cache_stride_block,
+            cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, False, DOT_IN_FP32, DOT_PRECISION,
+        )  # fmt: skip
+    if full_end < key_limit:
+        row_max, row_sum, acc = attend_paged_tile(
+            q, row_max, row_sum, acc, key_cache_ptr, value_cache_ptr, block_table_row_ptr,
+            kv_head_offset, full_end, key_limit, scale_log2, cache_stride_block,
+            cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, True, DOT_IN_FP32, DOT_PRECISION,
+        )  # fmt: skip
+    return row_max, row_sum, acc
+
+
 def check_attention_shapes(
     query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor
 ) -> None:

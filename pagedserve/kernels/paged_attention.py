@@ -11,6 +11,12 @@ The new tokens' keys and values are read from `key` and `value`, not from the
 cache (the caller writes them there too, for later steps): a prefill with no
 cached context is then a plain contiguous flash attention, whose tiles can be
 loaded through tensor descriptors (the bulk tensor copy engine on Hopper).
+
+Sequences with one new token (the decodes of a mixed step) would waste a
+prompt-sized query tile; a batch that may hold them (cached_context) takes a
+first launch for just those rows, one program per sequence and kv head over
+the group's query heads, with the decode kernel's tile options, and the
+prompt tiles' launch skips them.
 The torch reference with the same signature is in paged_attention_reference.py.
 """
 
@@ -21,11 +27,12 @@ import torch
 from pagedserve.kernels._backend import dot_in_fp32, dot_precision, rows_contiguous, tl, triton
 from pagedserve.kernels.attention_tiles import (
     LOG2_E,
-    attend_paged_tile,
+    attend_paged_range,
     check_attention_shapes,
     online_softmax_step,
 )
 from pagedserve.kernels.direct_launch import DirectLauncher
+from pagedserve.kernels.paged_decode_attention import decode_launch_options, load_group_query
 
 
 @triton.jit
@@ -100,6 +107,8 @@ def _paged_attention_kernel(
     query_ptr,
     key_source,  # NEW_KV_DESCRIPTORS: a descriptor of BLOCK_N x HEAD_DIM tiles; else a pointer
     value_source,
+    key_ptr,  # the new keys and values as pointers, for decode rows' one key
+    value_ptr,
     key_cache_ptr,
     value_cache_ptr,
     block_tables_ptr,
@@ -124,6 +133,9 @@ def _paged_attention_kernel(
     BLOCK_M: tl.constexpr,  # rows per query tile: BLOCK_Q tokens x GROUP_SIZE heads
     BLOCK_Q: tl.constexpr,  # BLOCK_M // GROUP_SIZE
     BLOCK_N: tl.constexpr,  # keys per step
+    DECODE_BLOCK_M: tl.constexpr,  # rows of a decode row's tile: GROUP_SIZE padded to >= 16
+    DECODE_ROWS_ONLY: tl.constexpr,  # only sequences with one new token, one program each
+    SKIP_DECODE_ROWS: tl.constexpr,  # only sequences with more (a DECODE_ROWS_ONLY launch's rest)
     PAIRED_TILES: tl.constexpr,  # each program takes a long and a short query tile
     CACHED_CONTEXT: tl.constexpr,  # False: no sequence has cached context (no gather code)
     SEQS_BLOCK: tl.constexpr,  # sequences compared per load when finding a program's sequence
@@ -131,36 +143,122 @@ def _paged_attention_kernel(
     DOT_IN_FP32: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    # Program (slot, kv_head) handles one or two query tiles of one sequence.
-    # Under the causal mask the last tile of a sequence does the most work:
-    # tiles are taken last to first, so that long ones start first and short
-    # ones fill the tail of the launch. Paired, slot p takes tiles n-1-p and
-    # p of the sequence's n: every program does about the same work, and there
-    # are half as many, each with its fixed costs (query load, pipeline fill).
-    tiles_per_slot: tl.constexpr = 2 if PAIRED_TILES else 1
-    seq, slot, q_start, q_len = _find_tile_slot(
-        query_start_loc_ptr, num_seqs, BLOCK_Q * tiles_per_slot, SEQS_BLOCK
-    )
-    long_tile = tl.cdiv(q_len, BLOCK_Q) - 1 - slot
-    short_tile = slot if PAIRED_TILES else long_tile
-    if (long_tile < 0) | (long_tile < short_tile):
-        return  # a spare slot
-    seq_len = tl.load(seq_lens_ptr + seq)
     kv_head = tl.program_id(1)
-    num_tiles_here = tl.where(long_tile > short_tile, 2, 1)
-    for tile_number in range(num_tiles_here):
-        q_tile = long_tile - tile_number * (long_tile - short_tile)
-        _attend_query_tile(
-            query_ptr, key_source, value_source, key_cache_ptr, value_cache_ptr,
-            block_tables_ptr, out_ptr, scale_log2, seq, q_tile, q_start, q_len, seq_len, kv_head,
-            query_stride_token, query_stride_head, kv_stride_token, kv_stride_head,
-            out_stride_token, out_stride_head, cache_stride_block, cache_stride_slot,
-            cache_stride_head, block_table_stride_seq, BLOCK_SIZE, GROUP_SIZE, HEAD_DIM, BLOCK_M,
-            BLOCK_Q, BLOCK_N, CACHED_CONTEXT, NEW_KV_DESCRIPTORS, DOT_IN_FP32, DOT_PRECISION,
-        )  # fmt: skip
+    if DECODE_ROWS_ONLY:
+        # Program (sequence, kv_head): the sequence's one new token, if it has
+        # just one (a decode row of a mixed step); other sequences' programs end.
+        seq = tl.program_id(0)
+        q_start = tl.load(query_start_loc_ptr + seq)
+        if tl.load(query_start_loc_ptr + seq + 1) - q_start == 1:
+            _attend_decode_row(
+                query_ptr, key_ptr, value_ptr, key_cache_ptr, value_cache_ptr,
+                block_tables_ptr, out_ptr, scale_log2, seq, q_start,
+                tl.load(seq_lens_ptr + seq), kv_head, query_stride_token, query_stride_head,
+                kv_stride_token, kv_stride_head, out_stride_token, out_stride_head,
+                cache_stride_block, cache_stride_slot, cache_stride_head, block_table_stride_seq,
+                BLOCK_SIZE, GROUP_SIZE, DECODE_BLOCK_M, HEAD_DIM, BLOCK_N, DOT_IN_FP32,
+                DOT_PRECISION,
+            )  # fmt: skip
+    else:  # (an else, not a return: Triton compiles code after a constexpr branch's return)
+        # Program (slot, kv_head) handles one or two query tiles of one sequence.
+        # Under the causal mask the last tile of a sequence does the most work:
+        # tiles are taken last to first, so that long ones start first and short
+        # ones fill the tail of the launch. Paired, slot p takes tiles n-1-p and
+        # p of the sequence's n: every program does about the same work, and
+        # there are half as many, each with its fixed costs (query load,
+        # pipeline fill).
+        tiles_per_slot: tl.constexpr = 2 if PAIRED_TILES else 1
+        seq, slot, q_start, q_len = _find_tile_slot(
+            query_start_loc_ptr, num_seqs, BLOCK_Q * tiles_per_slot, SEQS_BLOCK
+        )
+        long_tile = tl.cdiv(q_len, BLOCK_Q) - 1 - slot
+        short_tile = slot if PAIRED_TILES else long_tile
+        spare = (long_tile < 0) | (long_tile < short_tile)
+        if SKIP_DECODE_ROWS:
+            spare = spare | (q_len == 1)  # a decode row: the DECODE_ROWS_ONLY launch's
+        if not spare:
+            seq_len = tl.load(seq_lens_ptr + seq)
+            num_tiles_here = tl.where(long_tile > short_tile, 2, 1)
+            for tile_number in range(num_tiles_here):
+                q_tile = long_tile - tile_number * (long_tile - short_tile)
+                _attend_query_tile(
+                    query_ptr, key_source, value_source, key_cache_ptr, value_cache_ptr,
+                    block_tables_ptr, out_ptr, scale_log2, seq, q_tile, q_start, q_len,
+                    seq_len, kv_head, query_stride_token, query_stride_head, kv_stride_token,
+                    kv_stride_head, out_stride_token, out_stride_head, cache_stride_block,
+                    cache_stride_slot, cache_stride_head, block_table_stride_seq, BLOCK_SIZE,
+                    GROUP_SIZE, HEAD_DIM, BLOCK_M, BLOCK_Q, BLOCK_N, CACHED_CONTEXT,
+                    NEW_KV_DESCRIPTORS, DOT_IN_FP32, DOT_PRECISION,
+                )  # fmt: skip
 
 
 _paged_attention_launcher = DirectLauncher(_paged_attention_kernel)
+
+
+@triton.jit
+def _attend_decode_row(
+    query_ptr,
+    key_ptr,
+    value_ptr,
+    key_cache_ptr,
+    value_cache_ptr,
+    block_tables_ptr,
+    out_ptr,
+    scale_log2,
+    seq,
+    q_start,  # the row's token
+    seq_len,
+    kv_head,
+    query_stride_token,
+    query_stride_head,
+    kv_stride_token,
+    kv_stride_head,
+    out_stride_token,
+    out_stride_head,
+    cache_stride_block,
+    cache_stride_slot,
+    cache_stride_head,
+    block_table_stride_seq,
+    BLOCK_SIZE: tl.constexpr,
+    GROUP_SIZE: tl.constexpr,
+    GROUP_BLOCK: tl.constexpr,  # GROUP_SIZE padded to a power of two >= 16 (tl.dot)
+    HEAD_DIM: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Output of a decode row (a sequence with one new token) in a mixed step.
+
+    A prompt-sized query tile would hold GROUP_SIZE useful rows of BLOCK_M, and
+    its new-token step would load a whole tile of new keys for one key and run
+    a loop of its own. Here the rows are the group's query heads alone, as in
+    the decode kernel, and the new key starts the online softmax: its score
+    and value are the running max, sum (1) and accumulator before the cached
+    context's tiles, which then go as in the decode kernel.
+    """
+    q, head, row_mask = load_group_query(
+        query_ptr, key_cache_ptr, q_start, kv_head, query_stride_token, query_stride_head,
+        GROUP_SIZE, GROUP_BLOCK, HEAD_DIM, DOT_IN_FP32,
+    )  # fmt: skip
+    dims = tl.arange(0, HEAD_DIM)
+    new_row = q_start.to(tl.int64) * kv_stride_token + kv_head * kv_stride_head + dims
+    new_key = tl.load(key_ptr + new_row).to(tl.float32)
+    new_value = tl.load(value_ptr + new_row).to(tl.float32)
+    row_max = tl.sum(q.to(tl.float32) * new_key[None, :], axis=1) * scale_log2  # [GROUP_BLOCK]
+    row_sum = tl.full([GROUP_BLOCK], 1.0, dtype=tl.float32)
+    acc = tl.zeros([GROUP_BLOCK, HEAD_DIM], dtype=tl.float32) + new_value[None, :]
+    row_max, row_sum, acc = attend_paged_range(
+        q, row_max, row_sum, acc, key_cache_ptr, value_cache_ptr,
+        block_tables_ptr + seq.to(tl.int64) * block_table_stride_seq,
+        kv_head * cache_stride_head, 0, seq_len - 1, scale_log2, cache_stride_block,
+        cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, DOT_IN_FP32, DOT_PRECISION,
+    )  # fmt: skip
+    out_rows = q_start.to(tl.int64) * out_stride_token + head * out_stride_head
+    tl.store(
+        out_ptr + out_rows[:, None] + dims[None, :],
+        (acc / row_sum[:, None]).to(out_ptr.dtype.element_ty),
+        mask=row_mask[:, None],
+    )
 
 
 @triton.jit
@@ -224,23 +322,12 @@ def _attend_query_tile(
     # pointers raise the whole kernel's register use (sm_90 compile, 64 x 64
     # tiles: 255 registers with spills against 217 without this path).
     if CACHED_CONTEXT:
-        block_table_row_ptr = block_tables_ptr + seq.to(tl.int64) * block_table_stride_seq
-        kv_head_offset = kv_head * cache_stride_head
-        context_full_end = (context_len // BLOCK_N) * BLOCK_N
-        for first_token in range(0, context_full_end, BLOCK_N):
-            row_max, row_sum, acc = attend_paged_tile(
-                q, row_max, row_sum, acc, key_cache_ptr, value_cache_ptr, block_table_row_ptr,
-                kv_head_offset, first_token, context_len, scale_log2, cache_stride_block,
-                cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, False, DOT_IN_FP32,
-                DOT_PRECISION,
-            )  # fmt: skip
-        if context_full_end < context_len:
-            row_max, row_sum, acc = attend_paged_tile(
-                q, row_max, row_sum, acc, key_cache_ptr, value_cache_ptr, block_table_row_ptr,
-                kv_head_offset, context_full_end, context_len, scale_log2, cache_stride_block,
-                cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, True, DOT_IN_FP32,
-                DOT_PRECISION,
-            )  # fmt: skip
+        row_max, row_sum, acc = attend_paged_range(
+            q, row_max, row_sum, acc, key_cache_ptr, value_cache_ptr,
+            block_tables_ptr + seq.to(tl.int64) * block_table_stride_seq,
+            kv_head * cache_stride_head, 0, context_len, scale_log2, cache_stride_block,
+            cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, DOT_IN_FP32, DOT_PRECISION,
+        )  # fmt: skip
 
     # 2. The new tokens, contiguous. New keys before the tile's first query are
     # visible to every row: those tiles take no mask. The rest, up to the last
@@ -385,8 +472,13 @@ def paged_attention_triton(
     out: torch.Tensor | None = None,  # [num_tokens, num_heads, head_dim], written in full
     config: dict | None = None,  # overrides _prefill_config's options (benchmarks, tests)
     cached_context: bool = True,  # False only if every seq_len equals its new-token count
+    decode_config: dict | None = None,  # the decode rows' launch options (precompile, tests)
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim], query's dtype
     """Triton: one program per (tile of new tokens of one sequence, kv head).
+
+    With cached_context, sequences with one new token (decode rows) go in a
+    launch of their own first, one program per (sequence, kv head), and the
+    prompt tiles' launch skips them.
 
     cached_context=False promises that no sequence has cached context (a batch
     of fresh prompts): the kernel is then built without the block-table path.
@@ -432,16 +524,39 @@ def paged_attention_triton(
         config["NEW_KV_DESCRIPTORS"] = False
     config.setdefault("DOT_PRECISION", dot_precision(key_cache.dtype))
     tokens_per_slot = block_q * (2 if config["PAIRED_TILES"] else 1)
-    grid = (num_tokens // tokens_per_slot + num_seqs, num_kv_heads)
-    _paged_attention_launcher.launch(
-        grid,
-        query, key_source, value_source, key_cache, value_cache, block_tables, query_start_loc,
-        seq_lens, out, scale * LOG2_E, num_seqs,
+    decode_block_m = max(16, triton.next_power_of_2(group_size))
+    args = (
+        query, key_source, value_source, key, value, key_cache, value_cache, block_tables,
+        query_start_loc, seq_lens, out, scale * LOG2_E, num_seqs,
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), out.stride(0), out.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2), block_tables.stride(0),
-        BLOCK_SIZE=block_size, GROUP_SIZE=group_size, HEAD_DIM=head_dim, BLOCK_Q=block_q,
-        SEQS_BLOCK=_SEQS_BLOCK,
-        DOT_IN_FP32=dot_in_fp32(_paged_attention_kernel, key_cache.dtype),
-        **config,
+    )  # fmt: skip
+    shared = {
+        "BLOCK_SIZE": block_size, "GROUP_SIZE": group_size, "HEAD_DIM": head_dim,
+        "DECODE_BLOCK_M": decode_block_m, "SEQS_BLOCK": _SEQS_BLOCK,
+        "DOT_IN_FP32": dot_in_fp32(_paged_attention_kernel, key_cache.dtype),
+    }  # fmt: skip
+    if cached_context:
+        # Decode rows (sequences with one new token, as in a mixed step) first,
+        # in a launch of their own: tiles of the group's heads, with the decode
+        # kernel's launch options and its resources per program, not a prompt
+        # tile's (docs/kernels-notes.md, v17). The other launch skips them.
+        options = decode_config or decode_launch_options(
+            head_dim, key_cache.dtype, num_seqs * num_kv_heads, max_seq_len, query.device
+        )
+        _paged_attention_launcher.launch(
+            (num_seqs, num_kv_heads), query, key, value, *args[3:], **shared,
+            BLOCK_N=options["BLOCK_N"], num_warps=options["num_warps"],
+            num_stages=options["num_stages"],
+            DOT_PRECISION=options.get("DOT_PRECISION", config["DOT_PRECISION"]),
+            # The prompt tiles' options: unused by these programs, fixed so
+            # that they add no variants.
+            BLOCK_M=decode_block_m, BLOCK_Q=decode_block_m // group_size, PAIRED_TILES=False,
+            CACHED_CONTEXT=True, NEW_KV_DESCRIPTORS=False,
+            DECODE_ROWS_ONLY=True, SKIP_DECODE_ROWS=False,
+        )  # fmt: skip
+    _paged_attention_launcher.launch(
+        (num_tokens // tokens_per_slot + num_seqs, num_kv_heads), *args, **shared, **config,
+        BLOCK_Q=block_q, DECODE_ROWS_ONLY=False, SKIP_DECODE_ROWS=cached_context,
     )  # fmt: skip
     return out

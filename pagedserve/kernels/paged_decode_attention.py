@@ -10,7 +10,7 @@ import functools
 import torch
 
 from pagedserve.kernels._backend import dot_in_fp32, dot_precision, next_power_of_2, tl, triton
-from pagedserve.kernels.attention_tiles import LOG2_E, attend_paged_tile, check_attention_shapes
+from pagedserve.kernels.attention_tiles import LOG2_E, attend_paged_range, check_attention_shapes
 from pagedserve.kernels.direct_launch import DirectLauncher
 
 # The batched reference pads every sequence of a group to the group's longest:
@@ -203,20 +203,11 @@ def _decode_partition_kernel(
     row_sum = tl.zeros([GROUP_BLOCK], dtype=tl.float32)
     acc = tl.zeros([GROUP_BLOCK, HEAD_DIM], dtype=tl.float32)
     block_table_row_ptr = block_tables_ptr + seq.to(tl.int64) * block_table_stride_seq
-    # Whole tiles without masks, then at most one tile that crosses key_limit.
-    full_end = first_token + ((key_limit - first_token) // BLOCK_N) * BLOCK_N
-    for tile_first in range(first_token, full_end, BLOCK_N):
-        row_max, row_sum, acc = attend_paged_tile(
-            q, row_max, row_sum, acc, key_cache_ptr, value_cache_ptr, block_table_row_ptr,
-            kv_head * cache_stride_head, tile_first, key_limit, scale_log2, cache_stride_block,
-            cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, False, DOT_IN_FP32, DOT_PRECISION,
-        )  # fmt: skip
-    if full_end < key_limit:
-        row_max, row_sum, acc = attend_paged_tile(
-            q, row_max, row_sum, acc, key_cache_ptr, value_cache_ptr, block_table_row_ptr,
-            kv_head * cache_stride_head, full_end, key_limit, scale_log2, cache_stride_block,
-            cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, True, DOT_IN_FP32, DOT_PRECISION,
-        )  # fmt: skip
+    row_max, row_sum, acc = attend_paged_range(
+        q, row_max, row_sum, acc, key_cache_ptr, value_cache_ptr, block_table_row_ptr,
+        kv_head * cache_stride_head, first_token, key_limit, scale_log2, cache_stride_block,
+        cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, DOT_IN_FP32, DOT_PRECISION,
+    )  # fmt: skip
 
     store_partition_result(
         acc, row_max, row_sum, seq, partition, head, row_mask, num_kv_heads,
@@ -400,6 +391,21 @@ def _launch_overrides(num_programs: int, partition_tokens: int, device: torch.de
     if partition_tokens <= _TWO_STAGE_PARTITION_TOKENS:
         return dict(_TWO_STAGE_OPTIONS)
     return {}
+
+
+def decode_launch_options(
+    head_dim: int,
+    cache_dtype: torch.dtype,
+    num_programs: int,
+    partition_tokens: int,
+    device: torch.device,
+) -> dict:
+    """The launch options the rules above give num_programs programs of up to
+    partition_tokens keys each (also the varlen kernel's decode rows)."""
+    options = _decode_config(head_dim, cache_dtype)
+    if _has_launch_rule(head_dim, cache_dtype):
+        options.update(_launch_overrides(num_programs, partition_tokens, device))
+    return options
 
 
 def decode_configs(head_dim: int, cache_dtype: torch.dtype) -> list[dict]:

@@ -142,7 +142,8 @@ class _Scratch:
 
     def prefills(self) -> int:
         """Each prefill configuration, without and with cached context: one
-        sequence of 2 new tokens (after 1 cached token when cached)."""
+        sequence of 2 new tokens (after 1 cached token when cached); then each
+        decode configuration for the decode rows' launch of a cached batch."""
         num_new = 2
         query = self._tokens(num_new, self.num_heads, self.dtype)
         key = self._tokens(num_new, self.num_kv_heads, self.key_cache.dtype)
@@ -160,7 +161,14 @@ class _Scratch:
                     query_start_loc, seq_lens, self.scale, config=dict(config),
                     cached_context=cached_context,
                 )  # fmt: skip
-                launches += 1
+                launches += 1 + int(cached_context)
+        for decode_config in decode_configs(self.head_dim, self.key_cache.dtype):
+            paged_attention_triton(
+                query, key, value, self.key_cache, self.value_cache, self._int32([[0]]),
+                query_start_loc, self._int32([num_new + 1]), self.scale,
+                decode_config=dict(decode_config),
+            )  # fmt: skip
+            launches += 2
         return launches
 
     def decodes(self) -> int:

@@ -8,6 +8,7 @@ from paged_kv_helpers import DEVICE, assert_close, dense_attention, make_paged_k
 
 from pagedserve.kernels.paged_attention import paged_attention_triton
 from pagedserve.kernels.paged_attention_reference import paged_attention_reference
+from pagedserve.kernels.paged_decode_attention import decode_configs
 
 # (num_heads, num_kv_heads, head_dim, block_size, dtype)
 CONFIGS = [
@@ -205,6 +206,33 @@ def test_triton_many_sequences():
         config = {"BLOCK_M": 16, "BLOCK_N": 16, "PAIRED_TILES": paired}
         paged_attention_triton(*args, out=out, config=config)
         assert_close(out, paged_attention_reference(*args))
+
+
+@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim,block_size,dtype", CONFIGS)
+def test_triton_decode_rows_under_each_decode_launch(
+    num_heads, num_kv_heads, head_dim, block_size, dtype
+):
+    """Decode rows beside prompt chunks take a launch of their own, with the
+    decode kernel's launch options: each option the rules can choose, with
+    contexts of 0 keys to past two of the widest key tiles (128)."""
+    seqs = [(n, 1) for n in (1, 2, 31, 32, 33, 127, 128, 129, 300)]
+    seqs[3:3] = [(block_size + 3, 3), (40, 40)]  # a chunk and a fresh prompt in between
+    args, _, _, _ = make_inputs(seqs, num_heads, num_kv_heads, head_dim, block_size, dtype)
+    expected = paged_attention_reference(*args)
+    poison_new_tokens_in_cache(args, seqs, block_size)
+    for decode_config in decode_configs(head_dim, dtype):
+        out = torch.full_like(args[0], float("nan"))
+        paged_attention_triton(*args, out=out, decode_config=decode_config)
+        assert_close(out, expected)
+
+
+def test_triton_decode_rows_of_a_wide_group():
+    """More query heads per kv head (32) than a decode tile's 16 rows."""
+    seqs = [(70, 1), (20, 20), (5, 1)]
+    args, _, _, _ = make_inputs(seqs, 32, 1, 16, 16, torch.float32)
+    out = torch.full_like(args[0], float("nan"))
+    paged_attention_triton(*args, out=out, config={"BLOCK_M": 64, "BLOCK_N": 16})
+    assert_close(out, paged_attention_reference(*args))
 
 
 def test_triton_rejects_key_value_of_wrong_shape_or_dtype():
