@@ -3,9 +3,10 @@
 Run from the repository root: `python3 -m benchmarks.reference_cpu`. The
 default model's attention shape (9 query / 3 kv heads x 64, float32, block size
 16, shuffled block tables): fresh prompts, a chunked prefill after cached
-context, and decode batches, each timed as the median of 5 calls (after one
-untimed call), with its relative error against the same reference run in
-float64. Figures depend on the machine's cores: compare within one run, or
+context, mixed steps (decodes beside a prompt chunk), and decode batches (also
+as the varlen reference's decode rows), each timed as the median of 5 calls
+(after one untimed call), with its relative error against the same reference
+run in float64. Figures depend on the machine's cores: compare within one run, or
 runs of this script on one machine.
 """
 
@@ -26,6 +27,9 @@ PREFILLS = [
     ("prefill 1 x 1024", [(1024, 1024)]),
     ("prefill 4 x 256", [(256, 256)] * 4),
     ("chunked 512 new after 1536 cached", [(2048, 512)]),
+    # Mixed steps: decodes beside a prompt chunk (the scheduler's decodes first).
+    ("mixed 64 decodes x 300 + 128 new after 256 cached", [(300, 1)] * 64 + [(384, 128)]),
+    ("mixed 16 decodes x 1024 + 512 fresh", [(1024, 1)] * 16 + [(512, 512)]),
 ]
 DECODES = [("decode 32 x 1024", 32, 1024), ("decode 256 x 300", 256, 300)]
 
@@ -76,10 +80,10 @@ def main() -> None:
         expected = paged_decode_attention_reference(*in_float64(args))
         rows.append((label, median_ms(lambda args=args: paged_decode_attention_reference(*args)),
                      rel_err(paged_decode_attention_reference(*args), expected)))  # fmt: skip
-        # The same decode through the varlen reference, one sequence at a time
-        # (the decode reference before it batched sequences), as the baseline.
+        # The same decode through the varlen reference (its decode rows; one
+        # sequence at a time before it grouped them too).
         varlen_args = one_query_per_sequence(args)
-        rows.append((f"{label}, one by one (varlen)",
+        rows.append((f"{label}, as varlen decode rows",
                      median_ms(lambda args=varlen_args: paged_attention_reference(*args)),
                      rel_err(paged_attention_reference(*varlen_args), expected)))  # fmt: skip
     print(f"\nCPU ({torch.get_num_threads()} threads), torch {torch.__version__}, float32, "

@@ -5,6 +5,8 @@ executor's CPU path, and what every Triton attention kernel is tested against.""
 import torch
 import torch.nn.functional as F
 
+from pagedserve.kernels.paged_decode_attention import paged_decode_attention_reference
+
 # The reference bounds its fp32 score matrix to this many values (64 MiB) by
 # taking a sequence's queries in chunks.
 _REFERENCE_MAX_SCORES = 16 * 1024 * 1024
@@ -84,7 +86,8 @@ def paged_attention_reference(
     """Pure torch, in float32 (float64 for float64 inputs: the high-precision
     reference of the benchmarks): per sequence, its cached context gathered
     from the cache and its new K/V from `key`/`value`, then causal attention
-    (torch's SDPA).
+    (torch's SDPA); sequences with one new token (decode rows) a group at a
+    time, as the decode reference takes them.
 
     Raises ValueError when a sequence has more new tokens than total tokens.
     """
@@ -92,12 +95,25 @@ def paged_attention_reference(
     compute_dtype = torch.promote_types(query.dtype, torch.float32)
     starts = query_start_loc.tolist()
     lens = seq_lens.tolist()
+    q_lens = [starts[seq + 1] - starts[seq] for seq in range(len(lens))]
+    for seq, (q_len, seq_len) in enumerate(zip(q_lens, lens, strict=True)):
+        if q_len > seq_len:
+            raise ValueError(f"sequence {seq}: {q_len} new tokens > seq_len {seq_len}")
+    # Decode rows (one new token), as in a mixed step, a group at a time: one
+    # by one they were a Python loop of small SDPA calls.
+    decodes = [seq for seq, q_len in enumerate(q_lens) if q_len == 1]
+    if decodes:
+        seqs = torch.tensor(decodes, device=query.device)
+        rows = query_start_loc.index_select(0, seqs).long()
+        out.index_copy_(0, rows, paged_decode_attention_reference(
+            query.index_select(0, rows), key_cache, value_cache,
+            block_tables.index_select(0, seqs), seq_lens.index_select(0, seqs), scale,
+            new_key=key.index_select(0, rows), new_value=value.index_select(0, rows),
+        ))  # fmt: skip
     for seq, seq_len in enumerate(lens):
         first, last = starts[seq], starts[seq + 1]
-        if last == first:
-            continue
-        if last - first > seq_len:
-            raise ValueError(f"sequence {seq}: {last - first} new tokens > seq_len {seq_len}")
+        if last - first <= 1:
+            continue  # no new tokens, or a decode row
         context_len = seq_len - (last - first)
         seq_key = torch.cat(
             (gather_sequence_kv(key_cache, block_tables[seq], context_len), key[first:last])

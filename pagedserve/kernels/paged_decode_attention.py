@@ -31,10 +31,13 @@ def paged_decode_attention_reference(
     block_tables: torch.Tensor,  # [num_seqs, max_blocks_per_seq] int32
     seq_lens: torch.Tensor,  # [num_seqs] int32, each >= 1
     scale: float,
+    new_key: torch.Tensor | None = None,  # [num_seqs, num_kv_heads, head_dim]
+    new_value: torch.Tensor | None = None,
 ) -> torch.Tensor:  # [num_seqs, num_heads, head_dim], query's dtype
     """Pure torch, in float32 (float64 for float64 inputs): each sequence's
     one query attends to its seq_lens keys in the cache (its new key and value
-    are the cache's entries at its last position).
+    are the cache's entries at its last position, or new_key and new_value
+    when given: the varlen reference's decode rows).
 
     Sequences go through torch's SDPA a group at a time, not one by one (the
     executor's CPU decode path: a step of many sequences was a Python loop of
@@ -58,10 +61,13 @@ def paged_decode_attention_reference(
         while last < num_seqs and (last + 1 - first) * lens[order[last]] <= max_padded_keys:
             last += 1
         rows = torch.tensor(order[first:last], device=query.device)
+        last_kv = None
+        if new_key is not None and new_value is not None:
+            last_kv = (new_key.index_select(0, rows), new_value.index_select(0, rows))
         attended = _attend_group(
             query.index_select(0, rows), key_cache, value_cache,
             block_tables.index_select(0, rows), seq_lens.index_select(0, rows),
-            lens[order[last - 1]], block_size, compute_dtype, scale,
+            lens[order[last - 1]], block_size, compute_dtype, scale, last_kv,
         )  # fmt: skip
         out.index_copy_(0, rows, attended.to(query.dtype))
         first = last
@@ -78,9 +84,11 @@ def _attend_group(
     block_size: int,
     compute_dtype: torch.dtype,
     scale: float,
+    last_kv: tuple[torch.Tensor, torch.Tensor] | None,  # [group, kv_heads, head_dim] each
 ) -> torch.Tensor:  # [group, num_heads, head_dim] in compute_dtype
     """One SDPA call for a group: each sequence's keys gathered from its
-    blocks, padded to max_len, the padding masked."""
+    blocks (its last key and value from last_kv when given), padded to max_len,
+    the padding masked."""
     group = query.shape[0]
     num_blocks = -(-max_len // block_size)
     table = block_tables[:, :num_blocks].long()
@@ -90,17 +98,32 @@ def _attend_group(
         (seq_lens[:, None] + block_size - 1) // block_size
     )
     block_ids = torch.where(owned, table, 0).flatten()
-
-    def gathered(cache: torch.Tensor) -> torch.Tensor:  # [group, kv_heads, max_len, head_dim]
-        # index_select, not advanced indexing (docs/kernels-notes.md, "Reference on CPU").
-        keys = cache.index_select(0, block_ids).view(
-            group, num_blocks * block_size, *cache.shape[2:]
-        )
-        return keys[:, :max_len].permute(0, 2, 1, 3).to(compute_dtype)
-
     visible = torch.arange(max_len, device=seq_lens.device)[None, :] < seq_lens[:, None]
+    # Rows of the gathered [group x num_blocks x block_size] keys: the padding
+    # past each sequence's end, and each sequence's last key.
+    slots_per_seq = num_blocks * block_size
+    padding_seq, padding_position = (~visible).nonzero(as_tuple=True)
+    padding_rows = padding_seq * slots_per_seq + padding_position
+    last_rows = torch.arange(group, device=seq_lens.device) * slots_per_seq + seq_lens.long() - 1
+
+    def gathered(cache: torch.Tensor, last: torch.Tensor | None) -> torch.Tensor:
+        # [group, kv_heads, max_len, head_dim]; index_select, not advanced
+        # indexing (docs/kernels-notes.md, "Reference on CPU"). A copy: the
+        # writes below never reach the cache.
+        rows = cache.index_select(0, block_ids).flatten(0, 1)
+        # The padding holds whatever those slots held: an earlier request's
+        # keys, or NaN had it diverged, which the mask alone does not stop (a
+        # masked NaN key or value still makes SDPA's output NaN). Zeros there.
+        rows.index_fill_(0, padding_rows, 0.0)
+        if last is not None:
+            rows.index_copy_(0, last_rows, last.to(rows.dtype))
+        keys = rows.view(group, slots_per_seq, *cache.shape[2:])[:, :max_len]
+        return keys.permute(0, 2, 1, 3).to(compute_dtype)
+
     out = torch.nn.functional.scaled_dot_product_attention(
-        query.to(compute_dtype)[:, :, None], gathered(key_cache), gathered(value_cache),
+        query.to(compute_dtype)[:, :, None],
+        gathered(key_cache, None if last_kv is None else last_kv[0]),
+        gathered(value_cache, None if last_kv is None else last_kv[1]),
         attn_mask=visible[:, None, None, :], scale=scale, enable_gqa=True,
     )  # fmt: skip
     return out[:, :, 0]

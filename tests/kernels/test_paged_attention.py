@@ -162,8 +162,9 @@ def test_triton_without_context_path_matches_reference(
     assert_close(out, expected)
 
 
-def test_reference_reads_new_tokens_from_key_value():
-    seqs = batch_of("chunked", 16)
+@pytest.mark.parametrize("kind", ["chunked", "mixed", "decode"])
+def test_reference_reads_new_tokens_from_key_value(kind):
+    seqs = batch_of(kind, 16)
     args, keys, values, q_lens = make_inputs(seqs, 4, 2, 64, 16, torch.float32)
     poison_new_tokens_in_cache(args, seqs, 16)
     out = paged_attention_reference(*args)

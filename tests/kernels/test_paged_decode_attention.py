@@ -115,30 +115,78 @@ def test_partition_rule_on_a_132_multiprocessor_card(monkeypatch):
     assert module.choose_partition_tokens(1, 8, 1072, device, 128) >= 256  # no tiny partitions
 
 
+def one_sequence_at_a_time(args) -> torch.Tensor:
+    """Each sequence's decode alone: its own keys gathered, one SDPA call (the
+    references' path before they grouped sequences)."""
+    reference = importlib.import_module("pagedserve.kernels.paged_attention_reference")
+    query, key_cache, value_cache, block_tables, lens, scale = args
+    rows = []
+    for seq, seq_len in enumerate(lens.tolist()):
+        key = reference.gather_sequence_kv(key_cache, block_tables[seq], seq_len)
+        value = reference.gather_sequence_kv(value_cache, block_tables[seq], seq_len)
+        rows.append(reference._attend_one_sequence(query[seq : seq + 1], key, value, scale))
+    return torch.cat(rows)
+
+
+def decode_rows_of(args) -> tuple:
+    """The varlen reference's arguments for a decode batch: each sequence's new
+    key and value are the cache's entries at its last position."""
+    query, key_cache, value_cache, block_tables, lens, scale = args
+    positions = lens.long() - 1
+    block_size = key_cache.shape[1]
+    last_blocks = block_tables.gather(1, (positions // block_size)[:, None])[:, 0].long()
+    key = key_cache[last_blocks, positions % block_size]
+    value = value_cache[last_blocks, positions % block_size]
+    query_start_loc = torch.arange(len(lens) + 1, dtype=torch.int32, device=DEVICE)
+    return (query, key, value, key_cache, value_cache, block_tables, query_start_loc, lens, scale)
+
+
+def poison_all_but_live_slots(args) -> None:
+    """NaN in every cache slot that holds none of the sequences' tokens: what a
+    freed block's unused slots may hold from an earlier, diverged request."""
+    key_cache, value_cache, block_tables, lens = args[1], args[2], args[3], args[4]
+    block_size = key_cache.shape[1]
+    live = torch.zeros(key_cache.shape[:2], dtype=torch.bool, device=DEVICE)
+    for seq, seq_len in enumerate(lens.tolist()):
+        for position in range(seq_len):
+            live[int(block_tables[seq, position // block_size]), position % block_size] = True
+    key_cache[~live] = float("nan")
+    value_cache[~live] = float("nan")
+
+
+SEQ_LENS_OUT_OF_ORDER = [300, 1, 17, 2049, 16, 5, 64, 1000, 33, 15]
+
+
 @pytest.mark.parametrize("budget", [None, 4096], ids=["one-group", "small-groups"])
 def test_reference_batches_like_one_by_one(monkeypatch, budget):
-    """The decode reference attends a group of sequences at a time (padded to
-    the group's longest, masked): the output of the varlen reference, which
-    attends one sequence at a time, for lengths far apart, in an order that
+    """The decode reference, and the varlen reference's decode rows, attend a
+    group of sequences at a time (padded to the group's longest, masked): the
+    output of one sequence at a time, for lengths far apart, in an order that
     is not by length, and with table entries past each sequence's blocks out
     of the pool."""
     if budget is not None:
         # 4,096 values = 21 padded keys at 3 kv heads x 64: groups of one or a few.
         module = importlib.import_module("pagedserve.kernels.paged_decode_attention")
         monkeypatch.setattr(module, "_REFERENCE_MAX_GATHERED_VALUES", budget)
-    seq_lens = [300, 1, 17, 2049, 16, 5, 64, 1000, 33, 15]
-    args, _, _ = make_inputs(seq_lens, 9, 3, 64, 16, torch.float32)
-    query, key_cache, value_cache, block_tables, lens, scale = args
-    positions = lens.long() - 1
-    last_blocks = block_tables.gather(1, (positions // 16)[:, None])[:, 0].long()
-    key = key_cache[last_blocks, positions % 16]
-    value = value_cache[last_blocks, positions % 16]
-    query_start_loc = torch.arange(len(seq_lens) + 1, dtype=torch.int32, device=DEVICE)
-    one_by_one = paged_attention_reference(
-        query, key, value, key_cache, value_cache, block_tables, query_start_loc, lens, scale
-    )
+    args, _, _ = make_inputs(SEQ_LENS_OUT_OF_ORDER, 9, 3, 64, 16, torch.float32)
+    one_by_one = one_sequence_at_a_time(args)
     # Equal up to float32 rounding: SDPA's sums over a batch, and over padded
     # keys, round differently from one sequence's (last bits, about 1e-7).
-    batched = paged_decode_attention_reference(*args)
-    assert torch.isfinite(batched).all()
-    torch.testing.assert_close(batched, one_by_one, rtol=1e-5, atol=1e-5)
+    for batched in (
+        paged_decode_attention_reference(*args),
+        paged_attention_reference(*decode_rows_of(args)),
+    ):
+        assert torch.isfinite(batched).all()
+        torch.testing.assert_close(batched, one_by_one, rtol=1e-5, atol=1e-5)
+
+
+def test_reference_groups_never_read_stale_slots():
+    """Padding a group reads slots past each sequence's end (and block 0 for
+    table entries past its blocks): NaN left there by an earlier request must
+    not reach any output."""
+    args, _, _ = make_inputs(SEQ_LENS_OUT_OF_ORDER, 9, 3, 64, 16, torch.float32)
+    one_by_one = one_sequence_at_a_time(args)
+    varlen_args = decode_rows_of(args)  # new keys copied out before the poison
+    poison_all_but_live_slots(args)
+    torch.testing.assert_close(paged_decode_attention_reference(*args), one_by_one)
+    torch.testing.assert_close(paged_attention_reference(*varlen_args), one_by_one)
