@@ -53,7 +53,9 @@ def _load_new_kv_tile(
     """K and V of BLOCK_N consecutive new tokens, each [BLOCK_N, HEAD_DIM].
 
     A descriptor load reads rows past the sequence (the next sequence's tokens,
-    or zeros past the tensor's end): the caller's causal mask hides them.
+    or zeros past the tensor's end): the caller's causal mask hides their keys,
+    and the caller zeroes their values (a masked NaN value would still reach
+    the output through its weight of 0).
     """
     if DESCRIPTORS:
         k = key_source.load([first_row, kv_head * HEAD_DIM])
@@ -349,7 +351,13 @@ def _attend_query_tile(
             kv_stride_token, kv_stride_head, HEAD_DIM, BLOCK_N, True, NEW_KV_DESCRIPTORS,
             DOT_IN_FP32,
         )  # fmt: skip
-        visible = (first_new + tl.arange(0, BLOCK_N))[None, :] <= q_index[:, None]
+        keys_here = first_new + tl.arange(0, BLOCK_N)
+        if NEW_KV_DESCRIPTORS:
+            # The tile's rows past the sequence are the next sequence's new
+            # tokens. The mask gives them weight 0, but 0 x NaN is NaN: a
+            # neighbour whose values overflowed would spoil this output.
+            v = tl.where((keys_here < q_len)[:, None], v, 0.0)
+        visible = keys_here[None, :] <= q_index[:, None]
         row_max, row_sum, acc = online_softmax_step(
             q, k, v, row_max, row_sum, acc, visible, scale_log2, True, DOT_PRECISION
         )

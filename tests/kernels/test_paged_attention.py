@@ -236,6 +236,31 @@ def test_triton_decode_rows_of_a_wide_group():
     assert_close(out, paged_attention_reference(*args))
 
 
+# The interpreter's numpy warns where a query tile's padding rows (past its
+# sequence, never stored) see the neighbour's NaN keys.
+@pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("descriptors", [True, False], ids=["descriptors", "pointers"])
+@pytest.mark.parametrize("cached_context", [False, True], ids=["fresh", "cached"])
+def test_triton_isolates_sequences_from_a_neighbours_non_finite_values(descriptors, cached_context):
+    """A request whose keys and values went non-finite (an overflow) shares a
+    step with others: their outputs must not change. A descriptor tile reads
+    rows past its sequence, the next one's new tokens, which the causal mask
+    weights by 0, and 0 x NaN is NaN."""
+    seqs = [(20, 20), (30, 30), (45, 1)] if cached_context else [(20, 20), (30, 30)]
+    args, _, _, _ = make_inputs(seqs, 4, 2, 32, 16, torch.float32)
+    expected = paged_attention_reference(*args)
+    key, value = args[1].clone(), args[2].clone()
+    key[20:50], value[20:50] = float("nan"), float("inf")  # the second sequence's
+    out = torch.full_like(args[0], float("nan"))
+    config = {"BLOCK_M": 32, "BLOCK_N": 16, "NEW_KV_DESCRIPTORS": descriptors}
+    paged_attention_triton(
+        args[0], key, value, *args[3:], out=out, config=config, cached_context=cached_context
+    )
+    assert_close(out[:20], expected[:20])
+    assert_close(out[50:], expected[50:])
+
+
 def test_triton_rejects_key_value_of_wrong_shape_or_dtype():
     seqs = [(20, 4)]
     args, _, _, _ = make_inputs(seqs, 4, 2, 32, 16, torch.float32)
