@@ -17,6 +17,7 @@ prompt-sized query tile; a batch that may hold them (cached_context) takes a
 first launch for just those rows, one program per sequence and kv head over
 the group's query heads, with the decode kernel's tile options, and the
 prompt tiles' launch skips them.
+
 The torch reference with the same signature is in paged_attention_reference.py.
 """
 
