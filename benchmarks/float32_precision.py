@@ -26,10 +26,8 @@ from benchmarks.gpu_timing import rel_err
 from benchmarks.paged_inputs import in_float64
 from pagedserve.kernels.paged_attention import paged_attention_triton
 from pagedserve.kernels.paged_attention_reference import paged_attention_reference
-from pagedserve.kernels.paged_decode_attention import (
-    paged_decode_attention_reference,
-    paged_decode_attention_triton,
-)
+from pagedserve.kernels.paged_decode_attention import paged_decode_attention_triton
+from pagedserve.kernels.paged_decode_attention_reference import paged_decode_attention_reference
 
 DEVICE = torch.device("cuda")
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE = 9, 3, 64, 16

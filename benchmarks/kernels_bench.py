@@ -52,9 +52,9 @@ from pagedserve.blockmgr.extents import DEFAULT_EXTENT_BLOCKS  # noqa: E402
 from pagedserve.kernels.copy_blocks import copy_blocks_reference, copy_blocks_triton  # noqa: E402
 from pagedserve.kernels.paged_attention import paged_attention_triton  # noqa: E402
 from pagedserve.kernels.paged_attention_reference import paged_attention_reference  # noqa: E402
-from pagedserve.kernels.paged_decode_attention import (  # noqa: E402
+from pagedserve.kernels.paged_decode_attention import paged_decode_attention_triton  # noqa: E402
+from pagedserve.kernels.paged_decode_attention_reference import (  # noqa: E402
     paged_decode_attention_reference,
-    paged_decode_attention_triton,
 )
 from pagedserve.kernels.swap_blocks import swap_blocks  # noqa: E402
 from pagedserve.kernels.write_kv_cache import (  # noqa: E402

@@ -18,7 +18,7 @@ import torch
 from benchmarks.gpu_timing import rel_err
 from benchmarks.paged_inputs import in_float64, make_paged, new_tokens_kv
 from pagedserve.kernels.paged_attention_reference import paged_attention_reference
-from pagedserve.kernels.paged_decode_attention import paged_decode_attention_reference
+from pagedserve.kernels.paged_decode_attention_reference import paged_decode_attention_reference
 
 CPU = torch.device("cpu")
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM = 9, 3, 64  # blocks of 16 tokens (paged_inputs.BLOCK_SIZE)

@@ -40,10 +40,8 @@ from benchmarks.paged_inputs import (
     ROTATE_BYTES,
     contiguous_kv,
 )
-from pagedserve.kernels.paged_decode_attention import (
-    paged_decode_attention_reference,
-    paged_decode_attention_triton,
-)
+from pagedserve.kernels.paged_decode_attention import paged_decode_attention_triton
+from pagedserve.kernels.paged_decode_attention_reference import paged_decode_attention_reference
 
 MAX_COPIES = 16
 SHAPES = [(b, c) for b in (32, 64, 128, 256) for c in (1024, 2048, 8192)] + [(1, 32768)]

@@ -17,10 +17,8 @@ from pagedserve.kernels.copy_blocks import copy_blocks_reference, copy_blocks_tr
 from pagedserve.kernels.gumbel_sample import gumbel_sample_reference, gumbel_sample_triton
 from pagedserve.kernels.paged_attention import paged_attention_triton
 from pagedserve.kernels.paged_attention_reference import paged_attention_reference
-from pagedserve.kernels.paged_decode_attention import (
-    paged_decode_attention_reference,
-    paged_decode_attention_triton,
-)
+from pagedserve.kernels.paged_decode_attention import paged_decode_attention_triton
+from pagedserve.kernels.paged_decode_attention_reference import paged_decode_attention_reference
 from pagedserve.kernels.precompile import compiled_variant_counts, precompile
 from pagedserve.kernels.rms_norm import (
     add_rms_norm_reference,

@@ -1,5 +1,6 @@
-"""Tile steps shared by the attention kernels: the online softmax, and K/V tiles
-gathered from the paged cache through a block table.
+"""Tile steps of the attention kernels: the online softmax, K/V tiles gathered
+from the paged cache through a block table, and tiles of a varlen batch's new
+keys and values.
 
 Scores live in log2 units: `scale_log2` = softmax scale x log2(e), so that
 exp2(score * scale_log2 - max) = exp(score * scale - max'), one FMA per score.
@@ -164,6 +165,50 @@ def attend_paged_range(
             cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, True, DOT_IN_FP32, DOT_PRECISION,
         )  # fmt: skip
     return row_max, row_sum, acc
+
+
+@triton.jit
+def load_new_kv_tile(
+    key_source,  # DESCRIPTORS: a descriptor over key as [num_tokens, num_kv_heads * HEAD_DIM]; else key_ptr
+    value_source,  # the same for value
+    first_row,  # key/value row of the tile's first key
+    row_limit,  # when BOUNDED (pointer loads), rows at or past this load 0
+    kv_head,
+    kv_stride_token,
+    kv_stride_head,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BOUNDED: tl.constexpr,
+    DESCRIPTORS: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,
+):
+    """K and V of BLOCK_N consecutive new tokens, each [BLOCK_N, HEAD_DIM] (the
+    varlen kernel's new keys, read from `key`/`value`, not the cache).
+
+    A descriptor load reads rows past the sequence (the next sequence's tokens,
+    or zeros past the tensor's end): the caller's causal mask hides their keys,
+    and the caller zeroes their values, with the key positions it computes
+    for that mask (zeroing here instead compiled to more spills, 1,048 -> 1,272
+    bytes at 64 x 64 tiles with cached context, sm_90). A masked value still
+    meets its weight of 0, and 0 x NaN is NaN.
+    """
+    if DESCRIPTORS:
+        k = key_source.load([first_row, kv_head * HEAD_DIM])
+        v = value_source.load([first_row, kv_head * HEAD_DIM])
+    else:
+        rows = first_row + tl.arange(0, BLOCK_N)
+        offsets = rows.to(tl.int64)[:, None] * kv_stride_token + kv_head * kv_stride_head
+        ptrs = offsets + tl.arange(0, HEAD_DIM)[None, :]  # [BLOCK_N, HEAD_DIM]
+        if BOUNDED:
+            k = tl.load(key_source + ptrs, mask=(rows < row_limit)[:, None], other=0.0)
+            v = tl.load(value_source + ptrs, mask=(rows < row_limit)[:, None], other=0.0)
+        else:
+            k = tl.load(key_source + ptrs)
+            v = tl.load(value_source + ptrs)
+    if DOT_IN_FP32:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    return k, v
 
 
 def check_attention_shapes(

@@ -30,51 +30,11 @@ from pagedserve.kernels.attention_tiles import (
     LOG2_E,
     attend_paged_range,
     check_attention_shapes,
+    load_new_kv_tile,
     online_softmax_step,
 )
 from pagedserve.kernels.direct_launch import DirectLauncher
-from pagedserve.kernels.paged_decode_attention import decode_launch_options, load_group_query
-
-
-@triton.jit
-def _load_new_kv_tile(
-    key_source,  # DESCRIPTORS: a descriptor over key as [num_tokens, num_kv_heads * HEAD_DIM]; else key_ptr
-    value_source,  # the same for value
-    first_row,  # key/value row of the tile's first key
-    row_limit,  # when BOUNDED (pointer loads), rows at or past this load 0
-    kv_head,
-    kv_stride_token,
-    kv_stride_head,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BOUNDED: tl.constexpr,
-    DESCRIPTORS: tl.constexpr,
-    DOT_IN_FP32: tl.constexpr,
-):
-    """K and V of BLOCK_N consecutive new tokens, each [BLOCK_N, HEAD_DIM].
-
-    A descriptor load reads rows past the sequence (the next sequence's tokens,
-    or zeros past the tensor's end): the caller's causal mask hides their keys,
-    and the caller zeroes their values (a masked NaN value would still reach
-    the output through its weight of 0).
-    """
-    if DESCRIPTORS:
-        k = key_source.load([first_row, kv_head * HEAD_DIM])
-        v = value_source.load([first_row, kv_head * HEAD_DIM])
-    else:
-        rows = first_row + tl.arange(0, BLOCK_N)
-        offsets = rows.to(tl.int64)[:, None] * kv_stride_token + kv_head * kv_stride_head
-        ptrs = offsets + tl.arange(0, HEAD_DIM)[None, :]  # [BLOCK_N, HEAD_DIM]
-        if BOUNDED:
-            k = tl.load(key_source + ptrs, mask=(rows < row_limit)[:, None], other=0.0)
-            v = tl.load(value_source + ptrs, mask=(rows < row_limit)[:, None], other=0.0)
-        else:
-            k = tl.load(key_source + ptrs)
-            v = tl.load(value_source + ptrs)
-    if DOT_IN_FP32:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
-    return k, v
+from pagedserve.kernels.paged_decode_attention import attend_decode_row, decode_launch_options
 
 
 @triton.jit
@@ -153,7 +113,7 @@ def _paged_attention_kernel(
         seq = tl.program_id(0)
         q_start = tl.load(query_start_loc_ptr + seq)
         if tl.load(query_start_loc_ptr + seq + 1) - q_start == 1:
-            _attend_decode_row(
+            attend_decode_row(
                 query_ptr, key_ptr, value_ptr, key_cache_ptr, value_cache_ptr,
                 block_tables_ptr, out_ptr, scale_log2, seq, q_start,
                 tl.load(seq_lens_ptr + seq), kv_head, query_stride_token, query_stride_head,
@@ -196,72 +156,6 @@ def _paged_attention_kernel(
 
 
 _paged_attention_launcher = DirectLauncher(_paged_attention_kernel)
-
-
-@triton.jit
-def _attend_decode_row(
-    query_ptr,
-    key_ptr,
-    value_ptr,
-    key_cache_ptr,
-    value_cache_ptr,
-    block_tables_ptr,
-    out_ptr,
-    scale_log2,
-    seq,
-    q_start,  # the row's token
-    seq_len,
-    kv_head,
-    query_stride_token,
-    query_stride_head,
-    kv_stride_token,
-    kv_stride_head,
-    out_stride_token,
-    out_stride_head,
-    cache_stride_block,
-    cache_stride_slot,
-    cache_stride_head,
-    block_table_stride_seq,
-    BLOCK_SIZE: tl.constexpr,
-    GROUP_SIZE: tl.constexpr,
-    GROUP_BLOCK: tl.constexpr,  # GROUP_SIZE padded to a power of two >= 16 (tl.dot)
-    HEAD_DIM: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    DOT_IN_FP32: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-):
-    """Output of a decode row (a sequence with one new token) in a mixed step.
-
-    A prompt-sized query tile would hold GROUP_SIZE useful rows of BLOCK_M, and
-    its new-token step would load a whole tile of new keys for one key and run
-    a loop of its own. Here the rows are the group's query heads alone, as in
-    the decode kernel, and the new key starts the online softmax: its score
-    and value are the running max, sum (1) and accumulator before the cached
-    context's tiles, which then go as in the decode kernel.
-    """
-    q, head, row_mask = load_group_query(
-        query_ptr, key_cache_ptr, q_start, kv_head, query_stride_token, query_stride_head,
-        GROUP_SIZE, GROUP_BLOCK, HEAD_DIM, DOT_IN_FP32,
-    )  # fmt: skip
-    dims = tl.arange(0, HEAD_DIM)
-    new_row = q_start.to(tl.int64) * kv_stride_token + kv_head * kv_stride_head + dims
-    new_key = tl.load(key_ptr + new_row).to(tl.float32)
-    new_value = tl.load(value_ptr + new_row).to(tl.float32)
-    row_max = tl.sum(q.to(tl.float32) * new_key[None, :], axis=1) * scale_log2  # [GROUP_BLOCK]
-    row_sum = tl.full([GROUP_BLOCK], 1.0, dtype=tl.float32)
-    acc = tl.zeros([GROUP_BLOCK, HEAD_DIM], dtype=tl.float32) + new_value[None, :]
-    row_max, row_sum, acc = attend_paged_range(
-        q, row_max, row_sum, acc, key_cache_ptr, value_cache_ptr,
-        block_tables_ptr + seq.to(tl.int64) * block_table_stride_seq,
-        kv_head * cache_stride_head, 0, seq_len - 1, scale_log2, cache_stride_block,
-        cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, DOT_IN_FP32, DOT_PRECISION,
-    )  # fmt: skip
-    out_rows = q_start.to(tl.int64) * out_stride_token + head * out_stride_head
-    tl.store(
-        out_ptr + out_rows[:, None] + dims[None, :],
-        (acc / row_sum[:, None]).to(out_ptr.dtype.element_ty),
-        mask=row_mask[:, None],
-    )
 
 
 @triton.jit
@@ -339,7 +233,7 @@ def _attend_query_tile(
     unmasked_end = ((first_q + 1) // BLOCK_N) * BLOCK_N
     new_end = tl.minimum(q_len, first_q + BLOCK_Q)
     for first_new in range(0, unmasked_end, BLOCK_N):
-        k, v = _load_new_kv_tile(
+        k, v = load_new_kv_tile(
             key_source, value_source, q_start + first_new, 0, kv_head, kv_stride_token,
             kv_stride_head, HEAD_DIM, BLOCK_N, False, NEW_KV_DESCRIPTORS, DOT_IN_FP32,
         )  # fmt: skip
@@ -347,7 +241,7 @@ def _attend_query_tile(
             q, k, v, row_max, row_sum, acc, None, scale_log2, False, DOT_PRECISION
         )
     for first_new in range(unmasked_end, new_end, BLOCK_N):
-        k, v = _load_new_kv_tile(
+        k, v = load_new_kv_tile(
             key_source, value_source, q_start + first_new, q_start + q_len, kv_head,
             kv_stride_token, kv_stride_head, HEAD_DIM, BLOCK_N, True, NEW_KV_DESCRIPTORS,
             DOT_IN_FP32,
@@ -355,8 +249,7 @@ def _attend_query_tile(
         keys_here = first_new + tl.arange(0, BLOCK_N)
         if NEW_KV_DESCRIPTORS:
             # The tile's rows past the sequence are the next sequence's new
-            # tokens. The mask gives them weight 0, but 0 x NaN is NaN: a
-            # neighbour whose values overflowed would spoil this output.
+            # tokens (load_new_kv_tile): weight 0, but 0 x NaN is NaN.
             v = tl.where((keys_here < q_len)[:, None], v, 0.0)
         visible = keys_here[None, :] <= q_index[:, None]
         row_max, row_sum, acc = online_softmax_step(

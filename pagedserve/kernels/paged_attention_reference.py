@@ -5,7 +5,7 @@ executor's CPU path, and what every Triton attention kernel is tested against.""
 import torch
 import torch.nn.functional as F
 
-from pagedserve.kernels.paged_decode_attention import paged_decode_attention_reference
+from pagedserve.kernels.paged_decode_attention_reference import paged_decode_attention_reference
 
 # The reference bounds its fp32 score matrix to this many values (64 MiB) by
 # taking a sequence's queries in chunks.

@@ -9,10 +9,8 @@ from paged_kv_helpers import DEVICE, assert_close, dense_attention, make_paged_k
 
 from pagedserve.kernels import paged_attention, paged_decode_attention
 from pagedserve.kernels.paged_attention_reference import paged_attention_reference
-from pagedserve.kernels.paged_decode_attention import (
-    paged_decode_attention_reference,
-    paged_decode_attention_triton,
-)
+from pagedserve.kernels.paged_decode_attention import paged_decode_attention_triton
+from pagedserve.kernels.paged_decode_attention_reference import paged_decode_attention_reference
 
 CONFIGS = [
     pytest.param(9, 3, 64, 16, torch.float32, id="gqa9x3-d64-fp32"),
@@ -166,7 +164,7 @@ def test_reference_batches_like_one_by_one(monkeypatch, budget):
     of the pool."""
     if budget is not None:
         # 4,096 values = 21 padded keys at 3 kv heads x 64: groups of one or a few.
-        module = importlib.import_module("pagedserve.kernels.paged_decode_attention")
+        module = importlib.import_module("pagedserve.kernels.paged_decode_attention_reference")
         monkeypatch.setattr(module, "_REFERENCE_MAX_GATHERED_VALUES", budget)
     args, _, _ = make_inputs(SEQ_LENS_OUT_OF_ORDER, 9, 3, 64, 16, torch.float32)
     one_by_one = one_sequence_at_a_time(args)
