@@ -232,6 +232,14 @@ def _attend_query_tile(
     first_q = q_tile * BLOCK_Q
     unmasked_end = ((first_q + 1) // BLOCK_N) * BLOCK_N
     new_end = tl.minimum(q_len, first_q + BLOCK_Q)
+    # A descriptor tile is read whole: the one that crosses the sequence's end
+    # holds the next sequence's first tokens. The mask weights them 0, but 0 x
+    # NaN is NaN, so that tile's values past the end are zeroed, in a step of
+    # its own (the last query tiles' only): zeroing in every masked step cost
+    # the H100 5-50% of prefill (docs/kernels-notes.md, v18).
+    masked_end = new_end
+    if NEW_KV_DESCRIPTORS:
+        masked_end = tl.minimum(new_end, (q_len // BLOCK_N) * BLOCK_N)
     for first_new in range(0, unmasked_end, BLOCK_N):
         k, v = load_new_kv_tile(
             key_source, value_source, q_start + first_new, 0, kv_head, kv_stride_token,
@@ -240,17 +248,24 @@ def _attend_query_tile(
         row_max, row_sum, acc = online_softmax_step(
             q, k, v, row_max, row_sum, acc, None, scale_log2, False, DOT_PRECISION
         )
-    for first_new in range(unmasked_end, new_end, BLOCK_N):
+    for first_new in range(unmasked_end, masked_end, BLOCK_N):
         k, v = load_new_kv_tile(
             key_source, value_source, q_start + first_new, q_start + q_len, kv_head,
             kv_stride_token, kv_stride_head, HEAD_DIM, BLOCK_N, True, NEW_KV_DESCRIPTORS,
             DOT_IN_FP32,
         )  # fmt: skip
-        keys_here = first_new + tl.arange(0, BLOCK_N)
-        if NEW_KV_DESCRIPTORS:
-            # The tile's rows past the sequence are the next sequence's new
-            # tokens (load_new_kv_tile): weight 0, but 0 x NaN is NaN.
-            v = tl.where((keys_here < q_len)[:, None], v, 0.0)
+        visible = (first_new + tl.arange(0, BLOCK_N))[None, :] <= q_index[:, None]
+        row_max, row_sum, acc = online_softmax_step(
+            q, k, v, row_max, row_sum, acc, visible, scale_log2, True, DOT_PRECISION
+        )
+    if masked_end < new_end:  # only with descriptors: the tile across the end
+        k, v = load_new_kv_tile(
+            key_source, value_source, q_start + masked_end, q_start + q_len, kv_head,
+            kv_stride_token, kv_stride_head, HEAD_DIM, BLOCK_N, True, NEW_KV_DESCRIPTORS,
+            DOT_IN_FP32,
+        )  # fmt: skip
+        keys_here = masked_end + tl.arange(0, BLOCK_N)
+        v = tl.where((keys_here < q_len)[:, None], v, 0.0)
         visible = keys_here[None, :] <= q_index[:, None]
         row_max, row_sum, acc = online_softmax_step(
             q, k, v, row_max, row_sum, acc, visible, scale_log2, True, DOT_PRECISION
