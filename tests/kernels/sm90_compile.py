@@ -35,6 +35,8 @@ precompile = importlib.import_module("pagedserve.kernels.precompile")
 write_kv_cache = importlib.import_module("pagedserve.kernels.write_kv_cache")
 
 TARGET = GPUTarget("cuda", 90, 32)
+# The compile-time options a variant line names.
+VARIANT_FIELDS = ("HEAD_DIM", "BLOCK_M", "BLOCK_N", "CACHED_CONTEXT", "DECODE_ROWS_ONLY")
 LAUNCH_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
 DTYPES = {
     torch.bfloat16: "bf16",
@@ -105,6 +107,17 @@ def record_launches() -> list[tuple]:
     return launches
 
 
+# An H100's shared memory per multiprocessor, and what each resident program
+# costs beyond its own (the CUDA runtime's reserve).
+SHARED_PER_MULTIPROCESSOR = 228 * 1024
+SHARED_RESERVED_PER_PROGRAM = 1024
+
+
+def programs_per_multiprocessor(shared_bytes: int) -> int:
+    """How many programs of this shared-memory size one multiprocessor holds."""
+    return SHARED_PER_MULTIPROCESSOR // (shared_bytes + SHARED_RESERVED_PER_PROGRAM)
+
+
 def main() -> None:
     compiled = set()
     for kernel, signature, constexprs, options in record_launches():
@@ -116,6 +129,13 @@ def main() -> None:
         binary = triton.compile(source, target=TARGET, options=options)
         assert binary.asm.get("cubin"), f"no cubin for {key}"
         compiled.add(key)
+        # One line per variant: what the test checks occupancy with.
+        shared = binary.metadata.shared
+        tiles = {name: constexprs[name] for name in VARIANT_FIELDS if name in constexprs}
+        print(
+            f"variant {kernel.fn.__name__} {signature.get('query_ptr', '-')} {tiles} "
+            f"shared={shared} programs_per_multiprocessor={programs_per_multiprocessor(shared)}"
+        )
     print(f"compiled {len(compiled)} variants for sm_90")
 
 
