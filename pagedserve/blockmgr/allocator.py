@@ -50,6 +50,11 @@ class SequenceAllocator:
         # Step-scoped state, replaced by begin_step.
         self._step = StepResult()
         self._copied_into: set[Block] = set()
+        # This step's swap copies that later swaps of the step can share:
+        # device block id -> its host copy (a full block another sequence
+        # still held), and host block id -> its device copy.
+        self._host_copies: dict[int, int] = {}
+        self._device_copies: dict[int, Block] = {}
         self._step_tokens_looked_up = 0
         self._step_tokens_hit = 0
 
@@ -105,6 +110,8 @@ class SequenceAllocator:
         self.block_pool.finish_step()
         self.swap_pool.finish_step()
         self._copied_into = set()
+        self._host_copies = {}
+        self._device_copies = {}
 
     # ---- queries -----------------------------------------------------------
 
@@ -318,15 +325,45 @@ class SequenceAllocator:
 
     def swap_out(self, seq: Sequence) -> OpResult:
         """Copies the sequence's blocks to host blocks and releases the device
-        blocks. Returns NO_ROOM (nothing changed) when the host pool is short."""
+        blocks. Returns NO_ROOM (nothing changed) when the host pool is short.
+
+        A full block that a sequence swapped out earlier in this step shared
+        with this one is not copied again: both name its one host copy (full
+        blocks are never written, so the copy holds this sequence's keys too).
+        A partly filled last block always gets a copy of its own."""
         table = seq.block_table
-        host_block_ids = self.swap_pool.allocate(len(table))
-        if host_block_ids is None:
+        host_copies = self._host_copies
+        num_full = len(seq.token_ids) // self.block_size_tokens
+        ref_count = self.swap_pool.ref_count
+        # A copy whose sequences all came back in this step is on its way to
+        # the free list: not shared again.
+        shared = [
+            index < num_full
+            and block.block_id in host_copies
+            and ref_count(host_copies[block.block_id]) > 0
+            for index, block in enumerate(table)
+        ]
+        fresh = self.swap_pool.allocate(len(table) - sum(shared))
+        if fresh is None:
             return NO_ROOM
-        self._step.swap_out_device_block_ids.extend(block.block_id for block in table)
-        self._step.swap_out_host_block_ids.extend(host_block_ids)
+        fresh_ids = iter(fresh)
+        host_block_ids = []
+        for index, block in enumerate(table):
+            if shared[index]:
+                host_block_id = host_copies[block.block_id]
+                self.swap_pool.share(host_block_id)
+            else:
+                host_block_id = next(fresh_ids)
+                self._step.swap_out_device_block_ids.append(block.block_id)
+                self._step.swap_out_host_block_ids.append(host_block_id)
+                if index < num_full and block.ref_count > 1:
+                    host_copies[block.block_id] = host_block_id
+            host_block_ids.append(host_block_id)
         for block in reversed(table):
             self.block_pool.release(block)
+            if not block.ref_count:
+                # Its last holder left: a block handed out again is not this copy.
+                host_copies.pop(block.block_id, None)
         self.journal.record(self._undo_swap_out, seq, table)
         seq.block_table = []
         seq.host_block_ids = host_block_ids
@@ -334,14 +371,35 @@ class SequenceAllocator:
 
     def swap_in(self, seq: Sequence) -> OpResult:
         """Copies a swapped-out sequence back into fresh device blocks. Returns
-        NO_ROOM (nothing changed) when the device pool is short."""
+        NO_ROOM (nothing changed) when the device pool is short.
+
+        A host block that a sequence swapped in earlier in this step shared
+        with this one is not copied again: both take its one device copy."""
         host_block_ids = seq.host_block_ids
-        table = self.block_pool.allocate(len(host_block_ids))
-        if table is None:
+        device_copies = self._device_copies
+        # A copy whose sequences all left again in this step is not theirs to
+        # share: it may be deferred or held for this step's copies.
+        shared = [
+            host_block_id in device_copies and device_copies[host_block_id].ref_count > 0
+            for host_block_id in host_block_ids
+        ]
+        fresh = self.block_pool.allocate(len(host_block_ids) - sum(shared))
+        if fresh is None:
             return NO_ROOM
-        self._step.swap_in_host_block_ids.extend(host_block_ids)
-        self._step.swap_in_device_block_ids.extend(block.block_id for block in table)
-        self._copied_into.update(table)
+        fresh_blocks = iter(fresh)
+        table = []
+        for host_block_id, is_shared in zip(host_block_ids, shared, strict=True):
+            if is_shared:
+                block = device_copies[host_block_id]
+                self.block_pool.touch(block)
+            else:
+                block = next(fresh_blocks)
+                self._step.swap_in_host_block_ids.append(host_block_id)
+                self._step.swap_in_device_block_ids.append(block.block_id)
+                self._copied_into.add(block)
+                if self.swap_pool.ref_count(host_block_id) > 1:
+                    device_copies[host_block_id] = block
+            table.append(block)
         self.swap_pool.release_after_step(host_block_ids)
         self.journal.record(self._undo_swap_in, seq, (host_block_ids, seq.hash_state()))
         seq.block_table = table

@@ -48,7 +48,10 @@ def compute_stats(
         free_blocks=pool.num_blocks - len(used) - cached_free,
         used_blocks=len(used),
         cached_blocks=cached_free,
-        swapped_blocks=sum(len(seq.host_block_ids) for seq in sequences if seq.is_swapped),
+        # Distinct: forks swapped out together share their full blocks' copies.
+        swapped_blocks=len(
+            {host for seq in sequences if seq.is_swapped for host in seq.host_block_ids}
+        ),
         shared_blocks=sum(1 for block in used if block.ref_count > 1),
         logical_blocks=sum(block.ref_count for block in used),
         kv_utilization=sum(filled.values()) / slots if slots else 0.0,

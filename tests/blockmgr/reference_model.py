@@ -67,6 +67,7 @@ class ModelPool:
         self.content: dict[int, tuple] = {}  # block -> (salt, full prefix tokens)
         self.cache: dict[tuple, int] = {}  # (salt, full prefix tokens) -> block
         self.host_free = list(range(num_swap))
+        self.host_ref: dict[int, int] = {}  # host block -> swapped sequences naming it
         self.executors: dict[str, ModelExecutor] = {}
         self.looked_up = 0
         self.hit = 0
@@ -75,6 +76,8 @@ class ModelPool:
         self.deferred: list[int] = []
         self.host_deferred: list[int] = []
         self.written: set[int] = set()
+        self.host_copies: dict[int, int] = {}  # full block swapped out, still shared -> host
+        self.device_copies: dict[int, int] = {}  # shared host block swapped in -> device
 
     # ---- blocks --------------------------------------------------------
 
@@ -194,6 +197,7 @@ class ModelPool:
         self.host_free.extend(self.host_deferred)
         self.deferred, self.host_deferred = [], []
         self.pinned, self.written = set(), set()
+        self.host_copies, self.device_copies = {}, {}
 
     def _seq(self, seqs: dict[int, ModelSeq], seq_id: int, on_device: bool = True) -> ModelSeq:
         if seq_id not in seqs:
@@ -289,35 +293,74 @@ class ModelPool:
         seq = self._seq(seqs, seq_id, on_device=False)
         del seqs[seq_id]
         if seq.host is not None:
-            self.host_free += seq.host
+            for host in seq.host:
+                self.host_ref[host] -= 1
+                if not self.host_ref[host]:
+                    self.host_free.append(host)
         else:
             for block in reversed(seq.table):
                 self.release(block)
         return (True, (), (), (), 0)
 
     def op_swap_out(self, seqs, seq_id, out=None):
+        """Full blocks already copied out this step, still shared: that copy."""
         seq = self._seq(seqs, seq_id)
         if any(block in self.written for block in seq.table):
             raise ModelError(ERROR_PRECONDITION)
-        if len(seq.table) > len(self.host_free):
+        full = len(seq.tokens) // self.bs
+        reuse = [
+            i < full and b in self.host_copies and self.host_ref[self.host_copies[b]] > 0
+            for i, b in enumerate(seq.table)
+        ]
+        if len(seq.table) - sum(reuse) > len(self.host_free):
             return (False, (), (), (), 0)
-        hosts = [self.host_free.pop(0) for _ in seq.table]
-        out.swap_outs += list(zip(seq.table, hosts, strict=True))
+        hosts = []
+        for i, block in enumerate(seq.table):
+            if reuse[i]:
+                host = self.host_copies[block]
+                self.host_ref[host] += 1
+            else:
+                host = self.host_free.pop(0)
+                self.host_ref[host] = 1
+                out.swap_outs.append((block, host))
+                if i < full and self.ref[block] > 1:
+                    self.host_copies[block] = host
+            hosts.append(host)
         for block in reversed(seq.table):
             self.release(block)
+            if self.ref[block] == 0:
+                self.host_copies.pop(block, None)
         seq.table, seq.host = [], hosts
         return (True, (), (), (), 0)
 
     def op_swap_in(self, seqs, seq_id, out=None):
+        """Host blocks already copied in this step: that device block, shared."""
         seq = self._seq(seqs, seq_id, on_device=False)
         if seq.host is None:
             raise ModelError(ERROR_PRECONDITION)
-        if len(seq.host) > len(self.free):
+        reuse = [
+            host in self.device_copies and self.ref[self.device_copies[host]] > 0
+            for host in seq.host
+        ]
+        if len(seq.host) - sum(reuse) > len(self.free):
             return (False, (), (), (), 0)
-        blocks = self.take_run(len(seq.host))
-        out.swap_ins += list(zip(seq.host, blocks, strict=True))
-        self.written |= set(blocks)
-        self.host_deferred += seq.host
+        fresh = iter(self.take_run(len(seq.host) - sum(reuse)))
+        blocks = []
+        for host, reused in zip(seq.host, reuse, strict=True):
+            if reused:
+                block = self.device_copies[host]
+                self.ref[block] += 1
+            else:
+                block = next(fresh)
+                out.swap_ins.append((host, block))
+                self.written.add(block)
+                if self.host_ref[host] > 1:
+                    self.device_copies[host] = block
+            blocks.append(block)
+        for host in seq.host:
+            self.host_ref[host] -= 1
+            if not self.host_ref[host]:
+                self.host_deferred.append(host)
         seq.table, seq.host, seq.offered = blocks, None, 0
         return (True, tuple(blocks), (), (), 0)
 

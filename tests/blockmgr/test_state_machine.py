@@ -238,6 +238,19 @@ class BlockManagerMachine(RuleBasedStateMachine):
         self._random_step(data)
 
     @precondition(lambda self: self.model.executors)
+    @rule(data=st.data())
+    def swap_together(self, data) -> None:
+        """As the scheduler preempts and resumes a request: several sequences
+        (forks, which share blocks) swapped out, or in, in one step."""
+        executor_id = data.draw(st.sampled_from(sorted(self.model.executors)))
+        seqs = self.model.executors[executor_id].seqs
+        on_device = sorted(seq_id for seq_id, seq in seqs.items() if seq.host is None)
+        swapped = sorted(seq_id for seq_id, seq in seqs.items() if seq.host is not None)
+        kind, pool = data.draw(st.sampled_from([("swap_out", on_device), ("swap_in", swapped)]))
+        chosen = data.draw(st.permutations(pool))[: data.draw(st.integers(2, max(2, len(pool))))]
+        self._step_both(executor_id, [(kind, seq_id) for seq_id in chosen])
+
+    @precondition(lambda self: self.model.executors)
     @rule(
         data=st.data(),
         bad=st.sampled_from(["double_free", "unknown", "backwards", "empty", "huge", "dup"]),
@@ -389,7 +402,7 @@ class BlockManagerMachine(RuleBasedStateMachine):
             entry = block.cache_entry
             assert entry.block_hash == block_hash
             assert chain_hash(entry.parent_hash, entry.token_ids, entry.extra_key) == block_hash
-        used_hosts = sum(len(s.host) for s in self.model.all_seqs() if s.host is not None)
+        used_hosts = len({h for s in self.model.all_seqs() if s.host is not None for h in s.host})
         assert stats.swapped_blocks == used_hosts
         looked_up = self.model.looked_up
         assert stats.prefix_cache_hit_rate == (self.model.hit / looked_up if looked_up else 0.0)

@@ -111,16 +111,85 @@ def test_swap_needs_room_on_the_other_side() -> None:
     assert manager2.step(ex2, [SwapInOp(1)]).results[0] == NO_ROOM
 
 
-def test_forked_sequences_swap_out_and_in_independently() -> None:
+def test_forks_swapped_together_share_their_full_blocks_copies() -> None:
+    # Block size 4: tokens 1-4 fill block 0, token 5 sits alone in block 1.
     manager, pool_id, ex, _ = make_manager(num_blocks=6, num_swap_blocks=6)
     manager.step(ex, [AllocateOp(1, [1, 2, 3, 4, 5]), ForkOp(1, 2)])
     step = manager.step(ex, [SwapOutOp(1), SwapOutOp(2)])
-    assert step.swap_out_device_block_ids == [0, 1, 0, 1]
-    assert step.swap_out_host_block_ids == [0, 1, 2, 3]
-    assert manager.get_stats(pool_id).used_blocks == 0
-    step = manager.step(ex, [SwapInOp(2), AppendOp(2, [6])])
+    # One host copy of the full block for both; the partly filled one, which
+    # either fork may write next, is copied for each.
+    assert step.swap_out_device_block_ids == [0, 1, 1]
+    assert step.swap_out_host_block_ids == [0, 1, 2]
+    stats = manager.get_stats(pool_id)
+    assert (stats.used_blocks, stats.swapped_blocks) == (0, 3)
+    step = manager.step(ex, [SwapInOp(1), SwapInOp(2)])
     assert step.results[0].new_block_ids == (2, 3)
-    assert step.copy_src_block_ids == []  # the swapped-in copy is private
+    assert step.results[1].new_block_ids == (2, 4)  # block 2 is shared again
+    assert (step.swap_in_host_block_ids, step.swap_in_device_block_ids) == ([0, 1, 2], [2, 3, 4])
+    stats = manager.get_stats(pool_id)
+    assert (stats.used_blocks, stats.shared_blocks, stats.swapped_blocks) == (3, 1, 0)
+    step = manager.step(ex, [AppendOp(2, [6])])
+    assert step.copy_src_block_ids == []  # its last block is its own
+
+
+def test_forks_swapped_in_apart_take_copies_of_their_own() -> None:
+    manager, pool_id, ex, _ = make_manager(num_blocks=6, num_swap_blocks=6)
+    manager.step(ex, [AllocateOp(1, [1, 2, 3, 4, 5]), ForkOp(1, 2)])
+    manager.step(ex, [SwapOutOp(1), SwapOutOp(2)])
+    step = manager.step(ex, [SwapInOp(2)])
+    assert (step.swap_in_host_block_ids, step.swap_in_device_block_ids) == ([0, 2], [2, 3])
+    # Host block 0 still holds sequence 1's first block.
+    assert manager.get_stats(pool_id).swapped_blocks == 2
+    step = manager.step(ex, [SwapInOp(1)])
+    assert (step.swap_in_host_block_ids, step.swap_in_device_block_ids) == ([0, 1], [4, 5])
+    stats = manager.get_stats(pool_id)
+    assert (stats.used_blocks, stats.shared_blocks, stats.swapped_blocks) == (4, 0, 0)
+
+
+def test_a_freed_fork_leaves_the_shared_host_copy_to_the_other() -> None:
+    manager, pool_id, ex, _ = make_manager(num_blocks=6, num_swap_blocks=3)
+    manager.step(ex, [AllocateOp(1, [1, 2, 3, 4, 5]), ForkOp(1, 2)])
+    manager.step(ex, [SwapOutOp(1), SwapOutOp(2)])
+    manager.step(ex, [FreeOp(1)])
+    assert manager.get_stats(pool_id).swapped_blocks == 2
+    # Host block 1 (sequence 1's own) is free again; 0 and 2 are sequence 2's.
+    step = manager.step(ex, [AllocateOp(3, [9]), SwapOutOp(3)])
+    assert step.swap_out_host_block_ids == [1]
+    step = manager.step(ex, [SwapInOp(2)])
+    assert step.swap_in_host_block_ids == [0, 2]
+
+
+def test_a_host_copy_whose_sequences_came_back_is_not_shared_again() -> None:
+    manager, pool_id, ex, _ = make_manager(num_blocks=8, num_swap_blocks=6)
+    manager.step(ex, [AllocateOp(1, [1, 2, 3, 4, 5]), ForkOp(1, 2)])
+    step = manager.step(ex, [SwapOutOp(1), SwapInOp(1), SwapOutOp(2)])
+    # Host block 0 lost its one reference to the swap-in and is freed when the
+    # step ends: sequence 2 takes a copy of its own.
+    assert step.swap_out_host_block_ids == [0, 1, 2, 3]
+    assert manager.get_stats(pool_id).swapped_blocks == 2
+    step = manager.step(ex, [SwapInOp(2)])
+    assert step.swap_in_host_block_ids == [2, 3]
+
+
+def test_a_device_copy_whose_sequences_left_is_not_shared_again() -> None:
+    manager, pool_id, ex, _ = make_manager(num_blocks=8, num_swap_blocks=6)
+    manager.step(ex, [AllocateOp(1, [1, 2, 3, 4, 5]), ForkOp(1, 2)])
+    manager.step(ex, [SwapOutOp(1), SwapOutOp(2)])
+    step = manager.step(ex, [SwapInOp(1), FreeOp(1), SwapInOp(2)])
+    # Sequence 1's copy of host block 0 was released in the step: sequence 2
+    # takes a copy of its own.
+    assert step.swap_in_host_block_ids == [0, 1, 0, 2]
+    assert len(set(step.swap_in_device_block_ids)) == 4
+    stats = manager.get_stats(pool_id)
+    assert (stats.used_blocks, stats.shared_blocks, stats.swapped_blocks) == (2, 0, 0)
+
+
+def test_forks_swapped_out_apart_take_copies_of_their_own() -> None:
+    manager, _, ex, _ = make_manager(num_blocks=6, num_swap_blocks=6)
+    manager.step(ex, [AllocateOp(1, [1, 2, 3, 4, 5]), ForkOp(1, 2)])
+    manager.step(ex, [SwapOutOp(1)])
+    step = manager.step(ex, [SwapOutOp(2)])
+    assert (step.swap_out_device_block_ids, step.swap_out_host_block_ids) == ([0, 1], [2, 3])
 
 
 def test_swap_out_frees_room_for_an_append_in_the_same_step() -> None:

@@ -18,25 +18,36 @@ NUM_REQUESTS = 32
 SMALL_POOL_BLOCKS = 64  # 1,024 token slots for 32 requests of 100 to 260 tokens
 
 
-def _workload() -> list[pb.GenerateRequest]:
-    rng = random.Random(0)
-    words = hf_encode(
-        "Paging splits memory into fixed-size pages that are mapped to frames through a table, "
-        "so that a process sees contiguous memory while its frames are scattered. " * 8
-    )
+def _requests(
+    text: str, id_prefix: str, count: int, seed: int, prompt_lens: tuple[int, int], sampling
+) -> list[pb.GenerateRequest]:
+    """count requests whose prompts are random spans of the tokenized text;
+    sampling(rng, index) gives each one's SamplingParams."""
+    rng = random.Random(seed)
+    words = hf_encode(text * 8)
     requests = []
-    for index in range(NUM_REQUESTS):
-        prompt_len = rng.randint(70, 200)
+    for index in range(count):
+        prompt_len = rng.randint(*prompt_lens)
         start = rng.randint(0, len(words) - prompt_len)
-        sampling = pb.SamplingParams(max_tokens=rng.randint(30, 60), temperature=0, ignore_eos=True)
         requests.append(
             pb.GenerateRequest(
-                request_id=f"load-{index}",
+                request_id=f"{id_prefix}-{index}",
                 prompt_token_ids=pb.TokenIds(ids=words[start : start + prompt_len]),
-                sampling=sampling,
+                sampling=sampling(rng, index),
             )
         )
     return requests
+
+
+def _workload() -> list[pb.GenerateRequest]:
+    return _requests(
+        "Paging splits memory into fixed-size pages that are mapped to frames through a table, "
+        "so that a process sees contiguous memory while its frames are scattered. ",
+        "load", NUM_REQUESTS, 0, (70, 200),
+        lambda rng, _: pb.SamplingParams(
+            max_tokens=rng.randint(30, 60), temperature=0, ignore_eos=True
+        ),
+    )  # fmt: skip
 
 
 def _run_all(client, requests) -> list[list[int]]:
@@ -96,3 +107,45 @@ def _cancel_while_some_are_preempted(stack, client) -> None:
         stream.cancel()
     stats = stack.wait_no_blocks_held(timeout_s=90)
     assert stats.used_blocks == 0 and stats.num_sequences == 0 and stats.swapped_blocks == 0
+
+
+def _forked_workload() -> list[pb.GenerateRequest]:
+    """Requests of three drawn samples each: the samples share their prompt's
+    blocks, then diverge (seeded, so a rerun draws the same tokens)."""
+    return _requests(
+        "A block table maps each sequence's logical blocks to physical ones, and blocks "
+        "shared by several sequences are copied only when one of them writes. ",
+        "forks", 8, 1, (90, 140),
+        lambda rng, index: pb.SamplingParams(
+            max_tokens=rng.randint(24, 40), temperature=0.8, seed=index, n=3, ignore_eos=True
+        ),
+    )  # fmt: skip
+
+
+def _run_all_samples(client, requests) -> list[list[list[int]]]:
+    def run(request):
+        response = client.Generate(request, timeout=600)
+        return [list(completion.token_ids) for completion in response.completions]
+
+    with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+        return list(pool.map(run, requests))
+
+
+def test_swapped_samples_resume_with_the_same_tokens(client):
+    """A request's samples are swapped out and in together, sharing their
+    prompt's blocks on the host and again on the device: every sample must
+    continue from its own keys and values."""
+    expected = _run_all_samples(client, _forked_workload())
+    assert all(len({tuple(s) for s in samples}) > 1 for samples in expected)  # they diverged
+    stack = start_stack(
+        "--num-blocks", "48", "--preemption-mode", "swap", "--num-swap-blocks", "512"
+    )
+    try:
+        outputs = _run_all_samples(stack.generation_stub(), _forked_workload())
+        stats = stack.wait_no_blocks_held()
+        executor = executor_pb2_grpc.ExecutorStub(stack.channel(stack.executors[0]))
+        assert executor.GetInfo(executor_pb2.GetInfoRequest()).num_preemptions_total > 0
+        assert outputs == expected
+        assert stats.used_blocks == 0 and stats.num_sequences == 0 and stats.swapped_blocks == 0
+    finally:
+        assert stack.stop() == 0
