@@ -50,11 +50,13 @@ class SequenceAllocator:
         # Step-scoped state, replaced by begin_step.
         self._step = StepResult()
         self._copied_into: set[Block] = set()
-        # This step's swap copies that later swaps of the step can share:
-        # device block id -> its host copy (a full block another sequence
-        # still held), and host block id -> its device copy.
+        # The copies of the current run of consecutive swap-outs (or swap-ins)
+        # in the step's ops, which later swaps of the run share: device block
+        # id -> its host copy (a full block another sequence still held), and
+        # host block id -> its device copy. The run: ("out" or "in", op index).
         self._host_copies: dict[int, int] = {}
         self._device_copies: dict[int, Block] = {}
+        self._swap_run: tuple[str, int] | None = None
         self._step_tokens_looked_up = 0
         self._step_tokens_hit = 0
 
@@ -112,6 +114,7 @@ class SequenceAllocator:
         self._copied_into = set()
         self._host_copies = {}
         self._device_copies = {}
+        self._swap_run = None
 
     # ---- queries -----------------------------------------------------------
 
@@ -323,25 +326,20 @@ class SequenceAllocator:
                 release(block)
         return OK_EMPTY
 
-    def swap_out(self, seq: Sequence) -> OpResult:
+    def swap_out(self, seq: Sequence, op_index: int) -> OpResult:
         """Copies the sequence's blocks to host blocks and releases the device
         blocks. Returns NO_ROOM (nothing changed) when the host pool is short.
 
-        A full block that a sequence swapped out earlier in this step shared
-        with this one is not copied again: both name its one host copy (full
-        blocks are never written, so the copy holds this sequence's keys too).
-        A partly filled last block always gets a copy of its own."""
+        A full block that an earlier swap-out of the same run of consecutive
+        swap-outs (_continue_swap_run) shared with this sequence is not copied
+        again: both name its one host copy (full blocks are never written, so
+        it holds this sequence's keys too). A partly filled last block always
+        gets a copy of its own."""
+        host_copies = self._continue_swap_run("out", op_index, self._host_copies)
         table = seq.block_table
-        host_copies = self._host_copies
         num_full = len(seq.token_ids) // self.block_size_tokens
-        ref_count = self.swap_pool.ref_count
-        # A copy whose sequences all came back in this step is on its way to
-        # the free list: not shared again.
         shared = [
-            index < num_full
-            and block.block_id in host_copies
-            and ref_count(host_copies[block.block_id]) > 0
-            for index, block in enumerate(table)
+            index < num_full and block.block_id in host_copies for index, block in enumerate(table)
         ]
         fresh = self.swap_pool.allocate(len(table) - sum(shared))
         if fresh is None:
@@ -361,28 +359,21 @@ class SequenceAllocator:
             host_block_ids.append(host_block_id)
         for block in reversed(table):
             self.block_pool.release(block)
-            if not block.ref_count:
-                # Its last holder left: a block handed out again is not this copy.
-                host_copies.pop(block.block_id, None)
         self.journal.record(self._undo_swap_out, seq, table)
         seq.block_table = []
         seq.host_block_ids = host_block_ids
         return OK_EMPTY
 
-    def swap_in(self, seq: Sequence) -> OpResult:
+    def swap_in(self, seq: Sequence, op_index: int) -> OpResult:
         """Copies a swapped-out sequence back into fresh device blocks. Returns
         NO_ROOM (nothing changed) when the device pool is short.
 
-        A host block that a sequence swapped in earlier in this step shared
-        with this one is not copied again: both take its one device copy."""
+        A host block that an earlier swap-in of the same run of consecutive
+        swap-ins shared with this sequence is not copied again: both take its
+        one device copy."""
+        device_copies = self._continue_swap_run("in", op_index, self._device_copies)
         host_block_ids = seq.host_block_ids
-        device_copies = self._device_copies
-        # A copy whose sequences all left again in this step is not theirs to
-        # share: it may be deferred or held for this step's copies.
-        shared = [
-            host_block_id in device_copies and device_copies[host_block_id].ref_count > 0
-            for host_block_id in host_block_ids
-        ]
+        shared = [host_block_id in device_copies for host_block_id in host_block_ids]
         fresh = self.block_pool.allocate(len(host_block_ids) - sum(shared))
         if fresh is None:
             return NO_ROOM
@@ -408,6 +399,18 @@ class SequenceAllocator:
         # again, once the executor has copied the KV back.
         seq.reset_hash_progress()
         return OpResult(True, tuple(seq.block_ids()))
+
+    def _continue_swap_run(self, kind: str, op_index: int, copies: dict) -> dict:
+        """The copies shared within the run of consecutive swap ops of this
+        kind that this op continues, or starts (emptied). The scheduler puts a
+        request's swap-outs (or swap-ins) next to each other. Within such a
+        run no op frees a sequence, takes a block or writes one, so a copy
+        recorded there stays what it was: swap-outs only add references to
+        host blocks, swap-ins only to device blocks."""
+        if self._swap_run != (kind, op_index - 1):
+            copies.clear()
+        self._swap_run = (kind, op_index)
+        return copies
 
     def _add_sequence(self, sequences: Sequences, seq: Sequence) -> None:
         sequences[seq.seq_id] = seq

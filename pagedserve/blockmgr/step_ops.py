@@ -184,7 +184,7 @@ def apply_swap_out(
             op_index,
             f"swap_out.seq_id: sequence {op.seq_id} holds a block copied into earlier in this step",
         )
-    results.append(allocator.swap_out(seq))
+    results.append(allocator.swap_out(seq, len(results)))
 
 
 def apply_swap_in(
@@ -199,7 +199,7 @@ def apply_swap_in(
             op_index,
             f"swap_in.seq_id: sequence {op.seq_id} is not swapped out",
         )
-    results.append(allocator.swap_in(seq))
+    results.append(allocator.swap_in(seq, len(results)))
 
 
 OpApplier = Callable[[SequenceAllocator, Sequences, Results, Any], None]

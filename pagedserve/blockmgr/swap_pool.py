@@ -1,9 +1,10 @@
 """The host swap pool: plain ids on a free list, with reference counts.
 
 A host block's reference count is the number of swapped-out sequences whose
-tables name it. Sequences swapped out in one step share the host copy of each full device
-block they shared (the scheduler preempts a request's forks together), and
-swapped in together they share its one device copy again (allocator.py).
+tables name it. Sequences swapped out by one run of consecutive ops share the
+host copy of each full device block they shared (the scheduler preempts a
+request's forks together), and swapped in together they share its one device
+copy again (allocator.py).
 No caching: a host block that loses its last reference is free.
 """
 

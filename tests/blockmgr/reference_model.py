@@ -76,8 +76,10 @@ class ModelPool:
         self.deferred: list[int] = []
         self.host_deferred: list[int] = []
         self.written: set[int] = set()
+        # Copies shared within a run of consecutive swap-outs (or swap-ins).
         self.host_copies: dict[int, int] = {}  # full block swapped out, still shared -> host
         self.device_copies: dict[int, int] = {}  # shared host block swapped in -> device
+        self.swap_run: tuple[str, int] | None = None  # ("out" or "in", op index)
 
     # ---- blocks --------------------------------------------------------
 
@@ -197,7 +199,7 @@ class ModelPool:
         self.host_free.extend(self.host_deferred)
         self.deferred, self.host_deferred = [], []
         self.pinned, self.written = set(), set()
-        self.host_copies, self.device_copies = {}, {}
+        self.host_copies, self.device_copies, self.swap_run = {}, {}, None
 
     def _seq(self, seqs: dict[int, ModelSeq], seq_id: int, on_device: bool = True) -> ModelSeq:
         if seq_id not in seqs:
@@ -303,15 +305,16 @@ class ModelPool:
         return (True, (), (), (), 0)
 
     def op_swap_out(self, seqs, seq_id, out=None):
-        """Full blocks already copied out this step, still shared: that copy."""
+        """Full blocks copied out earlier in this run of swap-outs, still
+        shared then: that copy."""
         seq = self._seq(seqs, seq_id)
         if any(block in self.written for block in seq.table):
             raise ModelError(ERROR_PRECONDITION)
+        if self.swap_run != ("out", len(out.results) - 1):
+            self.host_copies = {}
+        self.swap_run = ("out", len(out.results))
         full = len(seq.tokens) // self.bs
-        reuse = [
-            i < full and b in self.host_copies and self.host_ref[self.host_copies[b]] > 0
-            for i, b in enumerate(seq.table)
-        ]
+        reuse = [i < full and b in self.host_copies for i, b in enumerate(seq.table)]
         if len(seq.table) - sum(reuse) > len(self.host_free):
             return (False, (), (), (), 0)
         hosts = []
@@ -328,20 +331,19 @@ class ModelPool:
             hosts.append(host)
         for block in reversed(seq.table):
             self.release(block)
-            if self.ref[block] == 0:
-                self.host_copies.pop(block, None)
         seq.table, seq.host = [], hosts
         return (True, (), (), (), 0)
 
     def op_swap_in(self, seqs, seq_id, out=None):
-        """Host blocks already copied in this step: that device block, shared."""
+        """Host blocks copied in earlier in this run of swap-ins: that device
+        block, shared."""
         seq = self._seq(seqs, seq_id, on_device=False)
         if seq.host is None:
             raise ModelError(ERROR_PRECONDITION)
-        reuse = [
-            host in self.device_copies and self.ref[self.device_copies[host]] > 0
-            for host in seq.host
-        ]
+        if self.swap_run != ("in", len(out.results) - 1):
+            self.device_copies = {}
+        self.swap_run = ("in", len(out.results))
+        reuse = [host in self.device_copies for host in seq.host]
         if len(seq.host) - sum(reuse) > len(self.free):
             return (False, (), (), (), 0)
         fresh = iter(self.take_run(len(seq.host) - sum(reuse)))

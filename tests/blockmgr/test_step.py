@@ -159,25 +159,25 @@ def test_a_freed_fork_leaves_the_shared_host_copy_to_the_other() -> None:
     assert step.swap_in_host_block_ids == [0, 2]
 
 
-def test_a_host_copy_whose_sequences_came_back_is_not_shared_again() -> None:
+def test_swap_outs_share_only_within_a_run_of_swap_outs() -> None:
     manager, pool_id, ex, _ = make_manager(num_blocks=8, num_swap_blocks=6)
     manager.step(ex, [AllocateOp(1, [1, 2, 3, 4, 5]), ForkOp(1, 2)])
     step = manager.step(ex, [SwapOutOp(1), SwapInOp(1), SwapOutOp(2)])
-    # Host block 0 lost its one reference to the swap-in and is freed when the
-    # step ends: sequence 2 takes a copy of its own.
+    # The swap-in between them took host block 0's one reference (it is freed
+    # when the step ends): sequence 2 takes a copy of its own.
     assert step.swap_out_host_block_ids == [0, 1, 2, 3]
     assert manager.get_stats(pool_id).swapped_blocks == 2
     step = manager.step(ex, [SwapInOp(2)])
     assert step.swap_in_host_block_ids == [2, 3]
 
 
-def test_a_device_copy_whose_sequences_left_is_not_shared_again() -> None:
+def test_swap_ins_share_only_within_a_run_of_swap_ins() -> None:
     manager, pool_id, ex, _ = make_manager(num_blocks=8, num_swap_blocks=6)
     manager.step(ex, [AllocateOp(1, [1, 2, 3, 4, 5]), ForkOp(1, 2)])
     manager.step(ex, [SwapOutOp(1), SwapOutOp(2)])
     step = manager.step(ex, [SwapInOp(1), FreeOp(1), SwapInOp(2)])
-    # Sequence 1's copy of host block 0 was released in the step: sequence 2
-    # takes a copy of its own.
+    # The free between them released sequence 1's copy of host block 0 (it
+    # could be handed out again): sequence 2 takes a copy of its own.
     assert step.swap_in_host_block_ids == [0, 1, 0, 2]
     assert len(set(step.swap_in_device_block_ids)) == 4
     stats = manager.get_stats(pool_id)
