@@ -184,6 +184,19 @@ def test_swap_ins_share_only_within_a_run_of_swap_ins() -> None:
     assert (stats.used_blocks, stats.shared_blocks, stats.swapped_blocks) == (2, 0, 0)
 
 
+def test_a_swap_in_never_shares_a_block_handed_out_again_in_its_step() -> None:
+    # Extents of two blocks: sequence 3's allocation runs on into block 2,
+    # which sequence 1's swap-in filled from host block 0 and its free released.
+    manager, _, ex, _ = make_manager(num_blocks=4, num_swap_blocks=8, extent_blocks=2)
+    manager.step(ex, [AllocateOp(1, [1, 2, 3, 4, 5]), ForkOp(1, 2)])
+    manager.step(ex, [SwapOutOp(1), SwapOutOp(2)])
+    step = manager.step(ex, [SwapInOp(1), FreeOp(1), AllocateOp(3, [7] * 9), SwapInOp(2)])
+    assert step.results[2].new_block_ids == (0, 1, 2)
+    # Block 2 holds sequence 3's keys now: sequence 2 needs two fresh blocks,
+    # and one is free.
+    assert step.results[3] == NO_ROOM
+
+
 def test_forks_swapped_out_apart_take_copies_of_their_own() -> None:
     manager, _, ex, _ = make_manager(num_blocks=6, num_swap_blocks=6)
     manager.step(ex, [AllocateOp(1, [1, 2, 3, 4, 5]), ForkOp(1, 2)])
