@@ -461,6 +461,8 @@ def paged_attention_triton(
         options = decode_config or decode_launch_options(
             head_dim, key_cache.dtype, num_seqs * num_kv_heads, max_seq_len, query.device
         )
+        # key and value as pointers in the descriptors' places
+        # (NEW_KV_DESCRIPTORS off): a decode row reads its one key directly.
         _paged_attention_launcher.launch(
             (num_seqs, num_kv_heads), query, key, value, *args[3:], **shared,
             BLOCK_N=options["BLOCK_N"], num_warps=options["num_warps"],

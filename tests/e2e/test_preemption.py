@@ -72,19 +72,20 @@ def _run_until_preempted(stack, run_load, expected) -> None:
     block in reserve for each running sequence, so an append fails only when
     more sequences need a block in one step than are free. Once in eight runs
     here the first run never preempted, and such a run shows nothing."""
-    executor = executor_pb2_grpc.ExecutorStub(stack.channel(stack.executors[0]))
-
-    def preemptions() -> int:
-        return executor.GetInfo(executor_pb2.GetInfoRequest()).num_preemptions_total
-
     for _ in range(MAX_LOAD_RUNS):
         outputs = run_load()
         stats = stack.wait_no_blocks_held()
         assert outputs == expected
         assert stats.used_blocks == 0 and stats.num_sequences == 0 and stats.swapped_blocks == 0
-        if preemptions():
+        if _preemptions(stack):
             break
-    assert preemptions() > 0
+    assert _preemptions(stack) > 0
+
+
+def _preemptions(stack) -> int:
+    """Requests the stack's executor has preempted so far."""
+    executor = executor_pb2_grpc.ExecutorStub(stack.channel(stack.executors[0]))
+    return executor.GetInfo(executor_pb2.GetInfoRequest()).num_preemptions_total
 
 
 @pytest.mark.parametrize("mode", ["recompute", "swap"])
@@ -111,24 +112,19 @@ def test_small_pool_completes_everything_with_the_same_tokens(unconstrained_outp
 def _cancel_while_some_are_preempted(stack, client) -> None:
     """Cancels the whole load at a moment when a preemption has just happened:
     requests that are running, waiting, preempted or swapped out must all let go."""
-    executor = executor_pb2_grpc.ExecutorStub(stack.channel(stack.executors[0]))
-
-    def preemptions() -> int:
-        return executor.GetInfo(executor_pb2.GetInfoRequest()).num_preemptions_total
-
-    before = preemptions()
+    before = _preemptions(stack)
     for _ in range(MAX_LOAD_RUNS):  # a load that never ran the pool dry runs again
         streams = [client.GenerateStream(request, timeout=600) for request in _workload()]
         deadline = time.monotonic() + 300
         while (
-            preemptions() == before
+            _preemptions(stack) == before
             and not all(stream.done() for stream in streams)
             and time.monotonic() < deadline
         ):
             time.sleep(0.02)
-        if preemptions() > before:
+        if _preemptions(stack) > before:
             break
-    assert preemptions() > before
+    assert _preemptions(stack) > before
     for stream in streams:
         stream.cancel()
     stats = stack.wait_no_blocks_held(timeout_s=90)
