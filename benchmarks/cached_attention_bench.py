@@ -68,13 +68,19 @@ CASES = {
     "mixed 64x2k + 2k+512": [(64, 2048, 1), (1, 2048 + 512, 512)],
     "mixed 128x1k + 4k+512": [(128, 1024, 1), (1, 4096 + 512, 512)],
     "mixed 32x8k + 2k fresh": [(32, 8192, 1), (1, 2048, 2048)],
+    # A few long decodes beside a chunk: too few decode rows to fill the GPU
+    # one program per (row, kv head); their keys go in partitions (v19).
+    "mixed 2x32k + 2k+512": [(2, 32768, 1), (1, 2048 + 512, 512)],
+    "mixed 8x16k + 1k fresh": [(8, 16384, 1), (1, 1024, 1024)],
 }
 
 
 class Case:
     """One step's inputs in `copies` rotated copies, and SDPA's contiguous copy."""
 
-    def __init__(self, groups: list[tuple[int, int, int]], table_tokens: int = 0) -> None:
+    def __init__(
+        self, groups: list[tuple[int, int, int]], table_tokens: int = 0, rows: int = 0
+    ) -> None:
         self.seqs = [(seq_len, q_len) for count, seq_len, q_len in groups for _ in range(count)]
         self.groups = groups
         kv_bytes = sum(2 * n * NUM_KV_HEADS * HEAD_DIM * 2 for n, _ in self.seqs)
@@ -89,6 +95,13 @@ class Case:
             self.tables = [F.pad(table, (0, max(0, pad)), value=1 << 28) for table in self.tables]
         q_lens = torch.tensor([0] + [q for _, q in self.seqs], device=DEVICE)
         self.query_start_loc = q_lens.cumsum(0).to(torch.int32)
+        if rows > len(self.seqs):  # empty sequences after the step's, as in a CUDA graph's rows
+            empty = rows - len(self.seqs)
+            self.tables = [F.pad(table, (0, 0, 0, empty), value=1 << 28) for table in self.tables]
+            self.seq_lens = F.pad(self.seq_lens, (0, empty))
+            self.query_start_loc = F.pad(
+                self.query_start_loc, (0, empty), value=int(self.query_start_loc[-1])
+            )
         num_tokens = int(self.query_start_loc[-1])
         self.num_decodes = sum(1 for _, q in self.seqs if q == 1)
         self.queries = [
@@ -176,9 +189,13 @@ CONFIG_SWEEP = {
 
 
 def bench_case(
-    name: str, groups: list[tuple[int, int, int]], table_tokens: int = 0, sweep: bool = False
+    name: str,
+    groups: list[tuple[int, int, int]],
+    table_tokens: int = 0,
+    sweep: bool = False,
+    rows: int = 0,
 ) -> list[dict]:
-    case = Case(groups, table_tokens)
+    case = Case(groups, table_tokens, rows)
     expected = case.sdpa(0)
     variants = {"varlen": case.varlen}
     if sweep:
@@ -225,6 +242,12 @@ def main() -> None:
         default=0,
         help="widen every block table to this many tokens, as a CUDA graph's static table",
     )
+    parser.add_argument(
+        "--rows",
+        type=int,
+        default=0,
+        help="pad the step with empty sequences to this many rows, as a CUDA graph's",
+    )
     parser.add_argument("--sweep", action="store_true", help="also time other launch options")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -236,7 +259,7 @@ def main() -> None:
     print(f"copy bandwidth {copy_bandwidth_gbs(device=DEVICE):.0f} GB/s", flush=True)
     rows = []
     for name in args.cases.split(","):
-        rows += bench_case(name, CASES[name], args.table_tokens, args.sweep)
+        rows += bench_case(name, CASES[name], args.table_tokens, args.sweep, args.rows)
         torch.cuda.empty_cache()
     header = list(rows[0]) if rows else []
     print_markdown_table(
