@@ -169,7 +169,7 @@ def _decode_partition_kernel_v9(
         )  # fmt: skip
 
     store_partition_result(
-        acc, row_max, row_sum, seq, seq, partition, head, row_mask, num_kv_heads,
+        acc, row_max, row_sum, seq, partition, head, row_mask, num_kv_heads,
         out_ptr, partial_out_ptr, partial_max_ptr, partial_sum_ptr,
         out_stride_seq, out_stride_head, num_partitions, GROUP_SIZE, HEAD_DIM, SINGLE_PARTITION,
     )  # fmt: skip

@@ -34,13 +34,7 @@ from pagedserve.kernels.attention_tiles import (
     online_softmax_step,
 )
 from pagedserve.kernels.direct_launch import DirectLauncher
-from pagedserve.kernels.paged_decode_attention import (
-    choose_partition_tokens,
-    decode_launch_options,
-    partial_buffers,
-    target_programs,
-)
-from pagedserve.kernels.varlen_decode_rows import attend_decode_rows, merge_decode_rows_launcher
+from pagedserve.kernels.paged_decode_attention import attend_decode_row, decode_launch_options
 
 
 @triton.jit
@@ -71,9 +65,7 @@ def _find_tile_slot(query_start_loc_ptr, num_seqs, SLOT_Q: tl.constexpr, SEQS_BL
 # Integers that change from step to step are not specialized (docs/kernels-notes.md
 # v6): Triton would otherwise compile a variant for each of "equal to 1",
 # "divisible by 16" and neither, and a serving executor meets all three.
-@triton.jit(
-    do_not_specialize=["num_seqs", "block_table_stride_seq", "num_partitions", "target_programs"]
-)
+@triton.jit(do_not_specialize=["num_seqs", "block_table_stride_seq"])
 def _paged_attention_kernel(
     query_ptr,
     key_source,  # NEW_KV_DESCRIPTORS: a descriptor of BLOCK_N x HEAD_DIM tiles; else a pointer
@@ -86,14 +78,8 @@ def _paged_attention_kernel(
     query_start_loc_ptr,
     seq_lens_ptr,
     out_ptr,
-    partial_out_ptr,  # decode rows' partitions (decode kernel layout), for the merge
-    partial_max_ptr,
-    partial_sum_ptr,
     scale_log2,
     num_seqs,
-    min_partition_tokens,  # decode rows: the shortest partition (sets num_partitions)
-    num_partitions,  # decode rows: the partial buffers' third dimension
-    target_programs,  # decode rows: programs that fill the GPU
     query_stride_token,
     query_stride_head,
     kv_stride_token,  # key and value share their strides
@@ -111,7 +97,7 @@ def _paged_attention_kernel(
     BLOCK_Q: tl.constexpr,  # BLOCK_M // GROUP_SIZE
     BLOCK_N: tl.constexpr,  # keys per step
     DECODE_BLOCK_M: tl.constexpr,  # rows of a decode row's tile: GROUP_SIZE padded to >= 16
-    DECODE_ROWS_ONLY: tl.constexpr,  # only sequences with one new token, by partitions
+    DECODE_ROWS_ONLY: tl.constexpr,  # only sequences with one new token, one program each
     SKIP_DECODE_ROWS: tl.constexpr,  # only sequences with more (a DECODE_ROWS_ONLY launch's rest)
     PAIRED_TILES: tl.constexpr,  # each program takes a long and a short query tile
     CACHED_CONTEXT: tl.constexpr,  # False: no sequence has cached context (no gather code)
@@ -120,16 +106,22 @@ def _paged_attention_kernel(
     DOT_IN_FP32: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
+    kv_head = tl.program_id(1)
     if DECODE_ROWS_ONLY:
-        attend_decode_rows(
-            query_ptr, key_ptr, value_ptr, key_cache_ptr, value_cache_ptr, block_tables_ptr,
-            query_start_loc_ptr, seq_lens_ptr, out_ptr, partial_out_ptr, partial_max_ptr,
-            partial_sum_ptr, scale_log2, num_seqs, min_partition_tokens, num_partitions,
-            target_programs, query_stride_token, query_stride_head, kv_stride_token,
-            kv_stride_head, out_stride_token, out_stride_head, cache_stride_block,
-            cache_stride_slot, cache_stride_head, block_table_stride_seq, BLOCK_SIZE, GROUP_SIZE,
-            HEAD_DIM, BLOCK_N, DECODE_BLOCK_M, SEQS_BLOCK, DOT_IN_FP32, DOT_PRECISION,
-        )  # fmt: skip
+        # Program (sequence, kv_head): the sequence's one new token, if it has
+        # just one (a decode row of a mixed step); other sequences' programs end.
+        seq = tl.program_id(0)
+        q_start = tl.load(query_start_loc_ptr + seq)
+        if tl.load(query_start_loc_ptr + seq + 1) - q_start == 1:
+            attend_decode_row(
+                query_ptr, key_ptr, value_ptr, key_cache_ptr, value_cache_ptr,
+                block_tables_ptr, out_ptr, scale_log2, seq, q_start,
+                tl.load(seq_lens_ptr + seq), kv_head, query_stride_token, query_stride_head,
+                kv_stride_token, kv_stride_head, out_stride_token, out_stride_head,
+                cache_stride_block, cache_stride_slot, cache_stride_head, block_table_stride_seq,
+                BLOCK_SIZE, GROUP_SIZE, DECODE_BLOCK_M, HEAD_DIM, BLOCK_N, DOT_IN_FP32,
+                DOT_PRECISION,
+            )  # fmt: skip
     else:  # (an else, not a return: Triton compiles code after a constexpr branch's return)
         # Program (slot, kv_head) handles one or two query tiles of one sequence.
         # Under the causal mask the last tile of a sequence does the most work:
@@ -138,7 +130,6 @@ def _paged_attention_kernel(
         # p of the sequence's n: every program does about the same work, and
         # there are half as many, each with its fixed costs (query load,
         # pipeline fill).
-        kv_head = tl.program_id(1)
         tiles_per_slot: tl.constexpr = 2 if PAIRED_TILES else 1
         seq, slot, q_start, q_len = _find_tile_slot(
             query_start_loc_ptr, num_seqs, BLOCK_Q * tiles_per_slot, SEQS_BLOCK
@@ -399,13 +390,11 @@ def paged_attention_triton(
     config: dict | None = None,  # overrides _prefill_config's options (benchmarks, tests)
     cached_context: bool = True,  # False only if every seq_len equals its new-token count
     decode_config: dict | None = None,  # the decode rows' launch options (precompile, tests)
-    decode_partition_tokens: int | None = None,  # their shortest partition (precompile, tests)
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim], query's dtype
     """Triton: one program per (tile of new tokens of one sequence, kv head).
 
     With cached_context, sequences with one new token (decode rows) go in a
-    launch of their own first, their keys in partitions as in the decode
-    kernel (varlen_decode_rows.py), with a merge where a row has several; the
+    launch of their own first, one program per (sequence, kv head), and the
     prompt tiles' launch skips them.
 
     cached_context=False promises that no sequence has cached context (a batch
@@ -453,47 +442,29 @@ def paged_attention_triton(
     config.setdefault("DOT_PRECISION", dot_precision(key_cache.dtype))
     tokens_per_slot = block_q * (2 if config["PAIRED_TILES"] else 1)
     decode_block_m = max(16, triton.next_power_of_2(group_size))
+    args = (
+        query, key_source, value_source, key, value, key_cache, value_cache, block_tables,
+        query_start_loc, seq_lens, out, scale * LOG2_E, num_seqs,
+        query.stride(0), query.stride(1), key.stride(0), key.stride(1), out.stride(0), out.stride(1),
+        key_cache.stride(0), key_cache.stride(1), key_cache.stride(2), block_tables.stride(0),
+    )  # fmt: skip
     shared = {
         "BLOCK_SIZE": block_size, "GROUP_SIZE": group_size, "HEAD_DIM": head_dim,
         "DECODE_BLOCK_M": decode_block_m, "SEQS_BLOCK": _SEQS_BLOCK,
         "DOT_IN_FP32": dot_in_fp32(_paged_attention_kernel, key_cache.dtype),
     }  # fmt: skip
-    strides = (
-        query.stride(0), query.stride(1), key.stride(0), key.stride(1), out.stride(0),
-        out.stride(1), key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
-        block_tables.stride(0),
-    )  # fmt: skip
-    programs = target_programs(query.device)
     if cached_context:
         # Decode rows (sequences with one new token, as in a mixed step) first,
         # in a launch of their own: tiles of the group's heads, with the decode
-        # kernel's launch options, resources per program and partitions, not a
-        # prompt tile's (docs/kernels-notes.md, v17, v19). The other launch
-        # skips them.
+        # kernel's launch options and its resources per program, not a prompt
+        # tile's (docs/kernels-notes.md, v17). The other launch skips them.
         options = decode_config or decode_launch_options(
             head_dim, key_cache.dtype, num_seqs * num_kv_heads, max_seq_len, query.device
         )
-        # The shortest partition: one row alone would take it. The rows found
-        # on the device may make them longer, never shorter.
-        min_partition_tokens = decode_partition_tokens or choose_partition_tokens(
-            1, num_kv_heads, max_seq_len, query.device, options["BLOCK_N"]
-        )
-        if min_partition_tokens % options["BLOCK_N"]:
-            raise ValueError(
-                f"decode_partition_tokens {min_partition_tokens} % BLOCK_N {options['BLOCK_N']}"
-            )
-        num_partitions = triton.cdiv(max_seq_len, min_partition_tokens)
-        partials = partial_buffers(num_seqs, num_partitions, out)
-        # Programs per kv head: one per sequence at least (a row of one
-        # partition each), and enough to fill the GPU for a few long rows.
-        row_programs = max(num_seqs, triton.cdiv(programs, num_kv_heads))
         # key and value as pointers in the descriptors' places
         # (NEW_KV_DESCRIPTORS off): a decode row reads its one key directly.
         _paged_attention_launcher.launch(
-            (num_kv_heads, row_programs),
-            query, key, value, key, value, key_cache, value_cache, block_tables,
-            query_start_loc, seq_lens, out, *partials, scale * LOG2_E, num_seqs,
-            min_partition_tokens, num_partitions, programs, *strides, **shared,
+            (num_seqs, num_kv_heads), query, key, value, *args[3:], **shared,
             BLOCK_N=options["BLOCK_N"], num_warps=options["num_warps"],
             num_stages=options["num_stages"],
             DOT_PRECISION=options.get("DOT_PRECISION", config["DOT_PRECISION"]),
@@ -503,22 +474,8 @@ def paged_attention_triton(
             CACHED_CONTEXT=True, NEW_KV_DESCRIPTORS=False,
             DECODE_ROWS_ONLY=True, SKIP_DECODE_ROWS=False,
         )  # fmt: skip
-        if num_partitions > 1:
-            merge_decode_rows_launcher.launch(
-                (num_seqs, num_kv_heads),
-                query_start_loc, seq_lens, out, *partials, num_seqs, min_partition_tokens,
-                num_partitions, programs, options["BLOCK_N"], out.stride(0), out.stride(1),
-                GROUP_SIZE=group_size, HEAD_DIM=head_dim, SEQS_BLOCK=_SEQS_BLOCK,
-                PARTITIONS_BLOCK=triton.next_power_of_2(num_partitions),
-            )  # fmt: skip
     _paged_attention_launcher.launch(
-        (num_tokens // tokens_per_slot + num_seqs, num_kv_heads),
-        query, key_source, value_source, key, value, key_cache, value_cache, block_tables,
-        # The decode rows' partition arguments, read by none of these programs:
-        # stand-ins (16, a multiple of 16 as every real partition length is, so
-        # that both launches specialize alike).
-        query_start_loc, seq_lens, out, out, out, out, scale * LOG2_E, num_seqs,
-        16, 1, programs, *strides, **shared, **config,
+        (num_tokens // tokens_per_slot + num_seqs, num_kv_heads), *args, **shared, **config,
         BLOCK_Q=block_q, DECODE_ROWS_ONLY=False, SKIP_DECODE_ROWS=cached_context,
     )  # fmt: skip
     return out

@@ -58,6 +58,74 @@ def load_group_query(
     return q, head, row_mask
 
 
+@triton.jit
+def attend_decode_row(
+    query_ptr,
+    key_ptr,
+    value_ptr,
+    key_cache_ptr,
+    value_cache_ptr,
+    block_tables_ptr,
+    out_ptr,
+    scale_log2,
+    seq,
+    q_start,  # the row's token
+    seq_len,
+    kv_head,
+    query_stride_token,
+    query_stride_head,
+    kv_stride_token,
+    kv_stride_head,
+    out_stride_token,
+    out_stride_head,
+    cache_stride_block,
+    cache_stride_slot,
+    cache_stride_head,
+    block_table_stride_seq,
+    BLOCK_SIZE: tl.constexpr,
+    GROUP_SIZE: tl.constexpr,
+    GROUP_BLOCK: tl.constexpr,  # GROUP_SIZE padded to a power of two >= 16 (tl.dot)
+    HEAD_DIM: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Output of a decode row (a sequence with one new token) of a varlen
+    batch, whose new key and value are in key/value, not yet read from the
+    cache: paged_attention's DECODE_ROWS_ONLY launch.
+
+    A prompt-sized query tile would hold GROUP_SIZE useful rows of BLOCK_M, and
+    its new-token step would load a whole tile of new keys for one key and run
+    a loop of its own. Here the rows are the group's query heads alone, as in
+    the decode kernel, and the new key starts the online softmax: its score
+    and value are the running max, sum (1) and accumulator before the cached
+    context's tiles, which then go as in the decode kernel.
+    """
+    q, head, row_mask = load_group_query(
+        query_ptr, key_cache_ptr, q_start, kv_head, query_stride_token, query_stride_head,
+        GROUP_SIZE, GROUP_BLOCK, HEAD_DIM, DOT_IN_FP32,
+    )  # fmt: skip
+    dims = tl.arange(0, HEAD_DIM)
+    new_row = q_start.to(tl.int64) * kv_stride_token + kv_head * kv_stride_head + dims
+    new_key = tl.load(key_ptr + new_row).to(tl.float32)
+    new_value = tl.load(value_ptr + new_row).to(tl.float32)
+    row_max = tl.sum(q.to(tl.float32) * new_key[None, :], axis=1) * scale_log2  # [GROUP_BLOCK]
+    row_sum = tl.full([GROUP_BLOCK], 1.0, dtype=tl.float32)
+    acc = tl.zeros([GROUP_BLOCK, HEAD_DIM], dtype=tl.float32) + new_value[None, :]
+    row_max, row_sum, acc = attend_paged_range(
+        q, row_max, row_sum, acc, key_cache_ptr, value_cache_ptr,
+        block_tables_ptr + seq.to(tl.int64) * block_table_stride_seq,
+        kv_head * cache_stride_head, 0, seq_len - 1, scale_log2, cache_stride_block,
+        cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, DOT_IN_FP32, DOT_PRECISION,
+    )  # fmt: skip
+    out_rows = q_start.to(tl.int64) * out_stride_token + head * out_stride_head
+    tl.store(
+        out_ptr + out_rows[:, None] + dims[None, :],
+        (acc / row_sum[:, None]).to(out_ptr.dtype.element_ty),
+        mask=row_mask[:, None],
+    )
+
+
 # Per-step integers are not specialized (docs/kernels-notes.md v6).
 # partition_tokens stays specialized: it is always a multiple of BLOCK_N >= 32,
 # so its specialization never changes.
@@ -118,7 +186,7 @@ def _decode_partition_kernel(
     )  # fmt: skip
 
     store_partition_result(
-        acc, row_max, row_sum, seq, seq, partition, head, row_mask, num_kv_heads,
+        acc, row_max, row_sum, seq, partition, head, row_mask, num_kv_heads,
         out_ptr, partial_out_ptr, partial_max_ptr, partial_sum_ptr,
         out_stride_seq, out_stride_head, num_partitions, GROUP_SIZE, HEAD_DIM, SINGLE_PARTITION,
     )  # fmt: skip
@@ -132,17 +200,16 @@ def store_partition_result(
     acc,  # [GROUP_BLOCK, HEAD_DIM] fp32, unnormalised
     row_max,  # [GROUP_BLOCK] fp32
     row_sum,  # [GROUP_BLOCK] fp32
-    seq, out_row, partition, head, row_mask, num_kv_heads,
+    seq, partition, head, row_mask, num_kv_heads,
     out_ptr, partial_out_ptr, partial_max_ptr, partial_sum_ptr,
-    out_stride_row, out_stride_head, num_partitions,
+    out_stride_seq, out_stride_head, num_partitions,
     GROUP_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, SINGLE_PARTITION: tl.constexpr,
 ):  # fmt: skip
-    """A partition program's end: the normalised output (`out`'s row out_row)
-    when it is the only partition, else its partial output and softmax
-    statistics for the merge (the partial buffers' row seq)."""
+    """A partition program's end: the normalised output when it is the only
+    partition, else its partial output and softmax statistics for the merge."""
     dims = tl.arange(0, HEAD_DIM)
     if SINGLE_PARTITION:
-        out_offsets = out_row.to(tl.int64) * out_stride_row + head * out_stride_head
+        out_offsets = seq.to(tl.int64) * out_stride_seq + head * out_stride_head
         out = acc / row_sum[:, None]
         tl.store(
             out_ptr + out_offsets[:, None] + dims[None, :],
@@ -181,32 +248,10 @@ def _decode_merge_kernel(
     seq = tl.program_id(0)
     head = tl.program_id(1)
     seq_len = tl.load(seq_lens_ptr + seq)
-    stats_start = (seq.to(tl.int64) * tl.num_programs(1) + head) * num_partitions
-    out = merge_partial_outputs(
-        partial_out_ptr, partial_max_ptr, partial_sum_ptr, stats_start,
-        tl.cdiv(seq_len, partition_tokens), HEAD_DIM, PARTITIONS_BLOCK,
-    )  # fmt: skip
-    out_offsets = (
-        seq.to(tl.int64) * out_stride_seq + head * out_stride_head + tl.arange(0, HEAD_DIM)
-    )
-    tl.store(out_ptr + out_offsets, out.to(out_ptr.dtype.element_ty))
-
-
-@triton.jit
-def merge_partial_outputs(
-    partial_out_ptr,
-    partial_max_ptr,
-    partial_sum_ptr,
-    stats_start,  # the head's first partition in the partial buffers
-    num_used,  # its partitions that hold keys, the first num_used
-    HEAD_DIM: tl.constexpr,
-    PARTITIONS_BLOCK: tl.constexpr,  # a power of two >= num_used
-):
-    """One head's output, [HEAD_DIM] fp32: the softmax-weighted sum of its
-    partitions' partial outputs."""
+    num_used = tl.cdiv(seq_len, partition_tokens)
     partitions = tl.arange(0, PARTITIONS_BLOCK)
     used = partitions < num_used
-    stat_offsets = stats_start + partitions
+    stat_offsets = (seq.to(tl.int64) * tl.num_programs(1) + head) * num_partitions + partitions
     part_max = tl.load(partial_max_ptr + stat_offsets, mask=used, other=float("-inf"))
     part_sum = tl.load(partial_sum_ptr + stat_offsets, mask=used, other=0.0)
     weights = tl.exp2(part_max - tl.max(part_max, axis=0))  # [PARTITIONS_BLOCK], 0 if unused
@@ -216,7 +261,9 @@ def merge_partial_outputs(
         mask=used[:, None],
         other=0.0,
     )  # [PARTITIONS_BLOCK, HEAD_DIM]
-    return tl.sum(part_out * weights[:, None], axis=0) / tl.sum(part_sum * weights, axis=0)
+    out = tl.sum(part_out * weights[:, None], axis=0) / tl.sum(part_sum * weights, axis=0)
+    out_offsets = seq.to(tl.int64) * out_stride_seq + head * out_stride_head + dims
+    tl.store(out_ptr + out_offsets, out.to(out_ptr.dtype.element_ty))
 
 
 _decode_merge_launcher = DirectLauncher(_decode_merge_kernel)
@@ -240,11 +287,6 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def target_programs(device: torch.device) -> int:
-    """Programs a decode launch aims for: about two per multiprocessor."""
-    return _PROGRAMS_PER_SM * _num_sms(device)
-
-
 def choose_partition_tokens(
     num_seqs: int, num_kv_heads: int, max_seq_len: int, device: torch.device, block_n: int
 ) -> int:
@@ -252,9 +294,10 @@ def choose_partition_tokens(
 
     max_seq_len is the block table's capacity, an upper bound on every seq_len.
     """
+    target_programs = _PROGRAMS_PER_SM * _num_sms(device)
     programs = num_seqs * num_kv_heads  # per partition
     # Rounded, not rounded up: 256 programs against a target of 264 stay whole.
-    wanted = (target_programs(device) + programs // 2) // programs
+    wanted = (target_programs + programs // 2) // programs
     most = max(1, min(_MAX_PARTITIONS, triton.cdiv(max_seq_len, _MIN_PARTITION_TOKENS)))
     num_partitions = max(1, min(wanted, most))
     tokens = triton.cdiv(max_seq_len, num_partitions)
@@ -358,23 +401,6 @@ def partition_count_classes() -> list[int]:
     return [1 << power for power in range(_MAX_PARTITIONS.bit_length())]
 
 
-def partial_buffers(
-    num_seqs: int, num_partitions: int, out: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Buffers for the partitions' partial outputs, maxima and sums, float32
-    [num_seqs, num_heads, num_partitions(, head_dim)]. With one partition the
-    programs write `out` itself and never touch these: `out` stands in for
-    them (no allocations, less host time per launch)."""
-    if num_partitions == 1:
-        return out, out, out
-    _, num_heads, head_dim = out.shape
-    stats_shape = (num_seqs, num_heads, num_partitions)
-    partial_out = torch.empty(*stats_shape, head_dim, dtype=torch.float32, device=out.device)
-    partial_max = torch.empty(stats_shape, dtype=torch.float32, device=out.device)
-    partial_sum = torch.empty(stats_shape, dtype=torch.float32, device=out.device)
-    return partial_out, partial_max, partial_sum
-
-
 def paged_decode_attention_triton(
     query: torch.Tensor,  # [num_seqs, num_heads, head_dim]
     key_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
@@ -418,7 +444,15 @@ def paged_decode_attention_triton(
     num_partitions = triton.cdiv(max_seq_len, partition_tokens)
     group_size = num_heads // num_kv_heads
     single = num_partitions == 1
-    partial_out, partial_max, partial_sum = partial_buffers(num_seqs, num_partitions, out)
+    if single:
+        # The kernel writes `out` itself and never touches the partial buffers:
+        # `out` stands in for them (no allocations, less host time per launch).
+        partial_out = partial_max = partial_sum = out
+    else:
+        stats_shape = (num_seqs, num_heads, num_partitions)
+        partial_out = torch.empty(*stats_shape, head_dim, dtype=torch.float32, device=query.device)
+        partial_max = torch.empty(stats_shape, dtype=torch.float32, device=query.device)
+        partial_sum = torch.empty(stats_shape, dtype=torch.float32, device=query.device)
     if config.get("HEADS_FASTEST", False):
         grid = (num_kv_heads, num_seqs, num_partitions)
     else:

@@ -41,7 +41,6 @@ from pagedserve.kernels.paged_decode_attention import (
 from pagedserve.kernels.rms_norm import _rms_norm_kernel
 from pagedserve.kernels.rotary_embedding import _rotary_embedding_kernel
 from pagedserve.kernels.silu_and_mul import _silu_and_mul_kernel
-from pagedserve.kernels.varlen_decode_rows import _merge_decode_rows_kernel
 from pagedserve.kernels.write_kv_cache import _write_kv_cache_kernel, write_kv_cache_triton
 
 # The Triton kernels an executor launches. precompile covers the KV-cache and
@@ -53,7 +52,6 @@ EXECUTOR_KERNELS = {
     "paged_attention": _paged_attention_kernel,
     "decode_partition": _decode_partition_kernel,
     "decode_merge": _decode_merge_kernel,
-    "decode_rows_merge": _merge_decode_rows_kernel,
     "copy_blocks": _copy_blocks_kernel,
     "rms_norm": _rms_norm_kernel,
     "rotary_embedding": _rotary_embedding_kernel,
@@ -144,8 +142,8 @@ class _Scratch:
 
     def prefills(self) -> int:
         """Each prefill configuration, without and with cached context: one
-        sequence of 2 new tokens (after 1 cached token when cached); then the
-        decode rows' launches of a cached batch (_decode_rows)."""
+        sequence of 2 new tokens (after 1 cached token when cached); then each
+        decode configuration for the decode rows' launch of a cached batch."""
         num_new = 2
         query = self._tokens(num_new, self.num_heads, self.dtype)
         key = self._tokens(num_new, self.num_kv_heads, self.key_cache.dtype)
@@ -164,41 +162,14 @@ class _Scratch:
                     cached_context=cached_context,
                 )  # fmt: skip
                 launches += 1 + int(cached_context)
-        launches += self._decode_rows()
+        for decode_config in decode_configs(self.head_dim, self.key_cache.dtype):
+            paged_attention_triton(
+                query, key, value, self.key_cache, self.value_cache, self._int32([[0]]),
+                query_start_loc, self._int32([num_new + 1]), self.scale,
+                decode_config=dict(decode_config),
+            )  # fmt: skip
+            launches += 2
         return launches
-
-    def _decode_rows(self) -> int:
-        """The decode rows' launch of a cached batch at each decode
-        configuration, in one partition (the output written directly) and in
-        two (partial buffers of float32); then the decode rows' merge at each
-        power of two of partitions. One sequence of one new token."""
-        query = self._tokens(1, self.num_heads, self.dtype)
-        key = self._tokens(1, self.num_kv_heads, self.key_cache.dtype)
-        query_start_loc = self._int32([0, 1])
-        seq_lens = self._int32([2])
-        launches = 0
-        configs = decode_configs(self.head_dim, self.key_cache.dtype)
-        for config in configs:
-            for num_partitions in (1, 2):
-                launches += self._decode_row_launch(
-                    query, key, query_start_loc, seq_lens, config, num_partitions
-                )
-        for num_partitions in partition_count_classes()[2:]:
-            launches += self._decode_row_launch(
-                query, key, query_start_loc, seq_lens, configs[0], num_partitions
-            )
-        return launches
-
-    def _decode_row_launch(
-        self, query, key, query_start_loc, seq_lens, config, num_partitions
-    ) -> int:
-        table, partition_tokens = self._partitioned_table(num_partitions, config["BLOCK_N"])
-        paged_attention_triton(
-            query, key, torch.zeros_like(key), self.key_cache, self.value_cache, table,
-            query_start_loc, seq_lens, self.scale, decode_config=dict(config),
-            decode_partition_tokens=partition_tokens,
-        )  # fmt: skip
-        return 2 + int(num_partitions > 1)
 
     def decodes(self) -> int:
         """Each decode configuration at 1, 2, 4, ... 64 partitions (the merge
@@ -207,20 +178,17 @@ class _Scratch:
         seq_lens = self._int32([1])
         launches = 0
         for config in decode_configs(self.head_dim, self.key_cache.dtype):
+            block_n = config["BLOCK_N"]
             for num_partitions in partition_count_classes():
-                table, partition_tokens = self._partitioned_table(num_partitions, config["BLOCK_N"])
+                width = triton.cdiv(num_partitions * block_n, self.block_size)
+                # block_n itself where the block size divides it (16-token blocks)
+                partition_tokens = block_n * triton.cdiv(
+                    width * self.block_size, num_partitions * block_n
+                )
+                table = torch.zeros(1, width, dtype=torch.int32, device=self.device)
                 paged_decode_attention_triton(
                     query, self.key_cache, self.value_cache, table, seq_lens, self.scale,
                     partition_tokens=partition_tokens, config=dict(config),
                 )  # fmt: skip
                 launches += 1
         return launches
-
-    def _partitioned_table(self, num_partitions: int, block_n: int) -> tuple[torch.Tensor, int]:
-        """A block table (block 0 throughout) as wide as num_partitions
-        partitions, and their length: block_n itself where the block size
-        divides it (16-token blocks), a multiple of it always."""
-        width = triton.cdiv(num_partitions * block_n, self.block_size)
-        partition_tokens = block_n * triton.cdiv(width * self.block_size, num_partitions * block_n)
-        table = torch.zeros(1, width, dtype=torch.int32, device=self.device)
-        return table, partition_tokens

@@ -6,7 +6,6 @@ import pytest
 import torch
 from paged_kv_helpers import DEVICE, assert_close, dense_attention, make_paged_kv, random_tensor
 
-from pagedserve.kernels import varlen_decode_rows
 from pagedserve.kernels.paged_attention import paged_attention_triton
 from pagedserve.kernels.paged_attention_reference import paged_attention_reference
 from pagedserve.kernels.paged_decode_attention import decode_configs
@@ -226,89 +225,6 @@ def test_triton_decode_rows_under_each_decode_launch(
         out = torch.full_like(args[0], float("nan"))
         paged_attention_triton(*args, out=out, decode_config=decode_config)
         assert_close(out, expected)
-
-
-# The module (pagedserve.kernels.paged_attention is also a function's name).
-paged_attention_module = importlib.import_module("pagedserve.kernels.paged_attention")
-# The decode rows' partitions: launch options whose 32-key tiles divide them.
-FEW_SHORT_DECODE_OPTIONS = {"BLOCK_N": 32, "num_warps": 2, "num_stages": 6}
-
-
-def run_without_merge(monkeypatch, *args, **kwargs) -> torch.Tensor:
-    """paged_attention_triton with the decode rows' merge launch dropped: rows
-    of more than one partition stay as `out` was (NaN)."""
-    with monkeypatch.context() as patch:
-        patch.setattr(varlen_decode_rows.merge_decode_rows_launcher, "launch", lambda *a, **k: None)
-        out = torch.full_like(args[0], float("nan"))
-        return paged_attention_triton(*args, out=out, **kwargs)
-
-
-@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim,block_size,dtype", CONFIGS)
-def test_triton_decode_rows_in_partitions(
-    monkeypatch, num_heads, num_kv_heads, head_dim, block_size, dtype
-):
-    """Decode rows of contexts around partition edges (32 keys here: the
-    shortest partition, which a launch aiming for many programs takes) beside a
-    chunk and a fresh prompt, their new keys only in key/value: each row's
-    partitions merged give the reference's output; without the merge, exactly
-    the rows of more than one partition are unwritten."""
-    # Enough programs wanted that every row takes the shortest partition.
-    monkeypatch.setattr(paged_attention_module, "target_programs", lambda device: 400)
-    contexts = (0, 1, 30, 31, 32, 33, 63, 64, 65, 299)  # seq_len = context + 1
-    seqs = [(n + 1, 1) for n in contexts]
-    seqs[4:4] = [(block_size + 3, 3), (40, 40)]  # a chunk and a fresh prompt in between
-    args, _, _, _ = make_inputs(seqs, num_heads, num_kv_heads, head_dim, block_size, dtype)
-    expected = paged_attention_reference(*args)
-    poison_new_tokens_in_cache(args, seqs, block_size)
-    kwargs = {"decode_config": FEW_SHORT_DECODE_OPTIONS, "decode_partition_tokens": 32}
-    out = torch.full_like(args[0], float("nan"))
-    paged_attention_triton(*args, out=out, **kwargs)
-    assert_close(out, expected)
-
-    unmerged = run_without_merge(monkeypatch, *args, **kwargs)
-    rows = args[6][:-1].tolist()
-    several = [
-        row for row, (seq_len, q_len) in zip(rows, seqs, strict=True) if q_len == 1 and seq_len > 32
-    ]
-    assert len(several) == 6
-    assert torch.isnan(unmerged[several]).all()
-    others = [row for row in range(len(out)) if row not in several]
-    assert_close(unmerged[others], expected[others])
-
-
-def test_triton_splits_a_few_long_decode_rows(monkeypatch):
-    """Two long decode rows beside a chunk: too few programs for the GPU (here
-    the interpreter's stand-in of 4 multiprocessors) unless their keys are
-    split, as the decode kernel would split them; merged, the reference's output."""
-    seqs = [(700, 1), (64, 64), (300, 1), (200, 100)]
-    args, _, _, _ = make_inputs(seqs, 8, 2, 32, 16, torch.float32)
-    expected = paged_attention_reference(*args)
-    out = torch.full_like(args[0], float("nan"))
-    paged_attention_triton(*args, out=out, decode_config=FEW_SHORT_DECODE_OPTIONS)
-    assert_close(out, expected)
-    unmerged = run_without_merge(monkeypatch, *args, decode_config=FEW_SHORT_DECODE_OPTIONS)
-    assert torch.isnan(unmerged[0]).all()  # 700 keys: more than one partition
-
-
-def test_triton_decode_rows_in_partitions_across_many_sequences(monkeypatch):
-    """More sequences than one lookup load compares (64): each program finds
-    its partitions' rows block by block."""
-    monkeypatch.setattr(paged_attention_module, "target_programs", lambda device: 200)
-    seqs = [(1 + (i * 37) % 150, 1) if i % 3 else (20, 5) for i in range(80)]
-    args, _, _, _ = make_inputs(seqs, 4, 2, 16, 16, torch.float32)
-    out = torch.full_like(args[0], float("nan"))
-    paged_attention_triton(
-        *args, out=out, decode_config=FEW_SHORT_DECODE_OPTIONS, decode_partition_tokens=32
-    )
-    assert_close(out, paged_attention_reference(*args))
-
-
-def test_triton_rejects_decode_partitions_of_part_tiles():
-    args, _, _, _ = make_inputs([(40, 1), (8, 8)], 4, 2, 16, 16, torch.float32)
-    with pytest.raises(ValueError, match="decode_partition_tokens 48 % BLOCK_N 32"):
-        paged_attention_triton(
-            *args, decode_config=FEW_SHORT_DECODE_OPTIONS, decode_partition_tokens=48
-        )
 
 
 def test_triton_decode_rows_of_a_wide_group():
