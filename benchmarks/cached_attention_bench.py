@@ -22,6 +22,9 @@ Timed variants of ours:
 Each is timed eagerly (do_bench: L2 flushed before each call) and replayed
 from a CUDA graph (as the executor runs steps), over copies of the inputs
 rotated so that repeated calls do not hit L2. A short table is printed last.
+`--table-tokens` and `--rows` shape a step as the executor's prefill graphs
+run it: every block table as wide as the static one, and empty sequences
+after the step's up to the graph's rows.
 """
 
 from __future__ import annotations
