@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import inspect
 import statistics
 import sys
 
@@ -118,6 +119,17 @@ class Case:
         self.dense = [self._dense_groups(copy) for copy in range(self.copies)]
         self.out = torch.empty_like(self.queries[0])
         self._next = 0
+        # The host's plan for long decode rows, always passed (as the executor's
+        # prefill graphs do), where the package takes one (not before v20).
+        self.varlen_options = {}
+        if "decode_split" in inspect.signature(paged_attention_triton).parameters:
+            from pagedserve.kernels import plan_decode_row_split
+
+            q_lens = self.query_start_loc.diff().tolist()
+            plan = plan_decode_row_split(q_lens, self.seq_lens.tolist(), NUM_KV_HEADS, DEVICE)
+            self.varlen_options["decode_split"] = torch.tensor(
+                plan, dtype=torch.int32, device=DEVICE
+            )
 
     def _dense_groups(self, copy: int) -> list[tuple[torch.Tensor, ...]]:
         """Per group: SDPA's query [count, heads, q_len, dim] and contiguous K, V."""
@@ -153,7 +165,7 @@ class Case:
         return paged_attention_triton(
             self.queries[copy], *self.new_kv[copy], self.key_cache, self.value_cache,
             self.tables[copy], self.query_start_loc, self.seq_lens, HEAD_DIM**-0.5, out=self.out,
-            config=config,
+            config=config, **self.varlen_options,
         )  # fmt: skip
 
     def split(self, copy: int) -> torch.Tensor:

@@ -42,6 +42,9 @@ class AttentionBatch:
     # prefill, a prefix-cache hit, decode); False lets the prefill kernel drop
     # its block-table path.
     cached_context: bool = True
+    # [1 + 2 x capacity] int32: how long decode rows beside prompt chunks split
+    # their keys (kernels.plan_decode_row_split); None splits none.
+    decode_split: torch.Tensor | None = None
 
 
 class RMSNorm(nn.Module):
@@ -157,6 +160,7 @@ class Attention(nn.Module):
                 batch.seq_lens,
                 self.scale,
                 cached_context=batch.cached_context,
+                decode_split=batch.decode_split,
             )
         return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))
 

@@ -55,6 +55,9 @@ class _HostBatch:
     sampled_chunks: list[ScheduledChunk]
     max_blocks_per_seq: int
     cached_context: bool
+    # The decode rows' split plan (kernels.plan_decode_row_split), where the
+    # Triton kernels run a batch with cached context that is not decode-only.
+    decode_split: list[int] | None = None
 
     @property
     def decode_only(self) -> bool:
@@ -164,6 +167,15 @@ class ModelRunner:
 
     def prepare(self, chunks: list[ScheduledChunk]) -> ModelInputs:
         host = _flatten(chunks, self.block_size)
+        if host.cached_context and not host.decode_only and use_triton(self.kv_pool):
+            # Long decode rows beside prompt chunks: parts read by more programs.
+            starts = host.query_start_loc
+            host.decode_split = kernels.plan_decode_row_split(
+                [end - start for start, end in zip(starts, starts[1:], strict=False)],
+                host.seq_lens,
+                self.model.config.num_kv_heads,
+                self.device,
+            )
         graphs = self.decode_graphs if host.decode_only else self.prefill_graphs
         if graphs is not None:
             size = graphs.padded_size(len(host.input_ids), len(chunks), host.max_blocks_per_seq)
@@ -182,6 +194,12 @@ class ModelRunner:
             seq_lens=to_device(host.seq_lens, torch.int32),
             decode_only=host.decode_only,
             cached_context=host.cached_context,
+            # Only a plan that splits: otherwise the kernel needs no extra launch.
+            decode_split=(
+                to_device(host.decode_split, torch.int32)
+                if host.decode_split and host.decode_split[0] != kernels.NO_SPLIT_TOKENS
+                else None
+            ),
         )
         return ModelInputs(
             input_ids=to_device(host.input_ids, torch.int64),
@@ -202,6 +220,7 @@ class ModelRunner:
             host.query_start_loc,
             host.seq_lens,
             host.logits_indices,
+            host.decode_split,
         )
         input_ids, positions, batch, logits_indices = graphs.inputs(size)
         return ModelInputs(

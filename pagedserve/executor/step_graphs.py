@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pagedserve import kernels
 from pagedserve.executor.llama import AttentionBatch, LlamaForCausalLM
 from pagedserve.kernels import PADDING_SLOT
 
@@ -68,6 +69,13 @@ class StepGraphs:
         self.logits_indices = torch.zeros(num_rows, dtype=torch.int64, device=device)
         vocab_size = model.config.vocab_size
         self.logits = torch.zeros(num_rows, vocab_size, dtype=torch.float32, device=device)
+        # The varlen kernel's plan for long decode rows (prefill graphs only:
+        # decode-only steps take the decode kernel, which splits on its own).
+        self.decode_split: torch.Tensor | None = None
+        if not self.decode_only:
+            capacity = kernels.split_capacity(model.config.num_kv_heads, device)
+            self._no_split = kernels.no_split_plan(capacity)
+            self.decode_split = torch.tensor(self._no_split, dtype=torch.int32, device=device)
         self._batches = {size: self._batch(size) for size in self.sizes}
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
 
@@ -94,6 +102,7 @@ class StepGraphs:
             seq_lens=self.seq_lens[:num_rows],
             decode_only=self.decode_only,
             cached_context=True,
+            decode_split=self.decode_split,
         )
 
     def padded_size(self, num_tokens: int, num_seqs: int, max_blocks_per_seq: int) -> int | None:
@@ -117,6 +126,7 @@ class StepGraphs:
         query_start_loc: list[int],  # [num_seqs + 1]
         seq_lens: list[int],  # [num_seqs]
         logits_indices: list[int],  # [num_sampled]
+        decode_split: list[int] | None = None,  # the step's plan; None splits no row
     ) -> None:
         """Copies a step into the static buffers, padded to size: one
         host-to-device copy per buffer. Padding tokens: token 0 at position 0,
@@ -133,6 +143,8 @@ class StepGraphs:
         # Only the real rows' first columns: the rest of the table keeps earlier
         # valid ids, which seq_lens keeps every row from reading past.
         self._copy_rows(self.block_tables, block_tables)
+        if self.decode_split is not None:
+            self._copy_rows(self.decode_split, decode_split or self._no_split)
 
     def _fill_padding(self) -> None:
         """Every token a padding token: what capture runs on, so it writes
@@ -142,6 +154,8 @@ class StepGraphs:
         self.slot_mapping.fill_(PADDING_SLOT)
         self.block_tables.zero_()
         self.logits_indices.zero_()
+        if self.decode_split is not None:
+            self._copy_rows(self.decode_split, self._no_split)
         self._fill_padding_rows()
 
     def inputs(self, size: int) -> tuple[torch.Tensor, torch.Tensor, AttentionBatch, torch.Tensor]:

@@ -14,6 +14,12 @@ import torch
 
 from pagedserve.kernels._backend import use_triton
 from pagedserve.kernels.copy_blocks import copy_blocks_reference, copy_blocks_triton
+from pagedserve.kernels.decode_row_split import (
+    NO_SPLIT_TOKENS,
+    no_split_plan,
+    plan_decode_row_split,
+    split_capacity,
+)
 from pagedserve.kernels.gumbel_sample import gumbel_sample_reference, gumbel_sample_triton
 from pagedserve.kernels.paged_attention import paged_attention_triton
 from pagedserve.kernels.paged_attention_reference import paged_attention_reference
@@ -71,6 +77,7 @@ def paged_attention(
     seq_lens: torch.Tensor,  # [num_seqs] int32, cached tokens including the new ones
     scale: float,
     cached_context: bool = True,  # False only if no sequence has tokens before its new ones
+    decode_split: torch.Tensor | None = None,  # the host's plan for long decode rows
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim], query's dtype
     """Causal attention of a varlen batch of new tokens over their cached context
     (read through the block tables) and over themselves (read from key/value).
@@ -81,11 +88,16 @@ def paged_attention(
     seq_len). The Triton path never syncs with the device; the reference reads
     query_start_loc and seq_lens on the host. cached_context=False is a promise
     the caller makes from host-side batch data (the Triton kernel then skips the
-    block-table path); it is not checked.
+    block-table path); it is not checked. decode_split (plan_decode_row_split's
+    plan, as an int32 tensor on query's device) lets the Triton path read long
+    decode rows with more programs; it changes no value, and the reference
+    ignores it.
     """
     args = (query, key, value, key_cache, value_cache, block_tables, query_start_loc, seq_lens)
     if use_triton(query):
-        return paged_attention_triton(*args, scale, cached_context=cached_context)
+        return paged_attention_triton(
+            *args, scale, cached_context=cached_context, decode_split=decode_split
+        )
     return paged_attention_reference(*args, scale)
 
 
@@ -186,18 +198,22 @@ def gumbel_sample(
 
 
 __all__ = [
+    "NO_SPLIT_TOKENS",
     "PADDING_SLOT",
     "add_rms_norm",
     "compiled_variant_counts",
     "copy_blocks",
     "gumbel_sample",
+    "no_split_plan",
     "paged_attention",
     "paged_decode_attention",
+    "plan_decode_row_split",
     "precompile",
     "rms_norm",
     "rope_cos_sin_cache",
     "rotary_embedding",
     "silu_and_mul",
+    "split_capacity",
     "swap_blocks",
     "write_kv_cache",
 ]

@@ -33,6 +33,7 @@ from pagedserve.kernels.attention_tiles import (
     load_new_kv_tile,
     online_softmax_step,
 )
+from pagedserve.kernels.decode_row_split import check_plan, merge_decode_row_parts, part_buffers
 from pagedserve.kernels.direct_launch import DirectLauncher
 from pagedserve.kernels.paged_decode_attention import attend_decode_row, decode_launch_options
 
@@ -65,7 +66,7 @@ def _find_tile_slot(query_start_loc_ptr, num_seqs, SLOT_Q: tl.constexpr, SEQS_BL
 # Integers that change from step to step are not specialized (docs/kernels-notes.md
 # v6): Triton would otherwise compile a variant for each of "equal to 1",
 # "divisible by 16" and neither, and a serving executor meets all three.
-@triton.jit(do_not_specialize=["num_seqs", "block_table_stride_seq"])
+@triton.jit(do_not_specialize=["num_seqs", "block_table_stride_seq", "split_capacity"])
 def _paged_attention_kernel(
     query_ptr,
     key_source,  # NEW_KV_DESCRIPTORS: a descriptor of BLOCK_N x HEAD_DIM tiles; else a pointer
@@ -78,6 +79,11 @@ def _paged_attention_kernel(
     query_start_loc_ptr,
     seq_lens_ptr,
     out_ptr,
+    decode_split_ptr,  # SPLIT_DECODE_ROWS: the plan (decode_row_split.py)
+    partial_out_ptr,  # SPLIT_DECODE_ROWS: the split rows' parts' results
+    partial_max_ptr,
+    partial_sum_ptr,
+    split_capacity,
     scale_log2,
     num_seqs,
     query_stride_token,
@@ -98,6 +104,7 @@ def _paged_attention_kernel(
     BLOCK_N: tl.constexpr,  # keys per step
     DECODE_BLOCK_M: tl.constexpr,  # rows of a decode row's tile: GROUP_SIZE padded to >= 16
     DECODE_ROWS_ONLY: tl.constexpr,  # only sequences with one new token, one program each
+    SPLIT_DECODE_ROWS: tl.constexpr,  # DECODE_ROWS_ONLY: long rows in parts, as the plan says
     SKIP_DECODE_ROWS: tl.constexpr,  # only sequences with more (a DECODE_ROWS_ONLY launch's rest)
     PAIRED_TILES: tl.constexpr,  # each program takes a long and a short query tile
     CACHED_CONTEXT: tl.constexpr,  # False: no sequence has cached context (no gather code)
@@ -109,19 +116,46 @@ def _paged_attention_kernel(
     kv_head = tl.program_id(1)
     if DECODE_ROWS_ONLY:
         # Program (sequence, kv_head): the sequence's one new token, if it has
-        # just one (a decode row of a mixed step); other sequences' programs end.
-        seq = tl.program_id(0)
-        q_start = tl.load(query_start_loc_ptr + seq)
-        if tl.load(query_start_loc_ptr + seq + 1) - q_start == 1:
-            attend_decode_row(
-                query_ptr, key_ptr, value_ptr, key_cache_ptr, value_cache_ptr,
-                block_tables_ptr, out_ptr, scale_log2, seq, q_start,
-                tl.load(seq_lens_ptr + seq), kv_head, query_stride_token, query_stride_head,
-                kv_stride_token, kv_stride_head, out_stride_token, out_stride_head,
-                cache_stride_block, cache_stride_slot, cache_stride_head, block_table_stride_seq,
-                BLOCK_SIZE, GROUP_SIZE, DECODE_BLOCK_M, HEAD_DIM, BLOCK_N, DOT_IN_FP32,
-                DOT_PRECISION,
-            )  # fmt: skip
+        # just one (a decode row of a mixed step) and the plan leaves it whole;
+        # other programs end. With a plan, split_capacity more programs per kv
+        # head take its entries: program (num_seqs + slot, kv_head) a split
+        # row's part, for the merge launch after.
+        program = tl.program_id(0)
+        if program < num_seqs:
+            seq = program
+            q_start = tl.load(query_start_loc_ptr + seq)
+            seq_len = tl.load(seq_lens_ptr + seq)
+            is_whole_row = tl.load(query_start_loc_ptr + seq + 1) - q_start == 1
+            if SPLIT_DECODE_ROWS:
+                is_whole_row = is_whole_row & (seq_len <= tl.load(decode_split_ptr))
+            if is_whole_row:
+                attend_decode_row(
+                    query_ptr, key_ptr, value_ptr, key_cache_ptr, value_cache_ptr,
+                    block_tables_ptr, out_ptr, partial_out_ptr, partial_max_ptr,
+                    partial_sum_ptr, scale_log2, seq, q_start, seq_len, kv_head, 0, seq_len, 0,
+                    split_capacity, query_stride_token, query_stride_head, kv_stride_token,
+                    kv_stride_head, out_stride_token, out_stride_head, cache_stride_block,
+                    cache_stride_slot, cache_stride_head, block_table_stride_seq, BLOCK_SIZE,
+                    GROUP_SIZE, DECODE_BLOCK_M, HEAD_DIM, BLOCK_N, True, DOT_IN_FP32,
+                    DOT_PRECISION,
+                )  # fmt: skip
+        elif SPLIT_DECODE_ROWS:
+            slot = program - num_seqs
+            seq = tl.load(decode_split_ptr + 1 + slot)
+            if seq >= 0:
+                first = tl.load(decode_split_ptr + 1 + split_capacity + slot)
+                seq_len = tl.load(seq_lens_ptr + seq)
+                limit = tl.minimum(seq_len, first + tl.load(decode_split_ptr))
+                attend_decode_row(
+                    query_ptr, key_ptr, value_ptr, key_cache_ptr, value_cache_ptr,
+                    block_tables_ptr, out_ptr, partial_out_ptr, partial_max_ptr,
+                    partial_sum_ptr, scale_log2, seq, tl.load(query_start_loc_ptr + seq),
+                    seq_len, kv_head, first, limit, slot, split_capacity, query_stride_token,
+                    query_stride_head, kv_stride_token, kv_stride_head, out_stride_token,
+                    out_stride_head, cache_stride_block, cache_stride_slot, cache_stride_head,
+                    block_table_stride_seq, BLOCK_SIZE, GROUP_SIZE, DECODE_BLOCK_M, HEAD_DIM,
+                    BLOCK_N, False, DOT_IN_FP32, DOT_PRECISION,
+                )  # fmt: skip
     else:  # (an else, not a return: Triton compiles code after a constexpr branch's return)
         # Program (slot, kv_head) handles one or two query tiles of one sequence.
         # Under the causal mask the last tile of a sequence does the most work:
@@ -390,12 +424,16 @@ def paged_attention_triton(
     config: dict | None = None,  # overrides _prefill_config's options (benchmarks, tests)
     cached_context: bool = True,  # False only if every seq_len equals its new-token count
     decode_config: dict | None = None,  # the decode rows' launch options (precompile, tests)
+    decode_split: torch.Tensor | None = None,  # int32 plan of long decode rows' parts
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim], query's dtype
     """Triton: one program per (tile of new tokens of one sequence, kv head).
 
     With cached_context, sequences with one new token (decode rows) go in a
     launch of their own first, one program per (sequence, kv head), and the
-    prompt tiles' launch skips them.
+    prompt tiles' launch skips them. decode_split, the host's plan
+    (decode_row_split.plan_decode_row_split, on query's device), splits long
+    decode rows into parts read by more programs, merged by a third launch;
+    without it every decode row is one program per kv head.
 
     cached_context=False promises that no sequence has cached context (a batch
     of fresh prompts): the kernel is then built without the block-table path.
@@ -405,7 +443,7 @@ def paged_attention_triton(
     Never synchronizes with the device (CUDA-graph safe). Raises ValueError on
     shapes it does not support: head_dim not a power of two >= 16, num_heads
     not a multiple of num_kv_heads, caches not contiguous, key or value not
-    [num_tokens, num_kv_heads, head_dim].
+    [num_tokens, num_kv_heads, head_dim], a decode_split not laid out as a plan.
     """
     num_tokens, num_heads, head_dim = query.shape
     _, block_size, num_kv_heads, _ = key_cache.shape
@@ -444,7 +482,11 @@ def paged_attention_triton(
     decode_block_m = max(16, triton.next_power_of_2(group_size))
     args = (
         query, key_source, value_source, key, value, key_cache, value_cache, block_tables,
-        query_start_loc, seq_lens, out, scale * LOG2_E, num_seqs,
+        query_start_loc, seq_lens, out,
+        # The decode rows' split (plan, partial results, capacity): stand-ins
+        # where no program reads them.
+        seq_lens, out, out, out, 0,
+        scale * LOG2_E, num_seqs,
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), out.stride(0), out.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2), block_tables.stride(0),
     )  # fmt: skip
@@ -461,10 +503,16 @@ def paged_attention_triton(
         options = decode_config or decode_launch_options(
             head_dim, key_cache.dtype, num_seqs * num_kv_heads, max_seq_len, query.device
         )
+        split_args, capacity = args[11:16], 0
+        if decode_split is not None:
+            capacity = check_plan(decode_split, query.device)
+            partials = part_buffers(capacity, num_heads, head_dim, query.device)
+            split_args = (decode_split, *partials, capacity)
         # key and value as pointers in the descriptors' places
         # (NEW_KV_DESCRIPTORS off): a decode row reads its one key directly.
         _paged_attention_launcher.launch(
-            (num_seqs, num_kv_heads), query, key, value, *args[3:], **shared,
+            (num_seqs + capacity, num_kv_heads), query, key, value, *args[3:11], *split_args,
+            *args[16:], **shared,
             BLOCK_N=options["BLOCK_N"], num_warps=options["num_warps"],
             num_stages=options["num_stages"],
             DOT_PRECISION=options.get("DOT_PRECISION", config["DOT_PRECISION"]),
@@ -472,10 +520,15 @@ def paged_attention_triton(
             # that they add no variants.
             BLOCK_M=decode_block_m, BLOCK_Q=decode_block_m // group_size, PAIRED_TILES=False,
             CACHED_CONTEXT=True, NEW_KV_DESCRIPTORS=False,
-            DECODE_ROWS_ONLY=True, SKIP_DECODE_ROWS=False,
+            DECODE_ROWS_ONLY=True, SPLIT_DECODE_ROWS=capacity > 0, SKIP_DECODE_ROWS=False,
         )  # fmt: skip
+        if capacity:
+            merge_decode_row_parts(
+                decode_split, query_start_loc, seq_lens, out, split_args[1:4], num_kv_heads
+            )
     _paged_attention_launcher.launch(
         (num_tokens // tokens_per_slot + num_seqs, num_kv_heads), *args, **shared, **config,
-        BLOCK_Q=block_q, DECODE_ROWS_ONLY=False, SKIP_DECODE_ROWS=cached_context,
+        BLOCK_Q=block_q, DECODE_ROWS_ONLY=False, SPLIT_DECODE_ROWS=False,
+        SKIP_DECODE_ROWS=cached_context,
     )  # fmt: skip
     return out

@@ -67,11 +67,18 @@ def attend_decode_row(
     value_cache_ptr,
     block_tables_ptr,
     out_ptr,
+    partial_out_ptr,  # [num_heads, split_capacity, HEAD_DIM] fp32 (a split row's part)
+    partial_max_ptr,  # [num_heads, split_capacity] fp32
+    partial_sum_ptr,
     scale_log2,
     seq,
     q_start,  # the row's token
     seq_len,
     kv_head,
+    first_position,  # the part of the row's positions to attend to (not WHOLE_ROW)
+    position_limit,
+    split_slot,  # where the part's partial result goes (not WHOLE_ROW)
+    split_capacity,
     query_stride_token,
     query_stride_head,
     kv_stride_token,
@@ -87,19 +94,26 @@ def attend_decode_row(
     GROUP_BLOCK: tl.constexpr,  # GROUP_SIZE padded to a power of two >= 16 (tl.dot)
     HEAD_DIM: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    WHOLE_ROW: tl.constexpr,  # all positions, the output written; else a part's partial result
     DOT_IN_FP32: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    """Output of a decode row (a sequence with one new token) of a varlen
-    batch, whose new key and value are in key/value, not yet read from the
-    cache: paged_attention's DECODE_ROWS_ONLY launch.
+    """A decode row (a sequence with one new token) of a varlen batch, whose
+    new key and value are in key/value, not yet read from the cache:
+    paged_attention's DECODE_ROWS_ONLY launch.
 
     A prompt-sized query tile would hold GROUP_SIZE useful rows of BLOCK_M, and
     its new-token step would load a whole tile of new keys for one key and run
     a loop of its own. Here the rows are the group's query heads alone, as in
-    the decode kernel, and the new key starts the online softmax: its score
-    and value are the running max, sum (1) and accumulator before the cached
-    context's tiles, which then go as in the decode kernel.
+    the decode kernel. Positions 0 .. seq_len - 2 are the cached context,
+    seq_len - 1 the new token, which starts the online softmax (its score and
+    value are the running max, sum 1 and accumulator) where the positions
+    include it; the cached tiles go as in the decode kernel.
+
+    WHOLE_ROW: every position, and the row's output. Otherwise the positions
+    first_position .. position_limit - 1 of a row split into parts (the
+    decode_row_split plan) and their unnormalised result at split_slot, for
+    the split's merge.
     """
     q, head, row_mask = load_group_query(
         query_ptr, key_cache_ptr, q_start, kv_head, query_stride_token, query_stride_head,
@@ -112,18 +126,37 @@ def attend_decode_row(
     row_max = tl.sum(q.to(tl.float32) * new_key[None, :], axis=1) * scale_log2  # [GROUP_BLOCK]
     row_sum = tl.full([GROUP_BLOCK], 1.0, dtype=tl.float32)
     acc = tl.zeros([GROUP_BLOCK, HEAD_DIM], dtype=tl.float32) + new_value[None, :]
+    cached_first = 0
+    cached_limit = seq_len - 1
+    if not WHOLE_ROW:
+        holds_new = position_limit == seq_len
+        row_max = tl.where(holds_new, row_max, float("-inf"))
+        row_sum = tl.where(holds_new, row_sum, 0.0)
+        acc = tl.where(holds_new, acc, 0.0)
+        cached_first = first_position
+        cached_limit = tl.minimum(position_limit, seq_len - 1)
     row_max, row_sum, acc = attend_paged_range(
         q, row_max, row_sum, acc, key_cache_ptr, value_cache_ptr,
         block_tables_ptr + seq.to(tl.int64) * block_table_stride_seq,
-        kv_head * cache_stride_head, 0, seq_len - 1, scale_log2, cache_stride_block,
+        kv_head * cache_stride_head, cached_first, cached_limit, scale_log2, cache_stride_block,
         cache_stride_slot, BLOCK_SIZE, HEAD_DIM, BLOCK_N, DOT_IN_FP32, DOT_PRECISION,
     )  # fmt: skip
-    out_rows = q_start.to(tl.int64) * out_stride_token + head * out_stride_head
-    tl.store(
-        out_ptr + out_rows[:, None] + dims[None, :],
-        (acc / row_sum[:, None]).to(out_ptr.dtype.element_ty),
-        mask=row_mask[:, None],
-    )
+    if WHOLE_ROW:
+        out_rows = q_start.to(tl.int64) * out_stride_token + head * out_stride_head
+        tl.store(
+            out_ptr + out_rows[:, None] + dims[None, :],
+            (acc / row_sum[:, None]).to(out_ptr.dtype.element_ty),
+            mask=row_mask[:, None],
+        )
+    else:
+        stat_offsets = head * split_capacity + split_slot  # [GROUP_BLOCK]
+        tl.store(partial_max_ptr + stat_offsets, row_max, mask=row_mask)
+        tl.store(partial_sum_ptr + stat_offsets, row_sum, mask=row_mask)
+        tl.store(
+            partial_out_ptr + stat_offsets[:, None] * HEAD_DIM + dims[None, :],
+            acc,
+            mask=row_mask[:, None],
+        )
 
 
 # Per-step integers are not specialized (docs/kernels-notes.md v6).
@@ -248,10 +281,32 @@ def _decode_merge_kernel(
     seq = tl.program_id(0)
     head = tl.program_id(1)
     seq_len = tl.load(seq_lens_ptr + seq)
-    num_used = tl.cdiv(seq_len, partition_tokens)
+    stats_start = (seq.to(tl.int64) * tl.num_programs(1) + head) * num_partitions
+    out = merge_partial_outputs(
+        partial_out_ptr, partial_max_ptr, partial_sum_ptr, stats_start,
+        tl.cdiv(seq_len, partition_tokens), HEAD_DIM, PARTITIONS_BLOCK,
+    )  # fmt: skip
+    out_offsets = (
+        seq.to(tl.int64) * out_stride_seq + head * out_stride_head + tl.arange(0, HEAD_DIM)
+    )
+    tl.store(out_ptr + out_offsets, out.to(out_ptr.dtype.element_ty))
+
+
+@triton.jit
+def merge_partial_outputs(
+    partial_out_ptr,
+    partial_max_ptr,
+    partial_sum_ptr,
+    stats_start,  # the head's first partition in the partial buffers
+    num_used,  # its partitions that hold keys: the num_used from stats_start
+    HEAD_DIM: tl.constexpr,
+    PARTITIONS_BLOCK: tl.constexpr,  # a power of two >= num_used
+):
+    """One head's output, [HEAD_DIM] fp32: the softmax-weighted sum of its
+    partitions' partial outputs."""
     partitions = tl.arange(0, PARTITIONS_BLOCK)
     used = partitions < num_used
-    stat_offsets = (seq.to(tl.int64) * tl.num_programs(1) + head) * num_partitions + partitions
+    stat_offsets = stats_start + partitions
     part_max = tl.load(partial_max_ptr + stat_offsets, mask=used, other=float("-inf"))
     part_sum = tl.load(partial_sum_ptr + stat_offsets, mask=used, other=0.0)
     weights = tl.exp2(part_max - tl.max(part_max, axis=0))  # [PARTITIONS_BLOCK], 0 if unused
@@ -261,9 +316,7 @@ def _decode_merge_kernel(
         mask=used[:, None],
         other=0.0,
     )  # [PARTITIONS_BLOCK, HEAD_DIM]
-    out = tl.sum(part_out * weights[:, None], axis=0) / tl.sum(part_sum * weights, axis=0)
-    out_offsets = seq.to(tl.int64) * out_stride_seq + head * out_stride_head + dims
-    tl.store(out_ptr + out_offsets, out.to(out_ptr.dtype.element_ty))
+    return tl.sum(part_out * weights[:, None], axis=0) / tl.sum(part_sum * weights, axis=0)
 
 
 _decode_merge_launcher = DirectLauncher(_decode_merge_kernel)
@@ -287,6 +340,11 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def target_programs(device: torch.device) -> int:
+    """Programs a decode launch aims for: about two per multiprocessor."""
+    return _PROGRAMS_PER_SM * _num_sms(device)
+
+
 def choose_partition_tokens(
     num_seqs: int, num_kv_heads: int, max_seq_len: int, device: torch.device, block_n: int
 ) -> int:
@@ -294,10 +352,9 @@ def choose_partition_tokens(
 
     max_seq_len is the block table's capacity, an upper bound on every seq_len.
     """
-    target_programs = _PROGRAMS_PER_SM * _num_sms(device)
     programs = num_seqs * num_kv_heads  # per partition
     # Rounded, not rounded up: 256 programs against a target of 264 stay whole.
-    wanted = (target_programs + programs // 2) // programs
+    wanted = (target_programs(device) + programs // 2) // programs
     most = max(1, min(_MAX_PARTITIONS, triton.cdiv(max_seq_len, _MIN_PARTITION_TOKENS)))
     num_partitions = max(1, min(wanted, most))
     tokens = triton.cdiv(max_seq_len, num_partitions)

@@ -25,6 +25,7 @@ import torch
 
 from pagedserve.kernels._backend import HAS_TRITON, triton, use_triton
 from pagedserve.kernels.copy_blocks import _copy_blocks_kernel, copy_blocks_triton
+from pagedserve.kernels.decode_row_split import _merge_decode_row_parts_kernel, split_capacity
 from pagedserve.kernels.gumbel_sample import _gumbel_sample_kernel
 from pagedserve.kernels.paged_attention import (
     _paged_attention_kernel,
@@ -52,6 +53,7 @@ EXECUTOR_KERNELS = {
     "paged_attention": _paged_attention_kernel,
     "decode_partition": _decode_partition_kernel,
     "decode_merge": _decode_merge_kernel,
+    "decode_row_parts_merge": _merge_decode_row_parts_kernel,
     "copy_blocks": _copy_blocks_kernel,
     "rms_norm": _rms_norm_kernel,
     "rotary_embedding": _rotary_embedding_kernel,
@@ -143,7 +145,8 @@ class _Scratch:
     def prefills(self) -> int:
         """Each prefill configuration, without and with cached context: one
         sequence of 2 new tokens (after 1 cached token when cached); then each
-        decode configuration for the decode rows' launch of a cached batch."""
+        decode configuration for the decode rows' launch of a cached batch,
+        without and with a plan that splits them (and its merge)."""
         num_new = 2
         query = self._tokens(num_new, self.num_heads, self.dtype)
         key = self._tokens(num_new, self.num_kv_heads, self.key_cache.dtype)
@@ -162,13 +165,17 @@ class _Scratch:
                     cached_context=cached_context,
                 )  # fmt: skip
                 launches += 1 + int(cached_context)
+        # The executor's plan: as many entries as split_capacity gives, one in use.
+        capacity = split_capacity(self.num_kv_heads, self.device)
+        plan = self._int32([1, 0] + [-1] * (capacity - 1) + [0] * capacity)
         for decode_config in decode_configs(self.head_dim, self.key_cache.dtype):
-            paged_attention_triton(
-                query, key, value, self.key_cache, self.value_cache, self._int32([[0]]),
-                query_start_loc, self._int32([num_new + 1]), self.scale,
-                decode_config=dict(decode_config),
-            )  # fmt: skip
-            launches += 2
+            for decode_split in (None, plan):
+                paged_attention_triton(
+                    query, key, value, self.key_cache, self.value_cache, self._int32([[0]]),
+                    query_start_loc, self._int32([num_new + 1]), self.scale,
+                    decode_config=dict(decode_config), decode_split=decode_split,
+                )  # fmt: skip
+                launches += 2 if decode_split is None else 3
         return launches
 
     def decodes(self) -> int:

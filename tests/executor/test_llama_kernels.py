@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from pagedserve.executor.model_runner import ModelRunner
+from pagedserve.executor.prefill_graphs import PrefillGraphs
 from pagedserve.executor.step_plan import ScheduledChunk
+from pagedserve.kernels import decode_row_split
 from tests.executor.helpers import (
     BLOCK_SIZE,
     TINY,
@@ -61,3 +63,42 @@ def test_triton_forward_matches_the_references(config, monkeypatch):
     step(lambda seqs: [ScheduledChunk(seqs[3], 8, 5)] + decode_chunks(seqs[:3]))
     outputs = [step(decode_chunks) for _ in range(3)]
     assert len({token for tokens in outputs for token in tokens}) > 1, "degenerate model"
+
+
+def test_split_decode_rows_match_the_references(monkeypatch):
+    """A decode row beside a prompt chunk, split into parts by the host's plan
+    (parts of 4 positions here, so that the tiny model's short contexts
+    split), through an eager runner and through the prefill graphs' static
+    buffers (replayed without capture on the CPU), against the references."""
+    monkeypatch.setattr(decode_row_split, "_MIN_PARTITION_TOKENS", 4)
+    monkeypatch.setattr(decode_row_split, "_PART_GRANULE", 4)
+    model = tiny_model(DEVICE)
+    runners = {
+        name: ModelRunner(model, new_pool(TINY, DEVICE), BLOCK_SIZE)
+        for name in ("torch", "triton", "triton graphs")
+    }
+    graphs = runners["triton graphs"]
+    graphs.prefill_graphs = PrefillGraphs(model, graphs.kv_pool, BLOCK_SIZE, [16, 32], 8, 32)
+    sequences = {name: new_sequences([13, 9], TINY.vocab_size) for name in runners}
+    steps = [
+        lambda seqs: [ScheduledChunk(seqs[0], 0, 13), ScheduledChunk(seqs[1], 0, 5)],
+        # The first one's decode (14 positions) beside the other's last 4 prompt tokens.
+        lambda seqs: decode_chunks(seqs[:1]) + [ScheduledChunk(seqs[1], 5, 4)],
+    ]
+    for make_chunks in steps:
+        logits = {}
+        for name, runner in runners.items():
+            monkeypatch.setenv("PAGEDSERVE_KERNELS", name.split()[0])
+            inputs = runner.prepare(make_chunks(sequences[name]))
+            logits[name] = runner.run(inputs)
+            for seq, token in zip(
+                [chunk.seq for chunk in make_chunks(sequences[name]) if chunk.needs_logits],
+                logits[name].argmax(-1).tolist(),
+                strict=True,
+            ):
+                seq.token_ids.append(token)
+            if name != "torch" and make_chunks is steps[-1]:
+                assert inputs.batch.decode_split[0].item() == 4, "the decode row was not split"
+        for name in ("triton", "triton graphs"):
+            torch.testing.assert_close(logits[name], logits["torch"], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(runners[name].kv_pool, runners["torch"].kv_pool)

@@ -6,6 +6,12 @@ import pytest
 import torch
 from paged_kv_helpers import DEVICE, assert_close, dense_attention, make_paged_kv, random_tensor
 
+from pagedserve.kernels import decode_row_split
+from pagedserve.kernels.decode_row_split import (
+    NO_SPLIT_TOKENS,
+    plan_decode_row_split,
+    split_capacity,
+)
 from pagedserve.kernels.paged_attention import paged_attention_triton
 from pagedserve.kernels.paged_attention_reference import paged_attention_reference
 from pagedserve.kernels.paged_decode_attention import decode_configs
@@ -225,6 +231,106 @@ def test_triton_decode_rows_under_each_decode_launch(
         out = torch.full_like(args[0], float("nan"))
         paged_attention_triton(*args, out=out, decode_config=decode_config)
         assert_close(out, expected)
+
+
+def plan_parts(seqs, part_tokens: int, capacity: int) -> torch.Tensor:
+    """A decode_split plan (decode_row_split.py's layout) that splits every
+    decode row longer than part_tokens into parts of part_tokens positions."""
+    parts = [
+        (seq, first)
+        for seq, (seq_len, q_len) in enumerate(seqs)
+        if q_len == 1 and seq_len > part_tokens
+        for first in range(0, seq_len, part_tokens)
+    ]
+    assert len(parts) <= capacity
+    unused = capacity - len(parts)
+    plan = [part_tokens] + [seq for seq, _ in parts] + [-1] * unused
+    plan += [first for _, first in parts] + [0] * unused
+    return torch.tensor(plan, dtype=torch.int32, device=DEVICE)
+
+
+def run_without_merge(monkeypatch, *args, **kwargs) -> torch.Tensor:
+    """paged_attention_triton with the split rows' merge dropped: their rows
+    stay as `out` was (NaN)."""
+    with monkeypatch.context() as patch:
+        patch.setattr(decode_row_split._merge_launcher, "launch", lambda *a, **k: None)
+        out = torch.full_like(args[0], float("nan"))
+        return paged_attention_triton(*args, out=out, **kwargs)
+
+
+@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim,block_size,dtype", CONFIGS)
+def test_triton_decode_rows_split_by_a_plan(
+    monkeypatch, num_heads, num_kv_heads, head_dim, block_size, dtype
+):
+    """Decode rows of contexts around the edges of 32-position parts, beside a
+    chunk and a fresh prompt, their new keys only in key/value: under each
+    decode launch option, rows longer than a part split as the plan lists them
+    and merged give the reference's output; without the merge, exactly those
+    rows are unwritten."""
+    contexts = (0, 1, 30, 31, 32, 33, 63, 64, 65, 140)  # seq_len = context + 1
+    seqs = [(n + 1, 1) for n in contexts]
+    seqs[4:4] = [(block_size + 3, 3), (40, 40)]  # a chunk and a fresh prompt in between
+    args, _, _, _ = make_inputs(seqs, num_heads, num_kv_heads, head_dim, block_size, dtype)
+    expected = paged_attention_reference(*args)
+    poison_new_tokens_in_cache(args, seqs, block_size)
+    plan = plan_parts(seqs, 32, capacity=20)  # 17 parts, 3 entries unused
+    for decode_config in decode_configs(head_dim, dtype):
+        out = torch.full_like(args[0], float("nan"))
+        paged_attention_triton(*args, out=out, decode_config=decode_config, decode_split=plan)
+        assert_close(out, expected)
+
+    unmerged = run_without_merge(monkeypatch, *args, decode_split=plan)
+    rows = args[6][:-1].tolist()
+    split = [row for row, (n, q) in zip(rows, seqs, strict=True) if q == 1 and n > 32]
+    assert len(split) == 6
+    assert torch.isnan(unmerged[split]).all()
+    whole = [row for row in range(len(out)) if row not in split]
+    assert_close(unmerged[whole], expected[whole])
+
+
+def test_triton_splits_long_decode_rows_as_the_host_plans(monkeypatch):
+    """The host's rule (here for 8 programs wanted, the interpreter's 4
+    multiprocessors) splits two long decode rows beside chunks; merged, the
+    reference's output."""
+    monkeypatch.setattr(decode_row_split, "target_programs", lambda device: 8)
+    seqs = [(700, 1), (64, 64), (300, 1), (200, 100), (40, 5)]
+    args, _, _, _ = make_inputs(seqs, 8, 2, 32, 16, torch.float32)
+    plan = plan_decode_row_split(
+        [q for _, q in seqs], [n for n, _ in seqs], num_kv_heads=2, device=args[0].device
+    )
+    assert plan[0] < 700  # the 700-token row is split
+    out = torch.full_like(args[0], float("nan"))
+    decode_split = torch.tensor(plan, dtype=torch.int32, device=DEVICE)
+    paged_attention_triton(*args, out=out, decode_split=decode_split)
+    assert_close(out, paged_attention_reference(*args))
+
+
+def test_plan_decode_row_split_follows_the_decode_rule(monkeypatch):
+    """For 8 programs wanted (the interpreter's 4 multiprocessors)."""
+    monkeypatch.setattr(decode_row_split, "target_programs", lambda device: 8)
+    device = torch.device(DEVICE)
+    capacity = split_capacity(1, device)
+    no_split = [NO_SPLIT_TOKENS] + [-1] * capacity + [0] * capacity
+    # No decode rows; decode rows enough to fill the GPU; rows too short to split.
+    assert plan_decode_row_split([5, 7], [900, 7], 1, device) == no_split
+    assert plan_decode_row_split([1] * 8, [5000] * 8, 1, device) == no_split
+    assert plan_decode_row_split([1, 300], [256, 300], 1, device) == no_split
+    lens = [1000, 20, 2000, 900]
+    plan = plan_decode_row_split([1, 20, 1, 30], lens, 1, device)
+    tokens, seqs, firsts = plan[0], plan[1 : 1 + capacity], plan[1 + capacity :]
+    parts = [(seq, first) for seq, first in zip(seqs, firsts, strict=True) if seq >= 0]
+    # Two decode rows of 8 programs wanted: up to 4 parts each, the longest's
+    # (2,000 positions) whole 128-position tiles: 512.
+    assert tokens == 512
+    # Every split row's positions once, in order, its parts consecutive; the rest whole.
+    assert parts == [(0, 0), (0, 512), (2, 0), (2, 512), (2, 1024), (2, 1536)]
+
+
+def test_triton_rejects_a_decode_split_of_the_wrong_layout():
+    args, _, _, _ = make_inputs([(40, 1), (8, 8)], 4, 2, 16, 16, torch.float32)
+    for bad in (torch.zeros(4, dtype=torch.int32), torch.zeros(5, dtype=torch.int64)):
+        with pytest.raises(ValueError, match="decode_split"):
+            paged_attention_triton(*args, decode_split=bad.to(DEVICE))
 
 
 def test_triton_decode_rows_of_a_wide_group():
