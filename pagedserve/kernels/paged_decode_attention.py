@@ -149,14 +149,10 @@ def attend_decode_row(
             mask=row_mask[:, None],
         )
     else:
-        stat_offsets = head * split_capacity + split_slot  # [GROUP_BLOCK]
-        tl.store(partial_max_ptr + stat_offsets, row_max, mask=row_mask)
-        tl.store(partial_sum_ptr + stat_offsets, row_sum, mask=row_mask)
-        tl.store(
-            partial_out_ptr + stat_offsets[:, None] * HEAD_DIM + dims[None, :],
-            acc,
-            mask=row_mask[:, None],
-        )
+        store_partial_result(
+            acc, row_max, row_sum, head * split_capacity + split_slot, row_mask,
+            partial_out_ptr, partial_max_ptr, partial_sum_ptr, HEAD_DIM,
+        )  # fmt: skip
 
 
 # Per-step integers are not specialized (docs/kernels-notes.md v6).
@@ -254,13 +250,33 @@ def store_partition_result(
         stat_offsets = (
             seq.to(tl.int64) * (GROUP_SIZE * num_kv_heads) + head
         ) * num_partitions + partition
-        tl.store(partial_max_ptr + stat_offsets, row_max, mask=row_mask)
-        tl.store(partial_sum_ptr + stat_offsets, row_sum, mask=row_mask)
-        tl.store(
-            partial_out_ptr + stat_offsets[:, None] * HEAD_DIM + dims[None, :],
-            acc,
-            mask=row_mask[:, None],
-        )
+        store_partial_result(
+            acc, row_max, row_sum, stat_offsets, row_mask, partial_out_ptr, partial_max_ptr,
+            partial_sum_ptr, HEAD_DIM,
+        )  # fmt: skip
+
+
+@triton.jit
+def store_partial_result(
+    acc,  # [GROUP_BLOCK, HEAD_DIM] fp32, unnormalised
+    row_max,  # [GROUP_BLOCK] fp32
+    row_sum,  # [GROUP_BLOCK] fp32
+    stat_offsets,  # [GROUP_BLOCK]: each row's entry in the partial buffers
+    row_mask,
+    partial_out_ptr,
+    partial_max_ptr,
+    partial_sum_ptr,
+    HEAD_DIM: tl.constexpr,
+):
+    """A partition's unnormalised output and softmax statistics, for a merge."""
+    tl.store(partial_max_ptr + stat_offsets, row_max, mask=row_mask)
+    tl.store(partial_sum_ptr + stat_offsets, row_sum, mask=row_mask)
+    dims = tl.arange(0, HEAD_DIM)
+    tl.store(
+        partial_out_ptr + stat_offsets[:, None] * HEAD_DIM + dims[None, :],
+        acc,
+        mask=row_mask[:, None],
+    )
 
 
 @triton.jit(do_not_specialize=["num_partitions"])
