@@ -14,7 +14,7 @@ import torch
 
 from pagedserve.kernels._backend import use_triton
 from pagedserve.kernels.copy_blocks import copy_blocks_reference, copy_blocks_triton
-from pagedserve.kernels.decode_row_split import (
+from pagedserve.kernels.decode_rows import (
     NO_SPLIT_TOKENS,
     no_split_plan,
     plan_decode_row_split,

@@ -66,7 +66,7 @@ def dot_precision(dtype: torch.dtype) -> str:
     for float32 caches, so that a float32 model gives the same tokens on the
     GPU as on the CPU ("tf32" would round operands to 10 mantissa bits);
     16-bit operands are exact either way. A launch configuration may name
-    another: float32 prefill takes "tf32x3" (paged_attention._FLOAT32_CONFIG)."""
+    another: float32 prefill takes "tf32x3" (prefill_options._FLOAT32_CONFIG)."""
     return "ieee" if dtype == torch.float32 else "tf32"
 
 

@@ -33,9 +33,15 @@ from pagedserve.kernels.attention_tiles import (
     load_new_kv_tile,
     online_softmax_step,
 )
-from pagedserve.kernels.decode_row_split import check_plan, merge_decode_row_parts, part_buffers
+from pagedserve.kernels.decode_rows import (
+    attend_decode_rows,
+    check_plan,
+    merge_decode_row_parts,
+    part_buffers,
+)
 from pagedserve.kernels.direct_launch import DirectLauncher
-from pagedserve.kernels.paged_decode_attention import attend_decode_row, decode_launch_options
+from pagedserve.kernels.paged_decode_attention import decode_launch_options
+from pagedserve.kernels.prefill_options import prefill_config
 
 
 @triton.jit
@@ -79,7 +85,7 @@ def _paged_attention_kernel(
     query_start_loc_ptr,
     seq_lens_ptr,
     out_ptr,
-    decode_split_ptr,  # SPLIT_DECODE_ROWS: the plan (decode_row_split.py)
+    decode_split_ptr,  # SPLIT_DECODE_ROWS: the plan (decode_rows.py)
     partial_out_ptr,  # SPLIT_DECODE_ROWS: the split rows' parts' results
     partial_max_ptr,
     partial_sum_ptr,
@@ -115,47 +121,15 @@ def _paged_attention_kernel(
 ):
     kv_head = tl.program_id(1)
     if DECODE_ROWS_ONLY:
-        # Program (sequence, kv_head): the sequence's one new token, if it has
-        # just one (a decode row of a mixed step) and the plan leaves it whole;
-        # other programs end. With a plan, split_capacity more programs per kv
-        # head take its entries: program (num_seqs + slot, kv_head) a split
-        # row's part, for the merge launch after.
-        program = tl.program_id(0)
-        if program < num_seqs:
-            seq = program
-            q_start = tl.load(query_start_loc_ptr + seq)
-            seq_len = tl.load(seq_lens_ptr + seq)
-            is_whole_row = tl.load(query_start_loc_ptr + seq + 1) - q_start == 1
-            if SPLIT_DECODE_ROWS:
-                is_whole_row = is_whole_row & (seq_len <= tl.load(decode_split_ptr))
-            if is_whole_row:
-                attend_decode_row(
-                    query_ptr, key_ptr, value_ptr, key_cache_ptr, value_cache_ptr,
-                    block_tables_ptr, out_ptr, partial_out_ptr, partial_max_ptr,
-                    partial_sum_ptr, scale_log2, seq, q_start, seq_len, kv_head, 0, seq_len, 0,
-                    split_capacity, query_stride_token, query_stride_head, kv_stride_token,
-                    kv_stride_head, out_stride_token, out_stride_head, cache_stride_block,
-                    cache_stride_slot, cache_stride_head, block_table_stride_seq, BLOCK_SIZE,
-                    GROUP_SIZE, DECODE_BLOCK_M, HEAD_DIM, BLOCK_N, True, DOT_IN_FP32,
-                    DOT_PRECISION,
-                )  # fmt: skip
-        elif SPLIT_DECODE_ROWS:
-            slot = program - num_seqs
-            seq = tl.load(decode_split_ptr + 1 + slot)
-            if seq >= 0:
-                first = tl.load(decode_split_ptr + 1 + split_capacity + slot)
-                seq_len = tl.load(seq_lens_ptr + seq)
-                limit = tl.minimum(seq_len, first + tl.load(decode_split_ptr))
-                attend_decode_row(
-                    query_ptr, key_ptr, value_ptr, key_cache_ptr, value_cache_ptr,
-                    block_tables_ptr, out_ptr, partial_out_ptr, partial_max_ptr,
-                    partial_sum_ptr, scale_log2, seq, tl.load(query_start_loc_ptr + seq),
-                    seq_len, kv_head, first, limit, slot, split_capacity, query_stride_token,
-                    query_stride_head, kv_stride_token, kv_stride_head, out_stride_token,
-                    out_stride_head, cache_stride_block, cache_stride_slot, cache_stride_head,
-                    block_table_stride_seq, BLOCK_SIZE, GROUP_SIZE, DECODE_BLOCK_M, HEAD_DIM,
-                    BLOCK_N, False, DOT_IN_FP32, DOT_PRECISION,
-                )  # fmt: skip
+        attend_decode_rows(
+            query_ptr, key_ptr, value_ptr, key_cache_ptr, value_cache_ptr, block_tables_ptr,
+            query_start_loc_ptr, seq_lens_ptr, out_ptr, decode_split_ptr, partial_out_ptr,
+            partial_max_ptr, partial_sum_ptr, split_capacity, scale_log2, num_seqs, kv_head,
+            query_stride_token, query_stride_head, kv_stride_token, kv_stride_head,
+            out_stride_token, out_stride_head, cache_stride_block, cache_stride_slot,
+            cache_stride_head, block_table_stride_seq, BLOCK_SIZE, GROUP_SIZE, DECODE_BLOCK_M,
+            HEAD_DIM, BLOCK_N, SPLIT_DECODE_ROWS, DOT_IN_FP32, DOT_PRECISION,
+        )  # fmt: skip
     else:  # (an else, not a return: Triton compiles code after a constexpr branch's return)
         # Program (slot, kv_head) handles one or two query tiles of one sequence.
         # Under the causal mask the last tile of a sequence does the most work:
@@ -314,65 +288,8 @@ def _attend_query_tile(
     )
 
 
-# Longest sequence (the block table's capacity) from which the larger tiles
-# pay (H100, bf16, head size 128; docs/kernels-notes.md v4).
-_LONG_SEQUENCE_TOKENS = 4096
 # Sequences compared per load when a program looks up its sequence.
 _SEQS_BLOCK = 64
-
-
-# Launch options by head size and sequence length; _prefill_config picks one.
-_WIDE_HEAD_CONFIG = {
-    "BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2,
-    "PAIRED_TILES": True, "NEW_KV_DESCRIPTORS": True,
-}  # fmt: skip
-_LONG_SEQUENCE_CONFIG = {
-    "BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3,
-    "PAIRED_TILES": False, "NEW_KV_DESCRIPTORS": True,
-}  # fmt: skip
-_SHORT_SEQUENCE_CONFIG = {
-    "BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3,
-    "PAIRED_TILES": True, "NEW_KV_DESCRIPTORS": True,
-}  # fmt: skip
-# Float32 (head size <= 128) takes its dot in "tf32x3": three TF32 products per
-# product (each operand split into a high and a low part), on the tensor cores,
-# with float32's error. Measured on an H100 at the default model's shape
-# (docs/kernels-notes.md, v12), prefill of 1,024 tokens: 35x faster than
-# "ieee" (float32 FMAs, _backend.dot_precision's default), relative error
-# against the reference in float64 3.1e-7, against 3.2e-7 ("ieee") and 3.3e-7
-# (SDPA in float32). Its operand splits need more shared memory: 64 x 64 tiles
-# in 2 stages at every length (128 x 128 tiles need 256 KB at head size 128
-# even in 2 stages; an H100 has 227 KB a block).
-_FLOAT32_CONFIG = {**_SHORT_SEQUENCE_CONFIG, "num_stages": 2, "DOT_PRECISION": "tf32x3"}
-
-
-def _prefill_config(head_dim: int, max_seq_len: int, dtype: torch.dtype) -> dict:
-    """Tile sizes and launch options, from shapes alone (no device sync).
-
-    Measured on an H100 (docs/kernels-notes.md v4): for sequences of 4k keys
-    and more, 128 x 128 tiles with 8 warps, one query tile per program; below,
-    64 x 64 tiles with 4 warps and paired query tiles, whose even programs
-    leave no multiprocessor idle at the end of a short launch. Float32: see
-    _FLOAT32_CONFIG.
-    """
-    if head_dim > 128:
-        return dict(_WIDE_HEAD_CONFIG)
-    if dtype == torch.float32:
-        return dict(_FLOAT32_CONFIG)
-    if max_seq_len >= _LONG_SEQUENCE_TOKENS:
-        return dict(_LONG_SEQUENCE_CONFIG)
-    return dict(_SHORT_SEQUENCE_CONFIG)
-
-
-def prefill_configs(head_dim: int, dtype: torch.dtype) -> list[dict]:
-    """Every launch configuration _prefill_config can choose at this head size
-    and cache dtype (kernels.precompile compiles each, with and without cached
-    context)."""
-    if head_dim > 128:
-        return [dict(_WIDE_HEAD_CONFIG)]
-    if dtype == torch.float32:
-        return [dict(_FLOAT32_CONFIG)]
-    return [dict(_SHORT_SEQUENCE_CONFIG), dict(_LONG_SEQUENCE_CONFIG)]
 
 
 def _descriptors_usable(kernel, key: torch.Tensor, value: torch.Tensor) -> bool:
@@ -421,7 +338,7 @@ def paged_attention_triton(
     seq_lens: torch.Tensor,  # [num_seqs] int32
     scale: float,
     out: torch.Tensor | None = None,  # [num_tokens, num_heads, head_dim], written in full
-    config: dict | None = None,  # overrides _prefill_config's options (benchmarks, tests)
+    config: dict | None = None,  # overrides prefill_config's options (benchmarks, tests)
     cached_context: bool = True,  # False only if every seq_len equals its new-token count
     decode_config: dict | None = None,  # the decode rows' launch options (precompile, tests)
     decode_split: torch.Tensor | None = None,  # int32 plan of long decode rows' parts
@@ -464,7 +381,7 @@ def paged_attention_triton(
     group_size = num_heads // num_kv_heads
     max_seq_len = block_tables.shape[1] * block_size  # bounds every seq_len
     config = {
-        **_prefill_config(head_dim, max_seq_len, key_cache.dtype),
+        **prefill_config(head_dim, max_seq_len, key_cache.dtype),
         "CACHED_CONTEXT": cached_context,
         **(config or {}),
     }

@@ -6,7 +6,7 @@ launch rules pick from shapes), a new specialization of an integer argument
 (equal to 1, divisible by 16) or a new pointer alignment. The kernels mark the
 integers that change from step to step as not specialized, and the launch rules
 choose among a few configurations per model shape, listed by
-paged_attention.prefill_configs and paged_decode_attention.decode_configs.
+prefill_options.prefill_configs and paged_decode_attention.decode_configs.
 precompile launches each of those once on small scratch tensors of its own, so
 that the executor's first requests find every variant compiled.
 
@@ -25,13 +25,13 @@ import torch
 
 from pagedserve.kernels._backend import HAS_TRITON, triton, use_triton
 from pagedserve.kernels.copy_blocks import _copy_blocks_kernel, copy_blocks_triton
-from pagedserve.kernels.decode_row_split import _merge_decode_row_parts_kernel, split_capacity
-from pagedserve.kernels.gumbel_sample import _gumbel_sample_kernel
-from pagedserve.kernels.paged_attention import (
-    _paged_attention_kernel,
-    paged_attention_triton,
-    prefill_configs,
+from pagedserve.kernels.decode_rows import (
+    _merge_decode_row_parts_kernel,
+    no_split_plan,
+    split_capacity,
 )
+from pagedserve.kernels.gumbel_sample import _gumbel_sample_kernel
+from pagedserve.kernels.paged_attention import _paged_attention_kernel, paged_attention_triton
 from pagedserve.kernels.paged_decode_attention import (
     _decode_merge_kernel,
     _decode_partition_kernel,
@@ -39,6 +39,7 @@ from pagedserve.kernels.paged_decode_attention import (
     paged_decode_attention_triton,
     partition_count_classes,
 )
+from pagedserve.kernels.prefill_options import prefill_configs
 from pagedserve.kernels.rms_norm import _rms_norm_kernel
 from pagedserve.kernels.rotary_embedding import _rotary_embedding_kernel
 from pagedserve.kernels.silu_and_mul import _silu_and_mul_kernel
@@ -165,9 +166,9 @@ class _Scratch:
                     cached_context=cached_context,
                 )  # fmt: skip
                 launches += 1 + int(cached_context)
-        # The executor's plan: as many entries as split_capacity gives, one in use.
-        capacity = split_capacity(self.num_kv_heads, self.device)
-        plan = self._int32([1, 0] + [-1] * (capacity - 1) + [0] * capacity)
+        # A plan as long as the executor's (split_capacity entries): the same
+        # variants whichever rows it splits, so one that splits none.
+        plan = self._int32(no_split_plan(split_capacity(self.num_kv_heads, self.device)))
         for decode_config in decode_configs(self.head_dim, self.key_cache.dtype):
             for decode_split in (None, plan):
                 paged_attention_triton(

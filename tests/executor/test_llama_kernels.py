@@ -14,7 +14,7 @@ import torch
 from pagedserve.executor.model_runner import ModelRunner
 from pagedserve.executor.prefill_graphs import PrefillGraphs
 from pagedserve.executor.step_plan import ScheduledChunk
-from pagedserve.kernels import decode_row_split
+from pagedserve.kernels import decode_rows
 from tests.executor.helpers import (
     BLOCK_SIZE,
     TINY,
@@ -70,8 +70,8 @@ def test_split_decode_rows_match_the_references(monkeypatch):
     (parts of 4 positions here, so that the tiny model's short contexts
     split), through an eager runner and through the prefill graphs' static
     buffers (replayed without capture on the CPU), against the references."""
-    monkeypatch.setattr(decode_row_split, "_MIN_PARTITION_TOKENS", 4)
-    monkeypatch.setattr(decode_row_split, "_PART_GRANULE", 4)
+    monkeypatch.setattr(decode_rows, "_MIN_PARTITION_TOKENS", 4)
+    monkeypatch.setattr(decode_rows, "_PART_GRANULE", 4)
     model = tiny_model(DEVICE)
     runners = {
         name: ModelRunner(model, new_pool(TINY, DEVICE), BLOCK_SIZE)

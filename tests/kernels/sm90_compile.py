@@ -32,7 +32,7 @@ copy_blocks = importlib.import_module("pagedserve.kernels.copy_blocks")
 paged_attention = importlib.import_module("pagedserve.kernels.paged_attention")
 paged_decode_attention = importlib.import_module("pagedserve.kernels.paged_decode_attention")
 precompile = importlib.import_module("pagedserve.kernels.precompile")
-decode_row_split = importlib.import_module("pagedserve.kernels.decode_row_split")
+decode_rows = importlib.import_module("pagedserve.kernels.decode_rows")
 write_kv_cache = importlib.import_module("pagedserve.kernels.write_kv_cache")
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -90,7 +90,7 @@ def record_launches() -> list[tuple]:
         paged_attention._paged_attention_launcher,
         paged_decode_attention._decode_partition_launcher,
         paged_decode_attention._decode_merge_launcher,
-        decode_row_split._merge_launcher,
+        decode_rows._merge_launcher,
         write_kv_cache._write_kv_cache_launcher,
         copy_blocks._copy_blocks_launcher,
     ]

@@ -6,8 +6,8 @@ import pytest
 import torch
 from paged_kv_helpers import DEVICE, assert_close, dense_attention, make_paged_kv, random_tensor
 
-from pagedserve.kernels import decode_row_split
-from pagedserve.kernels.decode_row_split import (
+from pagedserve.kernels import decode_rows
+from pagedserve.kernels.decode_rows import (
     NO_SPLIT_TOKENS,
     plan_decode_row_split,
     split_capacity,
@@ -234,7 +234,7 @@ def test_triton_decode_rows_under_each_decode_launch(
 
 
 def plan_parts(seqs, part_tokens: int, capacity: int) -> torch.Tensor:
-    """A decode_split plan (decode_row_split.py's layout) that splits every
+    """A decode_split plan (decode_rows.py's layout) that splits every
     decode row longer than part_tokens into parts of part_tokens positions."""
     parts = [
         (seq, first)
@@ -253,7 +253,7 @@ def run_without_merge(monkeypatch, *args, **kwargs) -> torch.Tensor:
     """paged_attention_triton with the split rows' merge dropped: their rows
     stay as `out` was (NaN)."""
     with monkeypatch.context() as patch:
-        patch.setattr(decode_row_split._merge_launcher, "launch", lambda *a, **k: None)
+        patch.setattr(decode_rows._merge_launcher, "launch", lambda *a, **k: None)
         out = torch.full_like(args[0], float("nan"))
         return paged_attention_triton(*args, out=out, **kwargs)
 
@@ -292,7 +292,7 @@ def test_triton_splits_long_decode_rows_as_the_host_plans(monkeypatch):
     """The host's rule (here for 8 programs wanted, the interpreter's 4
     multiprocessors) splits two long decode rows beside chunks; merged, the
     reference's output."""
-    monkeypatch.setattr(decode_row_split, "target_programs", lambda device: 8)
+    monkeypatch.setattr(decode_rows, "target_programs", lambda device: 8)
     seqs = [(700, 1), (64, 64), (300, 1), (200, 100), (40, 5)]
     args, _, _, _ = make_inputs(seqs, 8, 2, 32, 16, torch.float32)
     plan = plan_decode_row_split(
@@ -307,7 +307,7 @@ def test_triton_splits_long_decode_rows_as_the_host_plans(monkeypatch):
 
 def test_plan_decode_row_split_follows_the_decode_rule(monkeypatch):
     """For 8 programs wanted (the interpreter's 4 multiprocessors)."""
-    monkeypatch.setattr(decode_row_split, "target_programs", lambda device: 8)
+    monkeypatch.setattr(decode_rows, "target_programs", lambda device: 8)
     device = torch.device(DEVICE)
     capacity = split_capacity(1, device)
     no_split = [NO_SPLIT_TOKENS] + [-1] * capacity + [0] * capacity
