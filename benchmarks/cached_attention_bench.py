@@ -207,14 +207,16 @@ def bench_case(
     name: str,
     groups: list[tuple[int, int, int]],
     table_tokens: int = 0,
-    sweep: bool = False,
+    sweep: bool | list[str] = False,
     rows: int = 0,
 ) -> list[dict]:
+    """sweep: True for every option of CONFIG_SWEEP, or the names of some."""
     case = Case(groups, table_tokens, rows)
     expected = case.sdpa(0)
     variants = {"varlen": case.varlen}
     if sweep:
-        for config_name, config in CONFIG_SWEEP.items():
+        for config_name in CONFIG_SWEEP if sweep is True else sweep:
+            config = CONFIG_SWEEP[config_name]
             variants[f"varlen {config_name}"] = lambda copy, config=config: case.varlen(
                 copy, config
             )
@@ -264,7 +266,11 @@ def main() -> None:
         help="pad the step with empty sequences to this many rows, as a CUDA graph's",
     )
     parser.add_argument("--sweep", action="store_true", help="also time other launch options")
+    parser.add_argument(
+        "--configs", default="", help="comma-separated names from the sweep to time (not all)"
+    )
     args = parser.parse_args()
+    sweep = args.sweep or [name for name in args.configs.split(",") if name]
     torch.manual_seed(0)
     print(
         f"{torch.cuda.get_device_name()}; torch {torch.__version__}, triton {triton.__version__}, "
@@ -274,7 +280,7 @@ def main() -> None:
     print(f"copy bandwidth {copy_bandwidth_gbs(device=DEVICE):.0f} GB/s", flush=True)
     rows = []
     for name in args.cases.split(","):
-        rows += bench_case(name, CASES[name], args.table_tokens, args.sweep, args.rows)
+        rows += bench_case(name, CASES[name], args.table_tokens, sweep, args.rows)
         torch.cuda.empty_cache()
     header = list(rows[0]) if rows else []
     print_markdown_table(

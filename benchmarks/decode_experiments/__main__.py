@@ -28,6 +28,7 @@ from benchmarks.decode_experiments import (
     long_context_v15,
     ordered_blocks,
     pdl_v14,
+    staggered_v21,
 )
 from benchmarks.gpu_timing import capture_graph, copy_bandwidth_gbs, rel_err
 from benchmarks.paged_inputs import (
@@ -62,6 +63,7 @@ VARIANTS = {
     **launch_rule_v11.VARIANTS,
     **pdl_v14.VARIANTS,
     **long_context_v15.VARIANTS,
+    **staggered_v21.VARIANTS,
 }
 
 
