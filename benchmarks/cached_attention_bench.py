@@ -200,6 +200,8 @@ CONFIG_SWEEP = {
     "m128 n64 w8 s3": {
         "BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "PAIRED_TILES": False,
     },
+    # v21: query tiles through a tensor descriptor
+    "query descriptor": {"QUERY_DESCRIPTOR": True},
 }  # fmt: skip
 
 

@@ -369,6 +369,8 @@ PREFILL_SWEEP = [
     ("m64 n32 w4 s4 paired", {**SHORT_TILES, "BLOCK_N": 32, "num_stages": 4, "PAIRED_TILES": True}),
     ("m128 n64 w8 s3 paired", {**LONG_TILES, "BLOCK_N": 64, "PAIRED_TILES": True}),
     ("m64 n64 w8 s3 paired", {**SHORT_TILES, "num_warps": 8, "PAIRED_TILES": True}),
+    # v21: query tiles through a tensor descriptor
+    ("query descriptor", {"QUERY_DESCRIPTOR": True}),
     # v21: three programs a multiprocessor (64 x 32 tiles, registers capped)
     ("m64 n32 w4 s3 paired", {**SHORT_TILES, "BLOCK_N": 32, "PAIRED_TILES": True}),
     ("m64 n32 w4 s3 paired r168", {**SHORT_TILES, "BLOCK_N": 32, "maxnreg": 168}),

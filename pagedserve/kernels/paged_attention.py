@@ -74,7 +74,7 @@ def _find_tile_slot(query_start_loc_ptr, num_seqs, SLOT_Q: tl.constexpr, SEQS_BL
 # "divisible by 16" and neither, and a serving executor meets all three.
 @triton.jit(do_not_specialize=["num_seqs", "block_table_stride_seq", "split_capacity"])
 def _paged_attention_kernel(
-    query_ptr,
+    query_ptr,  # QUERY_DESCRIPTOR: a descriptor of BLOCK_Q x GROUP_SIZE x HEAD_DIM tiles
     key_source,  # NEW_KV_DESCRIPTORS: a descriptor of BLOCK_N x HEAD_DIM tiles; else a pointer
     value_source,
     key_ptr,  # the new keys and values as pointers, for decode rows' one key
@@ -116,6 +116,7 @@ def _paged_attention_kernel(
     CACHED_CONTEXT: tl.constexpr,  # False: no sequence has cached context (no gather code)
     SEQS_BLOCK: tl.constexpr,  # sequences compared per load when finding a program's sequence
     NEW_KV_DESCRIPTORS: tl.constexpr,  # new K/V tiles through tensor descriptors
+    QUERY_DESCRIPTOR: tl.constexpr,  # query tiles through a tensor descriptor
     DOT_IN_FP32: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
@@ -159,7 +160,7 @@ def _paged_attention_kernel(
                     kv_stride_head, out_stride_token, out_stride_head, cache_stride_block,
                     cache_stride_slot, cache_stride_head, block_table_stride_seq, BLOCK_SIZE,
                     GROUP_SIZE, HEAD_DIM, BLOCK_M, BLOCK_Q, BLOCK_N, CACHED_CONTEXT,
-                    NEW_KV_DESCRIPTORS, DOT_IN_FP32, DOT_PRECISION,
+                    NEW_KV_DESCRIPTORS, QUERY_DESCRIPTOR, DOT_IN_FP32, DOT_PRECISION,
                 )  # fmt: skip
 
 
@@ -200,6 +201,7 @@ def _attend_query_tile(
     BLOCK_N: tl.constexpr,
     CACHED_CONTEXT: tl.constexpr,
     NEW_KV_DESCRIPTORS: tl.constexpr,
+    QUERY_DESCRIPTOR: tl.constexpr,
     DOT_IN_FP32: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
@@ -212,8 +214,14 @@ def _attend_query_tile(
     head = kv_head * GROUP_SIZE + rows % GROUP_SIZE  # [BLOCK_M] query head
     row_mask = (rows < BLOCK_Q * GROUP_SIZE) & (q_index < q_len)
     dims = tl.arange(0, HEAD_DIM)
-    q_rows = (q_start + q_index).to(tl.int64) * query_stride_token + head * query_stride_head
-    q = tl.load(query_ptr + q_rows[:, None] + dims[None, :], mask=row_mask[:, None], other=0.0)
+    if QUERY_DESCRIPTOR:
+        # Rows past the sequence hold the next one's queries (or zeros past the
+        # tensor): rows are independent, and their outputs are not stored.
+        q = query_ptr.load([q_start + q_tile * BLOCK_Q, kv_head * GROUP_SIZE, 0])
+        q = q.reshape(BLOCK_M, HEAD_DIM)
+    else:
+        q_rows = (q_start + q_index).to(tl.int64) * query_stride_token + head * query_stride_head
+        q = tl.load(query_ptr + q_rows[:, None] + dims[None, :], mask=row_mask[:, None], other=0.0)
     if DOT_IN_FP32:
         q = q.to(tl.float32)
     else:
@@ -327,6 +335,23 @@ def _tile_descriptor(kv: torch.Tensor, block_n: int):
     return TensorDescriptor(rows, list(rows.shape), list(rows.stride()), [block_n, kv.shape[2]])
 
 
+def _query_tile_descriptor(query: torch.Tensor, block_q: int, group_size: int, block_m: int):
+    """A host-side descriptor of [block_q, group_size, head_dim] query tiles
+    (a tile's tokens x one kv head's query heads), or None where a tile's
+    rows are not those (a group size that is not a power of two) or the rows
+    and heads are not 16-byte aligned. The caller has checked the card
+    (_descriptors_usable, for the new keys and values)."""
+    if group_size & (group_size - 1) or block_q * group_size != block_m:
+        return None
+    row_strides = (query.stride(0), query.stride(1))
+    if any(stride * query.element_size() % 16 for stride in row_strides) or query.data_ptr() % 16:
+        return None
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    tile = [block_q, group_size, query.shape[2]]
+    return TensorDescriptor(query, list(query.shape), list(query.stride()), tile)
+
+
 def paged_attention_triton(
     query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
     key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim], the new tokens' keys
@@ -394,6 +419,12 @@ def paged_attention_triton(
         value_source = _tile_descriptor(value, config["BLOCK_N"])
     else:
         config["NEW_KV_DESCRIPTORS"] = False
+    query_source = None
+    if config.setdefault("QUERY_DESCRIPTOR", False) and config["NEW_KV_DESCRIPTORS"]:
+        query_source = _query_tile_descriptor(query, block_q, group_size, config["BLOCK_M"])
+    config["QUERY_DESCRIPTOR"] = query_source is not None
+    if query_source is None:
+        query_source = query
     config.setdefault("DOT_PRECISION", dot_precision(key_cache.dtype))
     tokens_per_slot = block_q * (2 if config["PAIRED_TILES"] else 1)
     decode_block_m = max(16, triton.next_power_of_2(group_size))
@@ -436,7 +467,7 @@ def paged_attention_triton(
             # The prompt tiles' options: unused by these programs, fixed so
             # that they add no variants.
             BLOCK_M=decode_block_m, BLOCK_Q=decode_block_m // group_size, PAIRED_TILES=False,
-            CACHED_CONTEXT=True, NEW_KV_DESCRIPTORS=False,
+            CACHED_CONTEXT=True, NEW_KV_DESCRIPTORS=False, QUERY_DESCRIPTOR=False,
             DECODE_ROWS_ONLY=True, SPLIT_DECODE_ROWS=capacity > 0, SKIP_DECODE_ROWS=False,
         )  # fmt: skip
         if capacity:
@@ -444,7 +475,8 @@ def paged_attention_triton(
                 decode_split, query_start_loc, seq_lens, out, split_args[1:4], num_kv_heads
             )
     _paged_attention_launcher.launch(
-        (num_tokens // tokens_per_slot + num_seqs, num_kv_heads), *args, **shared, **config,
+        (num_tokens // tokens_per_slot + num_seqs, num_kv_heads), query_source, *args[1:],
+        **shared, **config,
         BLOCK_Q=block_q, DECODE_ROWS_ONLY=False, SPLIT_DECODE_ROWS=False,
         SKIP_DECODE_ROWS=cached_context,
     )  # fmt: skip

@@ -10,15 +10,18 @@ _LONG_SEQUENCE_TOKENS = 4096
 # Launch options by head size and sequence length; prefill_config picks one.
 _WIDE_HEAD_CONFIG = {
     "BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2,
-    "PAIRED_TILES": True, "NEW_KV_DESCRIPTORS": True,
+    "PAIRED_TILES": True, "NEW_KV_DESCRIPTORS": True, "QUERY_DESCRIPTOR": False,
 }  # fmt: skip
 _LONG_SEQUENCE_CONFIG = {
     "BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3,
-    "PAIRED_TILES": False, "NEW_KV_DESCRIPTORS": True,
+    "PAIRED_TILES": False, "NEW_KV_DESCRIPTORS": True, "QUERY_DESCRIPTOR": False,
 }  # fmt: skip
+# Query tiles through a descriptor (bulk copies straight to shared memory, no
+# per-row pointers): b16 x 1k -3.3% to -4.5% on an H100, b1 x 2k -2%; with
+# 128 x 128 tiles within +-1% (docs/kernels-notes.md v21), so those keep pointers.
 _SHORT_SEQUENCE_CONFIG = {
     "BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3,
-    "PAIRED_TILES": True, "NEW_KV_DESCRIPTORS": True,
+    "PAIRED_TILES": True, "NEW_KV_DESCRIPTORS": True, "QUERY_DESCRIPTOR": True,
 }  # fmt: skip
 # Float32 (head size <= 128) takes its dot in "tf32x3": three TF32 products per
 # product (each operand split into a high and a low part), on the tensor cores,
@@ -29,7 +32,10 @@ _SHORT_SEQUENCE_CONFIG = {
 # (SDPA in float32). Its operand splits need more shared memory: 64 x 64 tiles
 # in 2 stages at every length (128 x 128 tiles need 256 KB at head size 128
 # even in 2 stages; an H100 has 227 KB a block).
-_FLOAT32_CONFIG = {**_SHORT_SEQUENCE_CONFIG, "num_stages": 2, "DOT_PRECISION": "tf32x3"}
+# Query descriptors not timed in float32: off.
+_FLOAT32_CONFIG = {
+    **_SHORT_SEQUENCE_CONFIG, "num_stages": 2, "DOT_PRECISION": "tf32x3", "QUERY_DESCRIPTOR": False,
+}  # fmt: skip
 
 
 def prefill_config(head_dim: int, max_seq_len: int, dtype: torch.dtype) -> dict:

@@ -126,10 +126,21 @@ def test_reference_fresh_prompt_like_masked_queries(length):
     assert_close(fresh, dense_attention(query, [key], [value], [length], 0.125))
 
 
-# New K/V through tensor descriptors or pointers; one or two query tiles per program.
+# New K/V (and query tiles) through tensor descriptors or pointers; one or two
+# query tiles per program.
 LOADS_AND_TILES = [
-    pytest.param({"NEW_KV_DESCRIPTORS": True, "PAIRED_TILES": True}, id="descriptors-paired"),
-    pytest.param({"NEW_KV_DESCRIPTORS": True, "PAIRED_TILES": False}, id="descriptors-single"),
+    pytest.param(
+        {"NEW_KV_DESCRIPTORS": True, "QUERY_DESCRIPTOR": True, "PAIRED_TILES": True},
+        id="query-descriptors-paired",
+    ),
+    pytest.param(
+        {"NEW_KV_DESCRIPTORS": True, "QUERY_DESCRIPTOR": False, "PAIRED_TILES": True},
+        id="descriptors-paired",
+    ),
+    pytest.param(
+        {"NEW_KV_DESCRIPTORS": True, "QUERY_DESCRIPTOR": False, "PAIRED_TILES": False},
+        id="descriptors-single",
+    ),
     pytest.param({"NEW_KV_DESCRIPTORS": False, "PAIRED_TILES": True}, id="pointers-paired"),
 ]
 
@@ -342,29 +353,61 @@ def test_triton_decode_rows_of_a_wide_group():
     assert_close(out, paged_attention_reference(*args))
 
 
+ISOLATION_LOADS = {
+    "query-descriptors": {"NEW_KV_DESCRIPTORS": True, "QUERY_DESCRIPTOR": True},
+    "descriptors": {"NEW_KV_DESCRIPTORS": True, "QUERY_DESCRIPTOR": False},
+    "pointers": {"NEW_KV_DESCRIPTORS": False},
+}
+
+
 # The interpreter's numpy warns where a query tile's padding rows (past its
 # sequence, never stored) see the neighbour's NaN keys.
 @pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
-@pytest.mark.parametrize("descriptors", [True, False], ids=["descriptors", "pointers"])
+@pytest.mark.parametrize("loads", ISOLATION_LOADS.values(), ids=ISOLATION_LOADS.keys())
 @pytest.mark.parametrize("cached_context", [False, True], ids=["fresh", "cached"])
-def test_triton_isolates_sequences_from_a_neighbours_non_finite_values(descriptors, cached_context):
-    """A request whose keys and values went non-finite (an overflow) shares a
-    step with others: their outputs must not change. A descriptor tile reads
-    rows past its sequence, the next one's new tokens, which the causal mask
-    weights by 0, and 0 x NaN is NaN."""
+def test_triton_isolates_sequences_from_a_neighbours_non_finite_values(loads, cached_context):
+    """A request whose queries, keys and values went non-finite (an overflow)
+    shares a step with others: their outputs must not change. A descriptor
+    tile reads rows past its sequence, the next one's new tokens: the causal
+    mask weights their keys by 0, and 0 x NaN is NaN; their queries make
+    rows of their own, which must not be stored."""
     seqs = [(20, 20), (30, 30), (45, 1)] if cached_context else [(20, 20), (30, 30)]
     args, _, _, _ = make_inputs(seqs, 4, 2, 32, 16, torch.float32)
     expected = paged_attention_reference(*args)
-    key, value = args[1].clone(), args[2].clone()
-    key[20:50], value[20:50] = float("nan"), float("inf")  # the second sequence's
+    query, key, value = args[0].clone(), args[1].clone(), args[2].clone()
+    query[20:50], key[20:50], value[20:50] = float("nan"), float("nan"), float("inf")
     out = torch.full_like(args[0], float("nan"))
-    config = {"BLOCK_M": 32, "BLOCK_N": 16, "NEW_KV_DESCRIPTORS": descriptors}
+    config = {"BLOCK_M": 32, "BLOCK_N": 16, **loads}
     paged_attention_triton(
-        args[0], key, value, *args[3:], out=out, config=config, cached_context=cached_context
+        query, key, value, *args[3:], out=out, config=config, cached_context=cached_context
     )
     assert_close(out[:20], expected[:20])
     assert_close(out[50:], expected[50:])
+
+
+@pytest.mark.parametrize(
+    "num_heads,takes_descriptor", [(8, True), (6, False)], ids=["gqa4", "gqa3"]
+)
+def test_triton_query_tiles_through_a_descriptor_where_their_rows_fit(
+    monkeypatch, num_heads, takes_descriptor
+):
+    """A query tile is BLOCK_Q tokens x the group's heads: one descriptor box
+    when the group size is a power of two; otherwise the kernel loads the rows
+    by pointer. Either way the output matches the reference."""
+    module = importlib.import_module("pagedserve.kernels.paged_attention")
+    made = []
+    original = module._query_tile_descriptor
+    monkeypatch.setattr(
+        module, "_query_tile_descriptor", lambda *a: made.append(original(*a)) or made[-1]
+    )
+    seqs = batch_of("mixed", 16)
+    args, _, _, _ = make_inputs(seqs, num_heads, 2, 32, 16, torch.float32)
+    out = torch.full_like(args[0], float("nan"))
+    config = {"BLOCK_M": 32, "BLOCK_N": 16, "QUERY_DESCRIPTOR": True}
+    paged_attention_triton(*args, out=out, config=config)
+    assert_close(out, paged_attention_reference(*args))
+    assert len(made) == 1 and (made[0] is not None) == takes_descriptor
 
 
 def test_triton_rejects_key_value_of_wrong_shape_or_dtype():
