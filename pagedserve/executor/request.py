@@ -63,6 +63,7 @@ class Sequence:
         "num_tokens_at_blockmgr",
         "num_computed_reported",
         "block_ids",
+        "swapped_block_ids",
         "status",
         "finish_reason",
         "cumulative_logprob",
@@ -84,6 +85,10 @@ class Sequence:
         # The computed count last reported to the block manager (publishes prefix blocks).
         self.num_computed_reported = 0
         self.block_ids: list[int] = []
+        # While swapped out: the device blocks it held. Forks swapped out in one
+        # run share the host copies of the blocks they shared, and a run of
+        # swap-ins shares them again (the scheduler's admission counts them once).
+        self.swapped_block_ids: list[int] = []
         self.status = SequenceStatus.WAITING
         self.finish_reason: FinishReason | None = None
         self.cumulative_logprob = 0.0
@@ -110,6 +115,7 @@ class Sequence:
     def forget_blocks(self) -> None:
         """After a free: the block manager no longer holds anything of this sequence."""
         self.block_ids = []
+        self.swapped_block_ids = []
         self.num_tokens_at_blockmgr = 0
         self.num_computed_tokens = 0
         self.num_computed_reported = 0

@@ -235,7 +235,7 @@ class Scheduler:
             child.block_ids = list(results[index].new_block_ids)
         for index, seq in call.swap_outs:
             if results[index].ok:
-                seq.block_ids = []
+                seq.swapped_block_ids, seq.block_ids = seq.block_ids, []
             else:  # no room on the host: fall back to recomputation
                 seq.status = SequenceStatus.WAITING
                 self._released.append(seq)
@@ -268,7 +268,26 @@ class Scheduler:
                     yield seq
 
     def _blocks_to_admit(self, seqs: list[Sequence]) -> int:
-        return sum(self.blocks_needed(seq.num_tokens) for seq in seqs)
+        """Device blocks an admission takes, its sequences' next tokens included.
+
+        A fresh sequence needs its whole table (prefix-cache hits not counted).
+        A request's swapped sequences went out in one run of swap-outs and come
+        back in one run of swap-ins: a block they shared is one host copy and
+        comes back as one device block. Each then grows by its own blocks, and
+        one whose last block is partly filled and shared copies it on its next
+        append."""
+        needed = 0
+        swapped_blocks: collections.Counter[int] = collections.Counter()
+        for seq in seqs:
+            if seq.status is SequenceStatus.SWAPPED:
+                swapped_blocks.update(seq.swapped_block_ids)
+            needed += self.blocks_needed(seq.num_tokens) - len(seq.swapped_block_ids)
+        block_size = self.config.block_size_tokens
+        for seq in seqs:
+            last = seq.swapped_block_ids[-1] if seq.swapped_block_ids else None
+            if last is not None and seq.num_tokens_at_blockmgr % block_size:
+                needed += 1 if swapped_blocks[last] > 1 else 0  # its copy on write
+        return needed + len(swapped_blocks)
 
     def _add_admissions(self, call: _Call, running: list[Sequence]) -> None:
         """running: the sequences running before this call, in arrival order."""
@@ -283,11 +302,9 @@ class Scheduler:
             and num_running + len(call.admissions) < self.config.max_num_seqs
         ):
             candidate = self.waiting[0]
-            seqs = [
-                s
-                for s in candidate.sequences
-                if s.status in (SequenceStatus.WAITING, SequenceStatus.SWAPPED)
-            ]
+            # Swap-ins first, in one run (they share the blocks they shared), then allocations.
+            seqs = [s for s in candidate.sequences if s.status is SequenceStatus.SWAPPED]
+            seqs += [s for s in candidate.sequences if s.status is SequenceStatus.WAITING]
             needed = self._blocks_to_admit(seqs)
             if needed + self.config.watermark_blocks > free_blocks and (
                 self.running or call.admissions
@@ -330,9 +347,11 @@ class Scheduler:
                 self._released.append(seq)
                 seq.status = SequenceStatus.WAITING
                 seq.block_ids = []
+                seq.swapped_block_ids = []
             return False
         for seq, result in zip(seqs, results, strict=True):
             seq.block_ids = list(result.new_block_ids)
+            seq.swapped_block_ids = []
             if (
                 seq.status is SequenceStatus.WAITING
             ):  # a fresh allocation; a swap-in keeps its progress
