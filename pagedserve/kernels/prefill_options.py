@@ -16,9 +16,10 @@ _LONG_SEQUENCE_CONFIG = {
     "BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3,
     "PAIRED_TILES": False, "NEW_KV_DESCRIPTORS": True, "QUERY_DESCRIPTOR": False,
 }  # fmt: skip
-# Query tiles through a descriptor (bulk copies straight to shared memory, no
-# per-row pointers): b16 x 1k -3.3% to -4.5% on an H100, b1 x 2k -2%; with
-# 128 x 128 tiles within +-1% (docs/kernels-notes.md v21), so those keep pointers.
+# Query tiles through a descriptor (one bulk copy a tile instead of a pointer
+# load per row; fewer registers and instructions): on an H100 b16 x 1k -1.7% to
+# -4.5% by process, b1 x 2k -2%; with 128 x 128 tiles within +-1%, so those keep
+# pointers (docs/kernels-notes.md v21).
 _SHORT_SEQUENCE_CONFIG = {
     "BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3,
     "PAIRED_TILES": True, "NEW_KV_DESCRIPTORS": True, "QUERY_DESCRIPTOR": True,
