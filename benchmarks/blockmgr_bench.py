@@ -191,6 +191,48 @@ def bench_decode_grpc(num_seqs: int, num_steps: int) -> dict[str, list[float]]:
         stop_blockmgr_process(process)
 
 
+def walk_stats(manager: BlockManager, pool_id: str) -> tuple[int, int, int, float]:
+    """Used, shared and logical blocks and KV utilization by their definition:
+    a walk over every block of the pool and of every table (what get_stats did
+    before it kept counts)."""
+    pool = manager.allocator(pool_id).block_pool
+    used = [block for block in pool.blocks if block.ref_count > 0]
+    filled: dict[int, int] = {}
+    for executor_id in manager.executor_ids():
+        for seq in manager.sequences(executor_id).values():
+            for index, block in enumerate(seq.block_table):
+                in_block = len(seq.token_ids) - index * BLOCK_SIZE_TOKENS
+                filled[block.block_id] = min(BLOCK_SIZE_TOKENS, in_block)
+    slots = len(used) * BLOCK_SIZE_TOKENS
+    return (
+        len(used),
+        sum(1 for block in used if block.ref_count > 1),
+        sum(block.ref_count for block in used),
+        sum(filled.values()) / slots,
+    )
+
+
+def bench_stats(num_blocks: int, num_seqs: int, tokens_per_seq: int, repeats: int):
+    """get_stats (what a metrics scrape takes the service's lock for) against
+    the walk by definition, on a large pool: (get_stats seconds, walk seconds)."""
+    manager = BlockManager()
+    pool_id = manager.register_pool(pool_info(num_blocks))
+    ex = manager.register_executor(pool_id).executor_id
+    ops = [
+        AllocateOp(s, [s * tokens_per_seq + t for t in range(tokens_per_seq)])
+        for s in range(num_seqs)
+    ]
+    assert all(result.ok for result in manager.step(ex, ops).results)
+    stats = manager.get_stats(pool_id)
+    by_definition = walk_stats(manager, pool_id)
+    assert (stats.used_blocks, stats.shared_blocks, stats.logical_blocks) == by_definition[:3]
+    assert stats.kv_utilization == by_definition[3]
+    return (
+        timed(lambda: manager.get_stats(pool_id), repeats),
+        timed(lambda: walk_stats(manager, pool_id), repeats),
+    )
+
+
 def report(label: str, samples: list[float]) -> str:
     p50 = percentile(samples, 0.50) * 1e3
     p99 = percentile(samples, 0.99) * 1e3
@@ -212,6 +254,11 @@ def main() -> None:
             f"manager.step allocate+free ({prompt_tokens}-token prompts, 256 per step): "
             f"{rate:,.0f} ops/s"
         )
+    num_blocks, num_seqs, tokens = 200_000, 256, 8_000
+    stats_s, walk_s = bench_stats(num_blocks, num_seqs, tokens, max(3, int(20 * scale)))
+    print(f"get_stats, {num_blocks:,} blocks, {num_seqs} sequences of {tokens:,} tokens:")
+    print(report("get_stats", stats_s))
+    print(report("walk (definition)", walk_s))
     num_steps = max(50, int(1000 * scale))
     for num_seqs in (256, 1024):
         print(f"decode step, {num_seqs} sequences appending one token ({num_steps} steps):")

@@ -42,6 +42,13 @@ class BlockPool:
         # or the executor's copy order (swap-ins before copies) would clobber them.
         self._pinned: set[Block] = set()
         self._deferred: list[Block] = []
+        # Counts kept as references change (and as they are undone), so that
+        # statistics never walk the pool: blocks referenced, referenced more
+        # than once, all references, referenced blocks with a cache entry.
+        self.num_used = 0
+        self.num_shared = 0
+        self.num_references = 0
+        self._num_cached_used = 0
 
     # ---- queries -------------------------------------------------------
 
@@ -70,7 +77,18 @@ class BlockPool:
 
     def num_cached_free(self) -> int:
         """Unreferenced blocks that the prefix cache can still serve."""
-        return sum(1 for block in self._cache_index.values() if block.ref_count == 0)
+        return len(self._cache_index) - self._num_cached_used
+
+    def _set_ref_count(self, block: Block, ref_count: int) -> None:
+        """Every change of a block's ref count goes through here (the counts)."""
+        old = block.ref_count
+        block.ref_count = ref_count
+        self.num_references += ref_count - old
+        used = (ref_count > 0) - (old > 0)
+        self.num_used += used
+        self.num_shared += (ref_count > 1) - (old > 1)
+        if block.cache_entry is not None:
+            self._num_cached_used += used
 
     def free_block_ids(self) -> list[int]:
         """Queued block ids in eviction order, head (next taken) first."""
@@ -109,7 +127,7 @@ class BlockPool:
         if entry is not None:
             del self._cache_index[entry.block_hash]
             block.cache_entry = None
-        block.ref_count = 1
+        self._set_ref_count(block, 1)
         self._journal.record(self._undo_take, block, (entry, previous, extent_place))
         return block
 
@@ -137,7 +155,7 @@ class BlockPool:
             else:
                 previous = block.prev_free
                 extent_place = self._free.remove(block)
-        block.ref_count += 1
+        self._set_ref_count(block, block.ref_count + 1)
         self._journal.record(self._undo_touch, block, (previous, extent_place))
 
     def _unhold(self, block: Block) -> None:
@@ -150,7 +168,7 @@ class BlockPool:
     def release(self, block: Block) -> None:
         """Drops a reference; at zero the block joins the tail of the free queue
         (keeping its cache entry, so it stays findable until reused)."""
-        block.ref_count -= 1
+        self._set_ref_count(block, block.ref_count - 1)
         if block.ref_count:
             self._journal.record(self._undo_release, block)
         elif block in self._pinned:
@@ -176,6 +194,7 @@ class BlockPool:
             return False
         block.cache_entry = CacheEntry(block_hash, parent_hash, token_ids, extra_key)
         self._cache_index[block_hash] = block
+        self._num_cached_used += block.ref_count > 0
         self._journal.record(self._undo_register, block)
         return True
 
@@ -228,7 +247,7 @@ class BlockPool:
 
     def _undo_take(self, block: Block, taken: tuple[CacheEntry | None, Block, int | None]) -> None:
         entry, previous, extent_place = taken
-        block.ref_count = 0
+        self._set_ref_count(block, 0)
         if entry is not None:
             block.cache_entry = entry
             self._cache_index[entry.block_hash] = block
@@ -236,7 +255,7 @@ class BlockPool:
 
     def _undo_touch(self, block: Block, touched: tuple[Block | None, int | None]) -> None:
         previous, extent_place = touched
-        block.ref_count -= 1
+        self._set_ref_count(block, block.ref_count - 1)
         if previous is not None:
             self._free.insert_after(previous, block, extent_place)
 
@@ -252,16 +271,17 @@ class BlockPool:
         held[:] = blocks
 
     def _undo_release(self, block: Block, _unused: None) -> None:
-        block.ref_count += 1
+        self._set_ref_count(block, block.ref_count + 1)
 
     def _undo_defer(self, block: Block, _unused: None) -> None:
         self._deferred.pop()
-        block.ref_count += 1
+        self._set_ref_count(block, block.ref_count + 1)
 
     def _undo_release_to_queue(self, block: Block, _unused: None) -> None:
         self._free.remove(block)
-        block.ref_count += 1
+        self._set_ref_count(block, block.ref_count + 1)
 
     def _undo_register(self, block: Block, _unused: None) -> None:
         del self._cache_index[block.cache_entry.block_hash]
         block.cache_entry = None
+        self._num_cached_used -= block.ref_count > 0

@@ -376,10 +376,13 @@ class BlockManagerMachine(RuleBasedStateMachine):
         )
         assert (stats.shared_blocks, stats.logical_blocks) == (counts["shared"], counts["logical"])
         references: dict[int, int] = {}
+        filled: dict[int, int] = {}  # tokens held by each referenced block
         for executor_id in self.manager.executor_ids():
             for seq in self.manager.sequences(executor_id).values():
-                for block in seq.block_table:
+                for index, block in enumerate(seq.block_table):
                     references[block.block_id] = references.get(block.block_id, 0) + 1
+                    in_block = len(seq.token_ids) - index * self.block_size
+                    filled[block.block_id] = min(self.block_size, in_block)
                 # The decode fast path trusts this flag instead of the ref count
                 # when it writes into a partly filled last block (a full one can
                 # be shared through the prefix cache, and is never written).
@@ -402,6 +405,8 @@ class BlockManagerMachine(RuleBasedStateMachine):
             entry = block.cache_entry
             assert entry.block_hash == block_hash
             assert chain_hash(entry.parent_hash, entry.token_ids, entry.extra_key) == block_hash
+        slots = len(filled) * self.block_size
+        assert stats.kv_utilization == (sum(filled.values()) / slots if slots else 0.0)
         used_hosts = len({h for s in self.model.all_seqs() if s.host is not None for h in s.host})
         assert stats.swapped_blocks == used_hosts
         looked_up = self.model.looked_up
