@@ -127,7 +127,9 @@ class BlockPool:
         if entry is not None:
             del self._cache_index[entry.block_hash]
             block.cache_entry = None
-        self._set_ref_count(block, 1)
+        block.ref_count = 1  # from 0, without a cache entry: _set_ref_count's counts, inline
+        self.num_used += 1
+        self.num_references += 1
         self._journal.record(self._undo_take, block, (entry, previous, extent_place))
         return block
 
@@ -168,10 +170,17 @@ class BlockPool:
     def release(self, block: Block) -> None:
         """Drops a reference; at zero the block joins the tail of the free queue
         (keeping its cache entry, so it stays findable until reused)."""
-        self._set_ref_count(block, block.ref_count - 1)
+        block.ref_count -= 1  # _set_ref_count's counts, inline (the hot path)
+        self.num_references -= 1
+        if block.ref_count == 1:
+            self.num_shared -= 1
         if block.ref_count:
             self._journal.record(self._undo_release, block)
-        elif block in self._pinned:
+            return
+        self.num_used -= 1
+        if block.cache_entry is not None:
+            self._num_cached_used -= 1
+        if block in self._pinned:
             self._deferred.append(block)
             self._journal.record(self._undo_defer, block)
         else:
