@@ -347,7 +347,6 @@ class Scheduler:
                 self._released.append(seq)
                 seq.status = SequenceStatus.WAITING
                 seq.block_ids = []
-                seq.swapped_block_ids = []
             return False
         for seq, result in zip(seqs, results, strict=True):
             seq.block_ids = list(result.new_block_ids)

@@ -419,12 +419,10 @@ def paged_attention_triton(
         value_source = _tile_descriptor(value, config["BLOCK_N"])
     else:
         config["NEW_KV_DESCRIPTORS"] = False
-    query_source = None
-    if config.setdefault("QUERY_DESCRIPTOR", False) and config["NEW_KV_DESCRIPTORS"]:
-        query_source = _query_tile_descriptor(query, block_q, group_size, config["BLOCK_M"])
-    config["QUERY_DESCRIPTOR"] = query_source is not None
-    if query_source is None:
-        query_source = query
+    query_tiles = None
+    if config["QUERY_DESCRIPTOR"] and config["NEW_KV_DESCRIPTORS"]:
+        query_tiles = _query_tile_descriptor(query, block_q, group_size, config["BLOCK_M"])
+    config["QUERY_DESCRIPTOR"] = query_tiles is not None
     config.setdefault("DOT_PRECISION", dot_precision(key_cache.dtype))
     tokens_per_slot = block_q * (2 if config["PAIRED_TILES"] else 1)
     decode_block_m = max(16, triton.next_power_of_2(group_size))
@@ -475,7 +473,8 @@ def paged_attention_triton(
                 decode_split, query_start_loc, seq_lens, out, split_args[1:4], num_kv_heads
             )
     _paged_attention_launcher.launch(
-        (num_tokens // tokens_per_slot + num_seqs, num_kv_heads), query_source, *args[1:],
+        (num_tokens // tokens_per_slot + num_seqs, num_kv_heads),
+        query if query_tiles is None else query_tiles, *args[1:],
         **shared, **config,
         BLOCK_Q=block_q, DECODE_ROWS_ONLY=False, SPLIT_DECODE_ROWS=False,
         SKIP_DECODE_ROWS=cached_context,

@@ -61,8 +61,5 @@ def prefill_configs(head_dim: int, dtype: torch.dtype) -> list[dict]:
     """Every launch configuration prefill_config can choose at this head size
     and cache dtype (kernels.precompile compiles each, with and without cached
     context)."""
-    if head_dim > 128:
-        return [dict(_WIDE_HEAD_CONFIG)]
-    if dtype == torch.float32:
-        return [dict(_FLOAT32_CONFIG)]
-    return [dict(_SHORT_SEQUENCE_CONFIG), dict(_LONG_SEQUENCE_CONFIG)]
+    short, long = (prefill_config(head_dim, n, dtype) for n in (0, _LONG_SEQUENCE_TOKENS))
+    return [short] if short == long else [short, long]
