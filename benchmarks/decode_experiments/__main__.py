@@ -29,6 +29,7 @@ from benchmarks.decode_experiments import (
     ordered_blocks,
     pdl_v14,
     staggered_v21,
+    touch_ahead_v22,
 )
 from benchmarks.gpu_timing import capture_graph, copy_bandwidth_gbs, rel_err
 from benchmarks.paged_inputs import (
@@ -64,6 +65,7 @@ VARIANTS = {
     **pdl_v14.VARIANTS,
     **long_context_v15.VARIANTS,
     **staggered_v21.VARIANTS,
+    **touch_ahead_v22.VARIANTS,
 }
 
 

@@ -82,6 +82,8 @@ def _decode_partition_kernel_v9(
     EARLY_BLOCK: tl.constexpr,  # v9b; the launch sets it only with SINGLE_PARTITION
     PREFETCH_AHEAD: tl.constexpr,  # v10: loop steps ahead to prefetch blocks for; 0 = off
     PDL_TRIGGER: tl.constexpr = 0,  # v14: 0 = no PDL; 1 = next launch at start; 2 = after keys
+    TOUCH_AHEAD: tl.constexpr = 0,  # v22: blocks ahead to touch each loop step; 0 = off
+    TOUCH_LOAD: tl.constexpr = True,  # v22: touch with a load (used a step later), else a prefetch
 ):  # fmt: skip
     seq, kv_head, num_kv_heads, partition = decode_program(HEADS_FASTEST)
     block_table_row_ptr = block_tables_ptr + seq.to(tl.int64) * block_table_stride_seq
@@ -127,7 +129,31 @@ def _decode_partition_kernel_v9(
     row_sum = tl.zeros([GROUP_BLOCK], dtype=tl.float32)
     acc = tl.zeros([GROUP_BLOCK, HEAD_DIM], dtype=tl.float32)
     full_end = loop_first + (tl.maximum(key_limit - loop_first, 0) // BLOCK_N) * BLOCK_N
+    touched = tl.zeros([], dtype=tl.float32)  # v22: the touches' values, kept live
+    pending = tl.zeros([], dtype=tl.float32)
+    touch_distance = TOUCH_AHEAD * BLOCK_SIZE
+    next_ahead_id = tl.load(
+        block_table_row_ptr + tl.minimum(loop_first + touch_distance, key_limit - 1) // BLOCK_SIZE
+    )
     for tile_first in range(loop_first, full_end, BLOCK_N):
+        if TOUCH_AHEAD > 0:
+            # One element of this kv head's row in the block TOUCH_AHEAD blocks
+            # on (clamped into the sequence), K and V: its page's translation
+            # is then resolved before the loop's own loads reach it. The id is
+            # loaded a step before its touch, and a touch's value is first used
+            # a step later, so no step waits for either.
+            ahead_id = next_ahead_id
+            ahead = tl.minimum(tile_first + BLOCK_N + touch_distance, key_limit - 1)
+            next_ahead_id = tl.load(block_table_row_ptr + ahead // BLOCK_SIZE)
+            ahead_row = ahead_id.to(tl.int64) * cache_stride_block + kv_head_offset
+            if TOUCH_LOAD:
+                touched += pending
+                pending = tl.load(key_cache_ptr + ahead_row).to(tl.float32) + tl.load(
+                    value_cache_ptr + ahead_row
+                ).to(tl.float32)
+            else:
+                _prefetch_l2(key_cache_ptr + ahead_row)
+                _prefetch_l2(value_cache_ptr + ahead_row)
         if PREFETCH_AHEAD > 0:
             # One position per block of the tile PREFETCH_AHEAD steps on; past
             # key_limit the id is 0, a block that exists (prefetching it is harmless).
@@ -155,6 +181,13 @@ def _decode_partition_kernel_v9(
         )  # fmt: skip
     if PDL_TRIGGER == 2:
         gdc_launch_dependents()
+    if TOUCH_AHEAD > 0:
+        # Never true for finite values; the compiler cannot know, so the
+        # touches stay in the program.
+        if touched + pending == float("inf"):
+            tl.store(
+                out_ptr + seq.to(tl.int64) * out_stride_seq, touched.to(out_ptr.dtype.element_ty)
+            )
     if EARLY_BLOCK:
         # Key 0 is always visible, so this step's max is finite even when it
         # is the first; order does not matter to the online softmax.
@@ -177,9 +210,12 @@ def _decode_partition_kernel_v9(
 
 def _decode_v9(
     query, key_cache, value_cache, block_tables, seq_lens, scale, out, prefetch, early, ahead=0,
-    pdl_trigger=0,
+    pdl_trigger=0, touch_ahead=0, touch_load=True,
 ):  # fmt: skip
-    overrides = {"PREFETCH_TABLE": prefetch, "EARLY_BLOCK": False, "PREFETCH_AHEAD": ahead}
+    overrides = {
+        "PREFETCH_TABLE": prefetch, "EARLY_BLOCK": False, "PREFETCH_AHEAD": ahead,
+        "TOUCH_AHEAD": touch_ahead, "TOUCH_LOAD": touch_load,
+    }  # fmt: skip
     if pdl_trigger:
         overrides.update(PDL_TRIGGER=pdl_trigger, launch_pdl=True)
     return launch_decode(
