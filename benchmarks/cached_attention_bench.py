@@ -76,6 +76,12 @@ CASES = {
     # one program per (row, kv head); their keys go in partitions (v19).
     "mixed 2x32k + 2k+512": [(2, 32768, 1), (1, 2048 + 512, 512)],
     "mixed 8x16k + 1k fresh": [(8, 16384, 1), (1, 1024, 1024)],
+    # Fresh prompts only, through the executor's call (cached_context=True, as
+    # a prefill graph runs every step) and, as "varlen no context", through
+    # the fresh-prompt path that kernels_bench times.
+    "fresh b16 1k": [(16, 1024, 1024)],
+    "fresh b8 256": [(8, 256, 256)],
+    "fresh b1 2k": [(1, 2048, 2048)],
 }
 
 
@@ -161,11 +167,14 @@ class Case:
             outs.append(out.transpose(1, 2).flatten(0, 1))
         return torch.cat(outs)
 
-    def varlen(self, copy: int, config: dict | None = None) -> torch.Tensor:
+    def varlen(
+        self, copy: int, config: dict | None = None, cached_context: bool = True
+    ) -> torch.Tensor:
+        options = self.varlen_options if cached_context else {"cached_context": False}
         return paged_attention_triton(
             self.queries[copy], *self.new_kv[copy], self.key_cache, self.value_cache,
             self.tables[copy], self.query_start_loc, self.seq_lens, HEAD_DIM**-0.5, out=self.out,
-            config=config, **self.varlen_options,
+            config=config, **options,
         )  # fmt: skip
 
     def split(self, copy: int) -> torch.Tensor:
@@ -202,6 +211,11 @@ CONFIG_SWEEP = {
     },
     # v21: query tiles through a tensor descriptor
     "query descriptor": {"QUERY_DESCRIPTOR": True},
+    # prefill_options' choice for short sequences, whatever the table's width
+    "short tiles": {
+        "BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3, "PAIRED_TILES": True,
+        "QUERY_DESCRIPTOR": True,
+    },
 }  # fmt: skip
 
 
@@ -224,6 +238,8 @@ def bench_case(
             )
     if 0 < case.num_decodes < len(case.seqs):
         variants["split"] = case.split
+    if all(seq_len == q_len for seq_len, q_len in case.seqs):
+        variants["varlen no context"] = lambda copy: case.varlen(copy, cached_context=False)
     for variant, fn in variants.items():
         check(f"{name} {variant} vs sdpa", rel_err(fn(0).clone(), expected), 1e-2)
     timed = {"sdpa": case.sdpa, **variants}
