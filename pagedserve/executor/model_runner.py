@@ -22,7 +22,7 @@ from pagedserve import kernels
 from pagedserve.executor.decode_graphs import DecodeGraphs
 from pagedserve.executor.llama import AttentionBatch, LlamaForCausalLM
 from pagedserve.executor.prefill_graphs import PrefillGraphs
-from pagedserve.executor.step_graphs import CaptureReport, StepGraphs
+from pagedserve.executor.step_graphs import CaptureReport, GraphVariant, StepGraphs
 from pagedserve.executor.step_plan import BlockCopies, ScheduledChunk
 from pagedserve.kernels._backend import use_triton
 
@@ -35,10 +35,11 @@ class ModelInputs:
     logits_indices: torch.Tensor  # [num_sampled] int64 (padded: sampled rows first)
     sampled_chunks: list[ScheduledChunk]
     # Set when the batch was loaded into a set of graphs' static buffers (the
-    # tensors above are views of them): those graphs, and the padded size it
-    # runs at (decode: sequences; prefill: tokens).
+    # tensors above are views of them): those graphs, the padded size it runs
+    # at (decode: sequences; prefill: tokens), and the variant of that size.
     graphs: StepGraphs | None = None
     graph_size: int | None = None
+    graph_variant: GraphVariant | None = None
 
 
 @dataclass
@@ -180,7 +181,8 @@ class ModelRunner:
         if graphs is not None:
             size = graphs.padded_size(len(host.input_ids), len(chunks), host.max_blocks_per_seq)
             if size is not None:
-                return self._load_into_graphs(graphs, size, host)
+                variant = graphs.variant_for(host.max_blocks_per_seq, host.cached_context)
+                return self._load_into_graphs(graphs, size, variant, host)
         return self._to_device(host)
 
     def _to_device(self, host: _HostBatch) -> ModelInputs:
@@ -210,7 +212,9 @@ class ModelRunner:
         )
 
     @staticmethod
-    def _load_into_graphs(graphs: StepGraphs, size: int, host: _HostBatch) -> ModelInputs:
+    def _load_into_graphs(
+        graphs: StepGraphs, size: int, variant: GraphVariant, host: _HostBatch
+    ) -> ModelInputs:
         graphs.load(
             size,
             host.input_ids,
@@ -222,9 +226,9 @@ class ModelRunner:
             host.logits_indices,
             host.decode_split,
         )
-        input_ids, positions, batch, logits_indices = graphs.inputs(size)
+        input_ids, positions, batch, logits_indices = graphs.inputs(size, variant)
         return ModelInputs(
-            input_ids, positions, batch, logits_indices, host.sampled_chunks, graphs, size
+            input_ids, positions, batch, logits_indices, host.sampled_chunks, graphs, size, variant
         )
 
     def _ids(self, block_ids: list[int], device: torch.device) -> torch.Tensor:
@@ -260,7 +264,7 @@ class ModelRunner:
         of the real rows (the static output is the next step's).
         """
         if inputs.graphs is not None:
-            logits = inputs.graphs.replay(inputs.graph_size)
+            logits = inputs.graphs.replay(inputs.graph_size, inputs.graph_variant)
             logits = logits[: len(inputs.sampled_chunks)].clone()
         else:
             logits = self.model(

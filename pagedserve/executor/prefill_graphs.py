@@ -22,9 +22,14 @@ min(T, max_num_seqs) sequence rows (a step of T tokens has at most T sequences):
   context, as in decode_graphs.py;
 - logits_indices [S] int64: the rows sampled, first; logits [S, vocab] float32.
 
-The attention kernel runs with cached_context=True (a step may mix fresh
-prompts with sequences that have context) and chooses its tiles from the
-static table's width. Padding rows never change the real rows' values, but a
+Each token count has a graph per variant (step_graphs.GraphVariant), in the
+order a step tries them: fresh prompts only (the attention kernel without
+its block-table path, the table at its narrowest); then cached_context=True
+(a step may mix fresh prompts with sequences that have context) at each
+table width where the kernel's launch options change
+(kernels.prefill_table_widths: below 4k tokens and the longest context).
+The kernels choose their tiles from the width they are given, so a step
+takes the options an eager launch of its own tables would. Padding rows never change the real rows' values, but a
 GEMM of more rows may round differently. Where nothing is captured (the CPU),
 replay runs the same forward pass eagerly on the same buffers (step_graphs.py).
 """
@@ -33,8 +38,9 @@ from __future__ import annotations
 
 import torch
 
+from pagedserve import kernels
 from pagedserve.executor.llama import LlamaForCausalLM
-from pagedserve.executor.step_graphs import StepGraphs
+from pagedserve.executor.step_graphs import GraphVariant, StepGraphs
 
 # The smallest token count captured: short prompts all round up to it.
 _MIN_GRAPH_TOKENS = 16
@@ -59,7 +65,8 @@ def graph_token_counts(max_num_batched_tokens: int) -> list[int]:
 
 class PrefillGraphs(StepGraphs):
     """Static inputs and outputs of steps with prompt tokens for a ladder of
-    token counts, and one captured graph per count once capture() ran."""
+    token counts, and one captured graph per count and variant once capture()
+    ran."""
 
     decode_only = False
 
@@ -71,11 +78,30 @@ class PrefillGraphs(StepGraphs):
         token_counts: list[int],
         max_num_seqs: int,
         max_context_tokens: int,
+        # Block-table widths of the variants, ascending, the last holding
+        # max_context_tokens; None: where the attention kernel's launch
+        # options change (kernels.prefill_table_widths).
+        table_widths: list[int] | None = None,
     ):
         if max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {max_num_seqs}")
         self.max_num_seqs = max_num_seqs
+        self._table_widths = table_widths
         super().__init__(model, kv_pool, block_size_tokens, token_counts, max_context_tokens)
+
+    def _variants(self) -> list[GraphVariant]:
+        widths = self._table_widths or kernels.prefill_table_widths(
+            self.max_blocks_per_seq,
+            self.block_size_tokens,
+            self.model.config.head_dim,
+            self.kv_pool.dtype,
+        )
+        if widths != sorted(set(widths)) or widths[-1] != self.max_blocks_per_seq:
+            raise ValueError(
+                f"table_widths {widths}: want ascending widths ending at {self.max_blocks_per_seq}"
+            )
+        fresh = GraphVariant(widths[0], cached_context=False)
+        return [fresh] + [GraphVariant(width) for width in widths]
 
     def num_seq_rows(self, size: int) -> int:
         """S: a step of size tokens has at most that many sequences."""

@@ -273,10 +273,11 @@ def capture_cuda_graphs(
     )
     for name, report, unit in (("decode", decode, "batch sizes"), ("prefill", prefill, "tokens")):
         log.info(
-            "cuda graphs: %s captured for %s %s in %.2f s; graph memory %.1f MiB",
+            "cuda graphs: %s captured for %s %s (%d graphs) in %.2f s; graph memory %.1f MiB",
             name,
             unit,
             ",".join(map(str, report.sizes)),
+            report.num_graphs,
             report.seconds,
             report.memory_bytes / 2**20,
         )

@@ -8,6 +8,12 @@ captured size, and every graph reads slices of them and writes a static
 logits buffer. Where nothing is captured (the CPU, or before capture), replay
 runs the same forward pass eagerly on the same buffers, so the padded path is
 one code path, tested on the CPU.
+
+A graph's attention also fixes what the kernels choose from shapes: the
+block table's width (read as the longest sequence) and whether any sequence
+has cached context. A set of graphs may hold variants of each size
+(GraphVariant): the same static buffers, the table viewed narrower, or the
+fresh-prompt attention; a step replays the first variant that holds it.
 """
 
 from __future__ import annotations
@@ -23,9 +29,25 @@ from pagedserve.executor.llama import AttentionBatch, LlamaForCausalLM
 from pagedserve.kernels import PADDING_SLOT
 
 
+@dataclass(frozen=True)
+class GraphVariant:
+    """How a graph's attention is called: block tables viewed this many
+    columns wide, and whether a sequence may have cached context."""
+
+    table_width: int
+    cached_context: bool = True
+
+    def holds(self, max_blocks_per_seq: int, cached_context: bool) -> bool:
+        """True if a step of tables this wide (with cached context or not) runs right here."""
+        return max_blocks_per_seq <= self.table_width and (
+            self.cached_context or not cached_context
+        )
+
+
 @dataclass
 class CaptureReport:
     sizes: list[int]  # batch sizes (decode) or token counts (prefill), ascending
+    num_graphs: int  # a graph per size and variant
     seconds: float
     # Device memory the graphs hold (their share of the pool), beyond the static buffers.
     memory_bytes: int
@@ -54,6 +76,7 @@ class StepGraphs:
         self.kv_pool = kv_pool
         self.device = device = kv_pool.device
         self.sizes = sorted(set(sizes))
+        self.block_size_tokens = block_size_tokens
         self.max_blocks_per_seq = -(-max_context_tokens // block_size_tokens)
         num_tokens, num_rows = self.sizes[-1], self.num_seq_rows(self.sizes[-1])
         self.input_ids = torch.zeros(num_tokens, dtype=torch.int64, device=device)
@@ -76,8 +99,18 @@ class StepGraphs:
             capacity = kernels.split_capacity(model.config.num_kv_heads, device)
             self._no_split = kernels.no_split_plan(capacity)
             self.decode_split = torch.tensor(self._no_split, dtype=torch.int32, device=device)
-        self._batches = {size: self._batch(size) for size in self.sizes}
-        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.variants = self._variants()
+        self._batches = {
+            (size, variant): self._batch(size, variant)
+            for size in self.sizes
+            for variant in self.variants
+        }
+        self._graphs: dict[tuple[int, GraphVariant], torch.cuda.CUDAGraph] = {}
+
+    def _variants(self) -> list[GraphVariant]:
+        """The variants of each size, in the order a step tries them (the
+        last holds every step that fits the buffers)."""
+        return [GraphVariant(self.max_blocks_per_seq)]
 
     def num_seq_rows(self, size: int) -> int:
         """Sequence rows (and logits rows) of the graph of this size."""
@@ -93,16 +126,16 @@ class StepGraphs:
         """The sequence rows of an all-padding step (what capture runs on)."""
         raise NotImplementedError
 
-    def _batch(self, size: int) -> AttentionBatch:
+    def _batch(self, size: int, variant: GraphVariant) -> AttentionBatch:
         num_rows = self.num_seq_rows(size)
         return AttentionBatch(
             slot_mapping=self.slot_mapping[:size],
-            block_tables=self.block_tables[:num_rows],
+            block_tables=self.block_tables[:num_rows, : variant.table_width],
             query_start_loc=self.query_start_loc[: num_rows + 1],
             seq_lens=self.seq_lens[:num_rows],
             decode_only=self.decode_only,
-            cached_context=True,
-            decode_split=self.decode_split,
+            cached_context=variant.cached_context,
+            decode_split=self.decode_split if variant.cached_context else None,
         )
 
     def padded_size(self, num_tokens: int, num_seqs: int, max_blocks_per_seq: int) -> int | None:
@@ -114,6 +147,10 @@ class StepGraphs:
             return None
         size = self.sizes[bisect.bisect_left(self.sizes, num_tokens)]
         return size if num_seqs <= self.num_seq_rows(size) else None
+
+    def variant_for(self, max_blocks_per_seq: int, cached_context: bool) -> GraphVariant:
+        """The first variant that holds a step that fits (padded_size)."""
+        return next(v for v in self.variants if v.holds(max_blocks_per_seq, cached_context))
 
     @torch.inference_mode()
     def load(
@@ -158,12 +195,14 @@ class StepGraphs:
             self._copy_rows(self.decode_split, self._no_split)
         self._fill_padding_rows()
 
-    def inputs(self, size: int) -> tuple[torch.Tensor, torch.Tensor, AttentionBatch, torch.Tensor]:
+    def inputs(
+        self, size: int, variant: GraphVariant
+    ) -> tuple[torch.Tensor, torch.Tensor, AttentionBatch, torch.Tensor]:
         """(input_ids, positions, batch, logits_indices) of the static buffers at size."""
         return (
             self.input_ids[:size],
             self.positions[:size],
-            self._batches[size],
+            self._batches[size, variant],
             self.logits_indices[: self.num_seq_rows(size)],
         )
 
@@ -174,14 +213,14 @@ class StepGraphs:
         host = torch.tensor(values, dtype=target.dtype)
         target[tuple(slice(0, n) for n in host.shape)].copy_(host, non_blocking=True)
 
-    def replay(self, size: int) -> torch.Tensor:
-        """Runs the forward pass on the static buffers at size: the graph where
-        one was captured, else eagerly. Returns the static logits
+    def replay(self, size: int, variant: GraphVariant) -> torch.Tensor:
+        """Runs the forward pass on the static buffers at size: the variant's
+        graph where one was captured, else eagerly. Returns the static logits
         [num_seq_rows(size), vocab], rows in logits_indices order
         (overwritten by the next replay)."""
-        graph = self._graphs.get(size)
+        graph = self._graphs.get((size, variant))
         if graph is None:
-            self._forward(size)
+            self._forward(size, variant)
         else:
             # The graph launches on the current device's stream: make it the pool's.
             with torch.cuda.device(self.device):
@@ -189,13 +228,13 @@ class StepGraphs:
         return self.logits[: self.num_seq_rows(size)]
 
     @torch.inference_mode()
-    def _forward(self, size: int) -> None:
-        input_ids, positions, batch, logits_indices = self.inputs(size)
+    def _forward(self, size: int, variant: GraphVariant) -> None:
+        input_ids, positions, batch, logits_indices = self.inputs(size, variant)
         logits = self.model(input_ids, positions, self.kv_pool, batch, logits_indices)
         self.logits[: logits.shape[0]].copy_(logits)
 
     def capture(self, memory_pool=None) -> CaptureReport:
-        """Captures one graph per size, largest first, into memory_pool
+        """Captures one graph per size and variant, largest first, into memory_pool
         (torch.cuda.graph_pool_handle(), shared with the runner's other graphs;
         None: a new one). Graphs are replayed one at a time, so their
         intermediates may share memory, and the largest one's allocations serve
@@ -215,20 +254,23 @@ class StepGraphs:
             reserved_before = torch.cuda.memory_reserved()
             stream = torch.cuda.Stream()
             for size in reversed(self.sizes):
-                stream.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(stream):
-                    self._forward(size)
-                torch.cuda.current_stream().wait_stream(stream)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=memory_pool, stream=stream):
-                    self._forward(size)
-                self._graphs[size] = graph
+                for variant in self.variants:
+                    stream.wait_stream(torch.cuda.current_stream())
+                    with torch.cuda.stream(stream):
+                        self._forward(size, variant)
+                    torch.cuda.current_stream().wait_stream(stream)
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=memory_pool, stream=stream):
+                        self._forward(size, variant)
+                    self._graphs[size, variant] = graph
             self._replay_each_once()
             torch.cuda.synchronize()
             # What stays reserved is the graphs' pool: the eager runs' memory went back.
             torch.cuda.empty_cache()
             memory_bytes = torch.cuda.memory_reserved() - reserved_before
-        return CaptureReport(list(self.sizes), time.monotonic() - started_s, memory_bytes)
+        return CaptureReport(
+            list(self.sizes), len(self._graphs), time.monotonic() - started_s, memory_bytes
+        )
 
     def _replay_each_once(self) -> None:
         """The first launch of a graph also uploads it to the device (measured

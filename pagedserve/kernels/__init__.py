@@ -26,6 +26,7 @@ from pagedserve.kernels.paged_attention_reference import paged_attention_referen
 from pagedserve.kernels.paged_decode_attention import paged_decode_attention_triton
 from pagedserve.kernels.paged_decode_attention_reference import paged_decode_attention_reference
 from pagedserve.kernels.precompile import compiled_variant_counts, precompile
+from pagedserve.kernels.prefill_options import prefill_table_widths
 from pagedserve.kernels.rms_norm import (
     add_rms_norm_reference,
     add_rms_norm_triton,
@@ -209,6 +210,7 @@ __all__ = [
     "paged_decode_attention",
     "plan_decode_row_split",
     "precompile",
+    "prefill_table_widths",
     "rms_norm",
     "rope_cos_sin_cache",
     "rotary_embedding",

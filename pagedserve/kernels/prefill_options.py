@@ -57,6 +57,30 @@ def prefill_config(head_dim: int, max_seq_len: int, dtype: torch.dtype) -> dict:
     return dict(_SHORT_SEQUENCE_CONFIG)
 
 
+def prefill_table_widths(
+    max_blocks: int, block_size: int, head_dim: int, dtype: torch.dtype
+) -> list[int]:
+    """Block-table widths (columns), ascending, at which prefill_config makes
+    each of its choices for tables up to max_blocks wide: the widest table
+    below the capacity where the choice changes, where it does at this head
+    size and dtype, then max_blocks.
+
+    prefill_config reads a table's capacity as the longest sequence. A CUDA
+    graph fixes its table's width, so a graph as wide as the longest context
+    would give a step of short sequences the long sequences' tiles (H100, an
+    8k table: fresh prompts b16 x 1k +18%, b8 x 256 +43%; docs/kernels-notes.md
+    v23); graphs captured at each width let a step take the narrowest that
+    holds its sequences, and with it the options eager launches would take.
+    """
+    widest_short = (_LONG_SEQUENCE_TOKENS - 1) // block_size
+    if not 0 < widest_short < max_blocks:
+        return [max_blocks]
+    short, long = (
+        prefill_config(head_dim, n * block_size, dtype) for n in (widest_short, max_blocks)
+    )
+    return [max_blocks] if short == long else [widest_short, max_blocks]
+
+
 def prefill_configs(head_dim: int, dtype: torch.dtype) -> list[dict]:
     """Every launch configuration prefill_config can choose at this head size
     and cache dtype (kernels.precompile compiles each, with and without cached
