@@ -82,6 +82,12 @@ CASES = {
     "fresh b16 1k": [(16, 1024, 1024)],
     "fresh b8 256": [(8, 256, 256)],
     "fresh b1 2k": [(1, 2048, 2048)],
+    # Decode only, as the decode graphs run it: "decode kernel" (with
+    # --table-tokens, at a graph's table width).
+    "decode b8 1k": [(8, 1024, 1)],
+    "decode b64 1k": [(64, 1024, 1)],
+    "decode b32 2k": [(32, 2048, 1)],
+    "decode b256 1k": [(256, 1024, 1)],
 }
 
 
@@ -177,6 +183,13 @@ class Case:
             config=config, **options,
         )  # fmt: skip
 
+    def decode(self, copy: int) -> torch.Tensor:
+        """Every row through the decode kernel (a decode-only step)."""
+        return paged_decode_attention_triton(
+            self.queries[copy], self.key_cache, self.value_cache, self.tables[copy],
+            self.seq_lens, HEAD_DIM**-0.5, out=self.out,
+        )  # fmt: skip
+
     def split(self, copy: int) -> torch.Tensor:
         """Decode rows (the step's first num_decodes) through the decode kernel."""
         d, scale, query = self.num_decodes, HEAD_DIM**-0.5, self.queries[copy]
@@ -238,6 +251,8 @@ def bench_case(
             )
     if 0 < case.num_decodes < len(case.seqs):
         variants["split"] = case.split
+    if case.num_decodes == len(case.seqs):
+        variants["decode kernel"] = case.decode
     if all(seq_len == q_len for seq_len, q_len in case.seqs):
         variants["varlen no context"] = lambda copy: case.varlen(copy, cached_context=False)
     for variant, fn in variants.items():

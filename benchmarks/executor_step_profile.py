@@ -227,6 +227,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", required=True, help="folder with the model's config.json")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--dtype", default="float32", help="the model's and the cache's dtype")
     parser.add_argument("--num-seqs", default="8,64,200", help="batch sizes, comma-separated")
     parser.add_argument("--prompt-tokens", type=int, default=300)
     parser.add_argument("--steps", type=int, default=30)
@@ -237,7 +238,8 @@ def main() -> None:
     parser.add_argument("--top-p", type=float, default=1.0)
     args = parser.parse_args()
     device = torch.device(args.device)
-    engine, resources = build_engine(Path(args.model), device, EngineSettings(num_blocks=8192))
+    settings = EngineSettings(num_blocks=8192, dtype=getattr(torch, args.dtype))
+    engine, resources = build_engine(Path(args.model), device, settings)
     try:
         started_s = time.monotonic()
         graphs = decode_graphs(engine, device)

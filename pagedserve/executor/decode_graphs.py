@@ -24,8 +24,12 @@ per sequence), so padding rows do not change the real rows' values; a GEMM of
 more rows may still choose another algorithm and round differently.
 
 The decode kernel chooses its partitions from the block table's width (it
-never syncs), so at the fixed width it splits keys as for the longest context;
-the programs past a sequence's end return at once.
+never syncs). At one fixed width it would split keys as for the longest
+context, and a step of short sequences would keep only the first partitions
+busy (the programs past a sequence's end return at once). So each batch size
+that the kernel splits has variants at table widths doubling up to the
+longest context (kernels.decode_table_widths), over the same buffers, and a
+step replays the narrowest that holds its tables.
 
 Graphs are captured largest first into one memory pool shared with the
 runner's prefill graphs; where nothing is captured (the CPU), replay runs the
@@ -36,8 +40,9 @@ from __future__ import annotations
 
 import torch
 
+from pagedserve import kernels
 from pagedserve.executor.llama import LlamaForCausalLM
-from pagedserve.executor.step_graphs import StepGraphs
+from pagedserve.executor.step_graphs import GraphVariant, StepGraphs
 
 # Captured batch sizes: every small size a lone request or a few meet, then
 # steps of 32 (vLLM captures a similar ladder).
@@ -63,8 +68,8 @@ def graph_batch_sizes(max_num_seqs: int) -> list[int]:
 
 class DecodeGraphs(StepGraphs):
     """Static decode inputs and outputs for a ladder of batch sizes (one token
-    and one sequence row per batch row), and one captured graph per size once
-    capture() ran."""
+    and one sequence row per batch row), and one captured graph per size and
+    table width once capture() ran."""
 
     decode_only = True
 
@@ -83,6 +88,16 @@ class DecodeGraphs(StepGraphs):
 
     def num_seq_rows(self, size: int) -> int:
         return size
+
+    def _variants(self, size: int) -> list[GraphVariant]:
+        widths = kernels.decode_table_widths(
+            size,
+            self.model.config.num_kv_heads,
+            self.max_blocks_per_seq,
+            self.block_size_tokens,
+            self.device,
+        )
+        return [GraphVariant(width) for width in widths]
 
     def _load_sequence_rows(
         self, batch_size: int, query_start_loc: list[int], seq_lens: list[int]

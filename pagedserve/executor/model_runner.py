@@ -181,7 +181,7 @@ class ModelRunner:
         if graphs is not None:
             size = graphs.padded_size(len(host.input_ids), len(chunks), host.max_blocks_per_seq)
             if size is not None:
-                variant = graphs.variant_for(host.max_blocks_per_seq, host.cached_context)
+                variant = graphs.variant_for(size, host.max_blocks_per_seq, host.cached_context)
                 return self._load_into_graphs(graphs, size, variant, host)
         return self._to_device(host)
 

@@ -89,7 +89,7 @@ class PrefillGraphs(StepGraphs):
         self._table_widths = table_widths
         super().__init__(model, kv_pool, block_size_tokens, token_counts, max_context_tokens)
 
-    def _variants(self) -> list[GraphVariant]:
+    def _variants(self, size: int) -> list[GraphVariant]:
         widths = self._table_widths or kernels.prefill_table_widths(
             self.max_blocks_per_seq,
             self.block_size_tokens,

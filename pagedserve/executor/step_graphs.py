@@ -99,17 +99,17 @@ class StepGraphs:
             capacity = kernels.split_capacity(model.config.num_kv_heads, device)
             self._no_split = kernels.no_split_plan(capacity)
             self.decode_split = torch.tensor(self._no_split, dtype=torch.int32, device=device)
-        self.variants = self._variants()
+        self.variants = {size: self._variants(size) for size in self.sizes}
         self._batches = {
             (size, variant): self._batch(size, variant)
-            for size in self.sizes
-            for variant in self.variants
+            for size, variants in self.variants.items()
+            for variant in variants
         }
         self._graphs: dict[tuple[int, GraphVariant], torch.cuda.CUDAGraph] = {}
 
-    def _variants(self) -> list[GraphVariant]:
-        """The variants of each size, in the order a step tries them (the
-        last holds every step that fits the buffers)."""
+    def _variants(self, size: int) -> list[GraphVariant]:
+        """The variants of a size, in the order a step tries them (the last
+        holds every step that fits the buffers)."""
         return [GraphVariant(self.max_blocks_per_seq)]
 
     def num_seq_rows(self, size: int) -> int:
@@ -148,9 +148,10 @@ class StepGraphs:
         size = self.sizes[bisect.bisect_left(self.sizes, num_tokens)]
         return size if num_seqs <= self.num_seq_rows(size) else None
 
-    def variant_for(self, max_blocks_per_seq: int, cached_context: bool) -> GraphVariant:
-        """The first variant that holds a step that fits (padded_size)."""
-        return next(v for v in self.variants if v.holds(max_blocks_per_seq, cached_context))
+    def variant_for(self, size: int, max_blocks_per_seq: int, cached_context: bool) -> GraphVariant:
+        """The first variant of size that holds a step that fits (padded_size)."""
+        variants = self.variants[size]
+        return next(v for v in variants if v.holds(max_blocks_per_seq, cached_context))
 
     @torch.inference_mode()
     def load(
@@ -254,7 +255,7 @@ class StepGraphs:
             reserved_before = torch.cuda.memory_reserved()
             stream = torch.cuda.Stream()
             for size in reversed(self.sizes):
-                for variant in self.variants:
+                for variant in self.variants[size]:
                     stream.wait_stream(torch.cuda.current_stream())
                     with torch.cuda.stream(stream):
                         self._forward(size, variant)

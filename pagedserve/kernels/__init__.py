@@ -23,7 +23,10 @@ from pagedserve.kernels.decode_rows import (
 from pagedserve.kernels.gumbel_sample import gumbel_sample_reference, gumbel_sample_triton
 from pagedserve.kernels.paged_attention import paged_attention_triton
 from pagedserve.kernels.paged_attention_reference import paged_attention_reference
-from pagedserve.kernels.paged_decode_attention import paged_decode_attention_triton
+from pagedserve.kernels.paged_decode_attention import (
+    decode_table_widths,
+    paged_decode_attention_triton,
+)
 from pagedserve.kernels.paged_decode_attention_reference import paged_decode_attention_reference
 from pagedserve.kernels.precompile import compiled_variant_counts, precompile
 from pagedserve.kernels.prefill_options import prefill_table_widths
@@ -204,6 +207,7 @@ __all__ = [
     "add_rms_norm",
     "compiled_variant_counts",
     "copy_blocks",
+    "decode_table_widths",
     "gumbel_sample",
     "no_split_plan",
     "paged_attention",

@@ -280,6 +280,32 @@ def choose_partition_tokens(
     return triton.cdiv(tokens, block_n) * block_n
 
 
+def decode_table_widths(
+    num_seqs: int, num_kv_heads: int, max_blocks: int, block_size: int, device: torch.device
+) -> list[int]:
+    """Block-table widths (columns), ascending, ending at max_blocks, for
+    launches of num_seqs sequences at a fixed width (CUDA graphs).
+
+    choose_partition_tokens splits the table's capacity into up to `wanted`
+    partitions (about two programs a multiprocessor) of at least
+    _MIN_PARTITION_TOKENS keys. At a table as wide as the longest context, a
+    step of short sequences keeps only the first partitions busy (H100, 8
+    sequences of 1k keys at an 8k table: 1.5x the time at their own width;
+    docs/kernels-notes.md v24). Where the rule gives one partition, one width;
+    else widths doubling from the capacity it first splits `wanted` ways: a
+    step run at the narrowest width that holds it keeps at least half the
+    partitions it would have at its own width busy.
+    """
+    programs = num_seqs * num_kv_heads
+    wanted = min(_MAX_PARTITIONS, (target_programs(device) + programs // 2) // programs)
+    widths = []
+    width = triton.cdiv(wanted * _MIN_PARTITION_TOKENS, block_size)
+    while wanted > 1 and width < max_blocks:
+        widths.append(width)
+        width *= 2
+    return widths + [max_blocks]
+
+
 # Launch options by program count and length (head size <= 128), measured on an
 # H100 over the block tables the block manager hands out (docs/kernels-notes.md
 # v11; v5 for the first rule, measured over shuffled tables):

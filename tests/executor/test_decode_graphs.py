@@ -97,6 +97,48 @@ def test_batches_that_do_not_fit_run_eagerly():
     assert runner.prepare(decode_chunks(sequences[:1])).graph_size is None
 
 
+def run_width_steps(model, device="cpu", capture=False) -> None:
+    """Decode steps of two sequences through graphs whose size the kernel
+    splits, one variant per table width: a step replays the narrowest width
+    that holds its tables, with the eager path's logits."""
+    config = model.config
+    eager = ModelRunner(model, new_pool(config, device), BLOCK_SIZE)
+    padded = ModelRunner(model, new_pool(config, device), BLOCK_SIZE)
+    # Wide enough that the kernel splits two sequences' keys at several
+    # widths on the CPU's 4 pretend multiprocessors and on an H100's 132.
+    max_context_tokens = 1 << 16
+    graphs = DecodeGraphs(model, padded.kv_pool, BLOCK_SIZE, [2], max_context_tokens)
+    if capture:
+        graphs.capture()
+    padded.decode_graphs = graphs
+    widths = [variant.table_width for variant in graphs.variants[2]]
+    assert len(widths) >= 2 and widths[-1] == max_context_tokens // BLOCK_SIZE
+    sequences = new_sequences([5, 11], config.vocab_size)
+    prefill([eager, padded], sequences)
+    for width in widths[:2]:
+        if width > widths[0]:
+            # Entries past a sequence's tokens are never read: they only make
+            # its table wider than the narrower variant's.
+            sequences[0].block_ids += [0] * (width - len(sequences[0].block_ids))
+        chunks = decode_chunks(sequences)
+        eager_logits = eager.run(eager.prepare(chunks))
+        inputs = padded.prepare(chunks)
+        assert inputs.graph_variant.table_width == width
+        assert inputs.batch.block_tables.shape[1] == width
+        torch.testing.assert_close(padded.run(inputs), eager_logits, atol=1e-4, rtol=1e-4)
+        for seq, token in zip(sequences, eager_logits.argmax(-1).tolist(), strict=True):
+            seq.token_ids.append(token)
+
+
+def test_decode_steps_take_the_narrowest_width_that_holds_them():
+    run_width_steps(tiny_model())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_captured_widths_match_eager_on_cuda():
+    run_width_steps(tiny_model("cuda"), device="cuda", capture=True)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_captured_graphs_match_eager_on_cuda():
     tokens = run_decode_steps(

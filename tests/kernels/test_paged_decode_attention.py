@@ -113,6 +113,32 @@ def test_partition_rule_on_a_132_multiprocessor_card(monkeypatch):
     assert module.choose_partition_tokens(1, 8, 1072, device, 128) >= 256  # no tiny partitions
 
 
+@pytest.mark.parametrize("num_seqs", [1, 2, 4, 8, 16, 32])
+def test_table_widths_keep_half_the_partitions_busy(monkeypatch, num_seqs):
+    """A decode graph of num_seqs sequences (8 kv heads, blocks of 16) runs a
+    step at the narrowest width of decode_table_widths that holds it: at
+    least half the partitions the step's own width would give have keys."""
+    module = importlib.import_module("pagedserve.kernels.paged_decode_attention")
+    monkeypatch.setattr(module, "_num_sms", lambda device: 132)
+    device, block_size, max_blocks = torch.device("cpu"), 16, 2048  # 32k tokens
+    widths = module.decode_table_widths(num_seqs, 8, max_blocks, block_size, device)
+    assert widths == sorted(set(widths)) and widths[-1] == max_blocks
+    if num_seqs >= 32:  # 256 programs: one partition whatever the width
+        assert widths == [max_blocks]
+
+    def busy_partitions(seq_len: int, width: int) -> int:
+        tokens = module.choose_partition_tokens(num_seqs, 8, width * block_size, device, 128)
+        return -(-seq_len // tokens)
+
+    for blocks in range(1, max_blocks + 1, 7):
+        seq_len = blocks * block_size
+        taken = next(width for width in widths if width >= blocks)
+        assert 2 * busy_partitions(seq_len, taken) >= busy_partitions(seq_len, blocks), blocks
+    # One width would not: 8 sequences of 1k keys at a 32k table.
+    if num_seqs == 8:
+        assert 4 * busy_partitions(1024, max_blocks) <= busy_partitions(1024, 64)
+
+
 def one_sequence_at_a_time(args) -> torch.Tensor:
     """Each sequence's decode alone: its own keys gathered, one SDPA call (the
     references' path before they grouped sequences)."""
