@@ -29,9 +29,10 @@ its block-table path, the table at its narrowest); then cached_context=True
 table width where the kernel's launch options change
 (kernels.prefill_table_widths: below 4k tokens and the longest context).
 The kernels choose their tiles from the width they are given, so a step
-takes the options an eager launch of its own tables would. Padding rows never change the real rows' values, but a
-GEMM of more rows may round differently. Where nothing is captured (the CPU),
-replay runs the same forward pass eagerly on the same buffers (step_graphs.py).
+takes the options an eager launch of its own tables would. Padding rows
+never change the real rows' values, but a GEMM of more rows may round
+differently. Where nothing is captured (the CPU), replay runs the same
+forward pass eagerly on the same buffers (step_graphs.py).
 """
 
 from __future__ import annotations
