@@ -37,6 +37,8 @@ forward pass eagerly on the same buffers (step_graphs.py).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from pagedserve import kernels
@@ -91,6 +93,10 @@ class PrefillGraphs(StepGraphs):
         super().__init__(model, kv_pool, block_size_tokens, token_counts, max_context_tokens)
 
     def _variants(self, size: int) -> list[GraphVariant]:
+        return self._attention_variants  # every token count alike
+
+    @functools.cached_property
+    def _attention_variants(self) -> list[GraphVariant]:
         widths = self._table_widths or kernels.prefill_table_widths(
             self.max_blocks_per_seq,
             self.block_size_tokens,
