@@ -33,10 +33,11 @@ class SequenceAllocator:
         model_key: str,
         hash_fn: ChainHashFn,
         extent_blocks: int = 1,
+        group_extents: int = 1,
     ) -> None:
         self.journal = Journal()
         self._journal_entries = self.journal.entries  # direct, for the append hot path
-        self.block_pool = BlockPool(num_blocks, self.journal, extent_blocks)
+        self.block_pool = BlockPool(num_blocks, self.journal, extent_blocks, group_extents)
         self.swap_pool = HostSwapPool(num_swap_blocks, self.journal)
         self.block_size_tokens = block_size_tokens
         # Longest sequence the pool could ever hold: longer is invalid, not short.

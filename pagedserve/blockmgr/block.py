@@ -59,13 +59,13 @@ class FreeBlockQueue:
 
     __slots__ = ("_head", "_tail", "num_blocks", "extents")
 
-    def __init__(self, blocks: list[Block], extent_blocks: int) -> None:
+    def __init__(self, blocks: list[Block], extent_blocks: int, group_extents: int = 1) -> None:
         self._head = _QueueEnd()
         self._tail = _QueueEnd()
         self._head.next_free = self._tail
         self._tail.prev_free = self._head
         self.num_blocks = 0
-        self.extents = FreeExtents(len(blocks), extent_blocks)
+        self.extents = FreeExtents(len(blocks), extent_blocks, group_extents)
         for block in blocks:
             self.append(block)
 

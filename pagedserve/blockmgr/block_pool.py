@@ -13,9 +13,11 @@ Invariants (checked by the property tests):
   next step shows the copy is done.
 
 Placement (which free block a sequence gets) follows extents.py: the block
-after the sequence's last one when it is free and in the same extent, else the
-first block of the oldest wholly free extent, else the queue's head. With
-extents of one block that is exactly least-recently-freed order.
+after the sequence's last one when it is free and in the same extent (or
+starts a wholly free extent of the same group), else the first block of the
+oldest wholly free extent (those that lead a group first), else the queue's
+head. With extents of one block and groups of one extent that is exactly
+least-recently-freed order.
 
 Every mutation is logged in the shared Journal so a failed step can undo it.
 """
@@ -30,11 +32,13 @@ from pagedserve.blockmgr.prefix_hash import CacheEntry
 class BlockPool:
     """The device blocks of one pool."""
 
-    def __init__(self, num_blocks: int, journal: Journal, extent_blocks: int = 1) -> None:
+    def __init__(
+        self, num_blocks: int, journal: Journal, extent_blocks: int = 1, group_extents: int = 1
+    ) -> None:
         self.num_blocks = num_blocks
         self.extent_blocks = extent_blocks
         self.blocks = [Block(block_id) for block_id in range(num_blocks)]
-        self._free = FreeBlockQueue(self.blocks, extent_blocks)
+        self._free = FreeBlockQueue(self.blocks, extent_blocks, group_extents)
         self._cache_index: dict[bytes, Block] = {}
         self._journal = journal
         # Step-scoped: blocks read or written by a copy-on-write copy of the
@@ -135,13 +139,17 @@ class BlockPool:
 
     def _placed_after(self, after: Block | None) -> Block:
         """The free block placement gives to follow `after` (module docstring)."""
+        extents = self._free.extents
         if after is not None:
             next_id = after.block_id + 1
-            if next_id % self.extent_blocks and next_id < self.num_blocks:
+            if next_id < self.num_blocks:
                 candidate = self.blocks[next_id]
-                if candidate.prev_free is not None:  # in the free queue
+                if candidate.prev_free is not None and (  # in the free queue
+                    next_id % self.extent_blocks
+                    or extents.grows_into(next_id // self.extent_blocks)
+                ):
                     return candidate
-        extent = self._free.extents.oldest()
+        extent = extents.oldest()
         if extent is not None:
             return self.blocks[extent * self.extent_blocks]
         return self._free.head()

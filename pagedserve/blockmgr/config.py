@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-from pagedserve.blockmgr.extents import DEFAULT_EXTENT_BLOCKS
+from pagedserve.blockmgr.extents import DEFAULT_EXTENT_BLOCKS, DEFAULT_GROUP_EXTENTS
 from pagedserve.common.config import env_setting
 
 ENV_PREFIX = "PAGEDSERVE_BLOCKMGR_"
@@ -29,6 +29,9 @@ class BlockManagerConfig:
     # Placement runs, in blocks (extents.py): a sequence's blocks are laid
     # consecutively within runs this long where memory allows; 1: plain LRU order.
     extent_blocks: int = DEFAULT_EXTENT_BLOCKS
+    # Extents a run may grow through (extents.py); more than 1 lengthens long
+    # sequences' runs and evicts cached prefixes out of age order.
+    group_extents: int = DEFAULT_GROUP_EXTENTS
     # Port of the Prometheus /metrics endpoint; 0 turns it off.
     metrics_port: int = 0
     # Shared secret every caller but health checks must present; empty: none.
@@ -49,6 +52,8 @@ class BlockManagerConfig:
             raise ValueError(f"lease_ms: {self.lease_ms} not in 1..3600000")
         if not 1 <= self.extent_blocks <= 65536:
             raise ValueError(f"extent_blocks: {self.extent_blocks} not in 1..65536")
+        if not 1 <= self.group_extents <= 65536:
+            raise ValueError(f"group_extents: {self.group_extents} not in 1..65536")
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port: {self.metrics_port} not in 0..65535")
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -80,6 +85,10 @@ class BlockManagerConfig:
             (
                 "extent_blocks",
                 "lay a sequence's blocks consecutively in runs of this many (1: LRU order)",
+            ),
+            (
+                "group_extents",
+                "let a long sequence's run grow through this many extents (1: one extent)",
             ),
             ("metrics_port", "Prometheus /metrics port (0: off)"),
         ):

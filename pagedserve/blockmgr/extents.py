@@ -14,8 +14,18 @@ can, without reserving anything:
 - when no extent is wholly free, it takes the head of the free queue, as a
   plain LRU pool would. Nothing is ever refused for placement's sake.
 
+Groups (off by default: groups of one extent) make long sequences' runs
+longer than an extent. The pool is cut into groups of `group_extents`
+consecutive extents; a run that reaches the end of its extent goes on into
+the next one when that one is wholly free and in the same group, and new
+runs start in the extents that lead a group before any other. The others
+are then mostly left for runs to grow into. The price is eviction order:
+leading extents are taken before older ones that do not lead, which evicts
+cached prefixes sooner (docs/blockmgr.md, "Placement", has both figures).
+
 This module keeps the second list: the extents whose every block is in the
-free queue, oldest first, as a doubly linked list over integer arrays. The
+free queue, as doubly linked lists over integer arrays, oldest first: one
+of the extents that lead a group, one of the others. The
 free queue reports every block that joins or leaves it. A block leaving can
 take its extent out of the list; the position it left is returned so that an
 undo can put it back exactly there, which keeps a rolled-back step's state,
@@ -31,36 +41,61 @@ from __future__ import annotations
 # is reserved: a sequence's unused part of its extent stays free for anyone
 # once no wholly free extent is left.
 DEFAULT_EXTENT_BLOCKS = 64
+# Groups of one extent: runs stop at an extent's end, and extents are taken
+# strictly oldest first. Groups of 4 (runs of 256 blocks) read within 0.2%
+# of fully consecutive blocks at b32 x 32k (0.996 of SDPA against 1.006 with
+# groups of one, H100, notes v25), but cost an eviction-bound prefix-cache
+# workload 5-9 points of hit rate (benchmarks/prefix_hits.py): a choice for
+# long-context deployments, not a default.
+DEFAULT_GROUP_EXTENTS = 1
 
 
 class FreeExtents:
-    """Wholly free extents of one pool, in the order they came free."""
+    """Wholly free extents of one pool, in the order they came free (those
+    that lead a group of `group_extents` first)."""
 
-    __slots__ = ("extent_blocks", "_end", "_size", "_num_free", "_prev", "_next")
+    __slots__ = (
+        "extent_blocks", "group_extents", "_lead_end", "_inner_end", "_size", "_num_free",
+        "_prev", "_next",
+    )  # fmt: skip
 
-    def __init__(self, num_blocks: int, extent_blocks: int) -> None:
+    def __init__(self, num_blocks: int, extent_blocks: int, group_extents: int = 1) -> None:
         self.extent_blocks = extent_blocks
+        self.group_extents = group_extents
         num_extents = -(-num_blocks // extent_blocks)
-        # The end node, past the last extent, closes the list into a ring.
-        self._end = num_extents
+        # Two rings, each closed by an end node past the last extent: the
+        # extents that lead a group, and the others.
+        self._lead_end = num_extents
+        self._inner_end = num_extents + 1
         self._size = [extent_blocks] * num_extents
         self._size[-1] = num_blocks - (num_extents - 1) * extent_blocks
         self._num_free = [0] * num_extents
-        self._prev = [num_extents] * (num_extents + 1)
-        self._next = [num_extents] * (num_extents + 1)
+        self._prev = [0] * (num_extents + 2)
+        self._next = [0] * (num_extents + 2)
+        for end in (self._lead_end, self._inner_end):
+            self._prev[end] = self._next[end] = end
 
     def oldest(self) -> int | None:
-        """The extent wholly free the longest, or None when none is."""
-        extent = self._next[self._end]
-        return None if extent == self._end else extent
+        """The extent a new run starts in: the leading extent wholly free the
+        longest, else the other extent wholly free the longest, else None."""
+        for end in (self._lead_end, self._inner_end):
+            if self._next[end] != end:
+                return self._next[end]
+        return None
+
+    def grows_into(self, extent: int) -> bool:
+        """Whether a run that has reached the end of the extent before
+        `extent` goes on into it: it is wholly free and in the same group."""
+        return extent % self.group_extents != 0 and self._num_free[extent] == self._size[extent]
 
     def extent_ids(self) -> list[int]:
-        """Wholly free extents, oldest first (for tests)."""
+        """Wholly free extents in the order new runs take them (for tests)."""
         extents = []
-        extent = self._next[self._end]
-        while extent != self._end:
-            extents.append(extent)
-            extent = self._next[extent]
+        for end in (self._lead_end, self._inner_end):
+            extent = self._next[end]
+            while extent != end:
+                extents.append(extent)
+                extent = self._next[extent]
         return extents
 
     def block_freed(self, block_id: int, place: int | None = None) -> None:
@@ -70,7 +105,10 @@ class FreeExtents:
         extent = block_id // self.extent_blocks
         self._num_free[extent] += 1
         if self._num_free[extent] == self._size[extent]:
-            self._link_after(self._prev[self._end] if place is None else place, extent)
+            if place is None:
+                end = self._inner_end if extent % self.group_extents else self._lead_end
+                place = self._prev[end]
+            self._link_after(place, extent)
 
     def block_taken(self, block_id: int) -> int | None:
         """A block left the free queue. Returns the position its extent left

@@ -19,7 +19,7 @@ from typing import Any
 from pagedserve.blockmgr.allocator import SequenceAllocator
 from pagedserve.blockmgr.errors import InvalidArgumentError, NotFoundError
 from pagedserve.blockmgr.executor_state import ExecutorState
-from pagedserve.blockmgr.extents import DEFAULT_EXTENT_BLOCKS
+from pagedserve.blockmgr.extents import DEFAULT_EXTENT_BLOCKS, DEFAULT_GROUP_EXTENTS
 from pagedserve.blockmgr.ops import BlockOp, FreeOp, StepResult
 from pagedserve.blockmgr.pool_info import ExecutorRegistration, PoolInfo, PoolStats
 from pagedserve.blockmgr.prefix_hash import ChainHashFn, chain_hash
@@ -50,9 +50,11 @@ class BlockManager:
         clock: Callable[[], float] = time.monotonic,
         hash_fn: ChainHashFn = chain_hash,
         extent_blocks: int = DEFAULT_EXTENT_BLOCKS,
+        group_extents: int = DEFAULT_GROUP_EXTENTS,
     ) -> None:
         self.default_lease_ms = default_lease_ms
         self.extent_blocks = extent_blocks
+        self.group_extents = group_extents
         self.max_lease_ms = max_lease_ms
         self._clock = clock
         self._hash_fn = hash_fn
@@ -75,6 +77,7 @@ class BlockManager:
             info.model_key,
             self._hash_fn,
             self.extent_blocks,
+            self.group_extents,
         )
         self._pools[pool_id] = _Pool(info.with_ids(pool_id, ()), allocator)
         return pool_id

@@ -218,7 +218,9 @@ def serve(config: BlockManagerConfig, manager: BlockManager | None = None) -> Ru
     Raises OSError when the port cannot be bound."""
     config.validate()
     manager = manager or BlockManager(
-        default_lease_ms=config.lease_ms, extent_blocks=config.extent_blocks
+        default_lease_ms=config.lease_ms,
+        extent_blocks=config.extent_blocks,
+        group_extents=config.group_extents,
     )
     lock = threading.Lock()
     interceptors = [TokenAuthInterceptor(config.internal_token)] if config.internal_token else []

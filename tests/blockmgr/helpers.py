@@ -36,10 +36,12 @@ def make_manager(
 ) -> tuple[BlockManager, str, str, FakeClock]:
     """A manager with one pool and one executor attached; returns (manager,
     pool_id, executor_id, clock). Extents of one block (plain least-recently-
-    freed order) unless `extent_blocks` is given: the exact ids in most tests
-    pin that order; test_placement.py pins longer extents."""
+    freed order) and groups of one extent unless `extent_blocks` or
+    `group_extents` is given: the exact ids in most tests pin that order;
+    test_placement.py pins longer extents and groups."""
     clock = FakeClock()
     kwargs.setdefault("extent_blocks", 1)
+    kwargs.setdefault("group_extents", 1)
     manager = BlockManager(clock=clock, **kwargs)
     pool_id = manager.register_pool(make_pool_info(num_blocks, block_size_tokens, num_swap_blocks))
     executor_id = manager.register_executor(pool_id).executor_id

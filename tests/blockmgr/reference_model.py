@@ -56,10 +56,13 @@ def ceil_div(a: int, b: int) -> int:
 
 
 class ModelPool:
-    def __init__(self, num_blocks: int, block_size: int, num_swap: int, extent: int = 1) -> None:
+    def __init__(
+        self, num_blocks: int, block_size: int, num_swap: int, extent: int = 1, group: int = 1
+    ) -> None:
         self.n = num_blocks
         self.bs = block_size
         self.extent = extent
+        self.group = group  # extents a run may grow through
         self.ref = [0] * num_blocks
         self.free = list(range(num_blocks))
         # Extents whose every block is in `free`, in the order they got there.
@@ -83,13 +86,27 @@ class ModelPool:
 
     # ---- blocks --------------------------------------------------------
 
+    def ordered_free_extents(self) -> list[int]:
+        """Wholly free extents in the order new runs take them: those that
+        lead a group of `group` extents first, each kind longest free first."""
+        leading = [extent for extent in self.free_extents if extent % self.group == 0]
+        return leading + [extent for extent in self.free_extents if extent % self.group]
+
     def take(self, after: int | None = None) -> int:
-        """Placement: the block after `after` if free in the same extent, else
-        the first block of the longest wholly free extent, else the LRU head."""
-        if after is not None and (after + 1) % self.extent and after + 1 in self.free:
-            block = after + 1
+        """Placement: the block after `after` if free and in the same extent,
+        or the first of a wholly free extent in the same group; else the first
+        block of the first of ordered_free_extents; else the LRU head."""
+        following = None if after is None else after + 1
+        if following in self.free and (
+            following % self.extent
+            or (
+                following // self.extent % self.group
+                and following // self.extent in self.free_extents
+            )
+        ):
+            block = following
         elif self.free_extents:
-            block = self.free_extents[0] * self.extent
+            block = self.ordered_free_extents()[0] * self.extent
         else:
             block = self.free[0]
         self.unfree(block)

@@ -28,9 +28,23 @@ def test_extent_blocks_from_flag_or_environment() -> None:
     )
 
 
+def test_group_extents_from_flag_or_environment() -> None:
+    assert BlockManagerConfig.from_argv([], environ={}).group_extents == 1
+    environ = {"PAGEDSERVE_BLOCKMGR_GROUP_EXTENTS": "4"}
+    assert BlockManagerConfig.from_argv([], environ=environ).group_extents == 4
+    argv = ["--group-extents", "8"]
+    assert BlockManagerConfig.from_argv(argv, environ=environ).group_extents == 8
+
+
 @pytest.mark.parametrize(
     "argv",
-    [["--port", "70000"], ["--lease-ms", "0"], ["--host", ""], ["--extent-blocks", "0"]],
+    [
+        ["--port", "70000"],
+        ["--lease-ms", "0"],
+        ["--host", ""],
+        ["--extent-blocks", "0"],
+        ["--group-extents", "0"],
+    ],
 )
 def test_bad_values_are_rejected(argv) -> None:
     with pytest.raises(ValueError):

@@ -46,6 +46,54 @@ def test_least_recently_used_order_without_extents() -> None:
     assert manager.get_stats(pool_id).consecutive_block_ratio == 0.0
 
 
+def test_a_run_grows_through_the_extents_of_its_group() -> None:
+    # Extents of 2 blocks in groups of 4: groups are blocks 0-7 and 8-15.
+    grouped, _, ex, _ = make_manager(
+        num_blocks=16, block_size_tokens=4, extent_blocks=2, group_extents=4
+    )
+    grouped.step(ex, [AllocateOp(1, [1] * 4), AllocateOp(2, [2] * 4)])
+    grow_in_turn(grouped, ex, [1, 2], 3)
+    # Each starts in a group's leading extent and grows into the next ones.
+    assert table(grouped, ex, 1) == [0, 1, 2, 3]
+    assert table(grouped, ex, 2) == [8, 9, 10, 11]
+    # In groups of one extent, each run ends with its extent.
+    single, _, ex, _ = make_manager(num_blocks=16, block_size_tokens=4, extent_blocks=2)
+    single.step(ex, [AllocateOp(1, [1] * 4), AllocateOp(2, [2] * 4)])
+    grow_in_turn(single, ex, [1, 2], 3)
+    assert table(single, ex, 1) == [0, 1, 4, 5]
+    assert table(single, ex, 2) == [2, 3, 6, 7]
+
+
+def test_new_runs_take_leading_extents_first_then_the_others_oldest_first() -> None:
+    manager, pool_id, ex, _ = make_manager(
+        num_blocks=16, block_size_tokens=4, extent_blocks=2, group_extents=4
+    )
+    pool = manager.allocator(pool_id).block_pool
+    assert pool.free_extent_ids() == [0, 4, 1, 2, 3, 5, 6, 7]
+    step = manager.step(ex, [AllocateOp(seq_id, [seq_id] * 4) for seq_id in (1, 2, 3)])
+    assert [result.new_block_ids for result in step.results] == [(0,), (8,), (2,)]
+    # Extent 1 is no longer wholly free: the first run goes on in extent 2.
+    grow_in_turn(manager, ex, [1], 2)
+    assert table(manager, ex, 1) == [0, 1, 4]
+    assert pool.free_extent_ids() == [3, 5, 6, 7]
+
+
+def test_a_run_does_not_grow_into_the_next_group() -> None:
+    # Groups are extents 0-3, 4-7, 8-11, 12-15 (2 blocks each); each of four
+    # sequences takes a group's leading extent, then three are freed.
+    manager, pool_id, ex, _ = make_manager(
+        num_blocks=32, block_size_tokens=4, extent_blocks=2, group_extents=4
+    )
+    manager.step(ex, [AllocateOp(seq_id, [seq_id] * 4) for seq_id in (1, 2, 3, 4)])
+    manager.step(ex, [FreeOp(3), FreeOp(1), FreeOp(4)])
+    pool = manager.allocator(pool_id).block_pool
+    assert pool.free_extent_ids()[:3] == [8, 0, 12]
+    manager.step(ex, [AllocateOp(5, [5] * 40)])
+    # Blocks 16-23 fill the third group; block 24 is free but leads the
+    # fourth, so the run goes on in the oldest leading extent instead.
+    assert table(manager, ex, 5) == [*range(16, 24), 0, 1]
+
+
 def test_a_freed_extent_is_reused_after_older_ones() -> None:
     manager, pool_id, ex, _ = make_manager(num_blocks=12, block_size_tokens=4, extent_blocks=4)
     manager.step(ex, [AllocateOp(1, [1] * 8)])  # blocks 0, 1 of extent 0
@@ -106,9 +154,35 @@ def test_a_served_workload_gets_whole_tables_in_runs(batch, context) -> None:
 
     runs = {}
     for extent_blocks in (1, 16):
-        tables, _ = served_block_tables(batch, context, 16, extent_blocks)
+        tables, _ = served_block_tables(batch, context, 16, extent_blocks, group_extents=1)
         assert len(tables) == batch
         assert all(len(table) == -(-context // 16) for table in tables)
         assert all(len(set(table)) == len(table) for table in tables)
         runs[extent_blocks] = mean_run_blocks(tables)
     assert runs[16] > 2 * runs[1]
+
+
+def test_groups_lengthen_a_served_workloads_runs() -> None:
+    """Sequences of 256 blocks in extents of 16: runs end with each extent in
+    groups of one, and go on through the group's four extents in groups of 4."""
+    from benchmarks.served_tables import mean_run_blocks, served_block_tables
+
+    runs = {}
+    for group_extents in (1, 4):
+        tables, _ = served_block_tables(4, 4096, 16, 16, group_extents=group_extents)
+        assert all(len(table) == 256 and len(set(table)) == 256 for table in tables)
+        runs[group_extents] = mean_run_blocks(tables)
+    assert runs[1] < 20 and runs[4] > 1.5 * runs[1]
+
+
+def test_the_hit_rate_benchmark_finds_a_prefix_every_request_shares() -> None:
+    """benchmarks/prefix_hits.py with one prefix: every placement finds it
+    (at least 256 of each prompt's at most 2,304 tokens) in every request."""
+    from benchmarks.prefix_hits import prefix_hit_rate
+
+    for extent_blocks, group_extents in ((1, 1), (4, 1), (4, 4)):
+        rate = prefix_hit_rate(
+            extent_blocks, group_extents, seed=0, batch=4, num_prefixes=1,
+            max_output=128, warm_up=4, requests=16,
+        )  # fmt: skip
+        assert 0.1 < rate <= 1.0

@@ -91,14 +91,15 @@ class BlockManagerMachine(RuleBasedStateMachine):
         block_size=st.sampled_from([1, 2, 3]),
         num_swap=st.integers(0, 8),
         extent=st.sampled_from([1, 2, 3, 4, 16]),
+        group=st.sampled_from([1, 2, 3]),
     )
-    def setup(self, data, block_size: int, num_swap: int, extent: int) -> None:
+    def setup(self, data, block_size: int, num_swap: int, extent: int, group: int) -> None:
         # At least 10 token slots, so that most drawn prompts fit.
         num_blocks = data.draw(st.integers(max(3, -(-10 // block_size)), 12))
         self.clock = FakeClock()
-        self.manager = BlockManager(clock=self.clock, extent_blocks=extent)
+        self.manager = BlockManager(clock=self.clock, extent_blocks=extent, group_extents=group)
         self.pool_id = self.manager.register_pool(make_pool_info(num_blocks, block_size, num_swap))
-        self.model = ModelPool(num_blocks, block_size, num_swap, extent)
+        self.model = ModelPool(num_blocks, block_size, num_swap, extent, group)
         self.block_size = block_size
         self.steps_refused = 0
 
@@ -341,7 +342,7 @@ class BlockManagerMachine(RuleBasedStateMachine):
         model, manager = self.model, self.manager
         pool = manager.allocator(self.pool_id).block_pool
         assert pool.free_block_ids() == model.free
-        assert pool.free_extent_ids() == model.free_extents
+        assert pool.free_extent_ids() == model.ordered_free_extents()
         assert [block.ref_count for block in pool.blocks] == model.ref
         assert sorted(manager.executor_ids()) == sorted(model.executors)
         for executor_id, executor in model.executors.items():
