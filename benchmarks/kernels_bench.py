@@ -48,7 +48,7 @@ from benchmarks.paged_inputs import (  # noqa: E402
     new_tokens_kv,
 )
 from benchmarks.served_tables import served_tables_in_parallel  # noqa: E402
-from pagedserve.blockmgr.extents import DEFAULT_EXTENT_BLOCKS  # noqa: E402
+from pagedserve.blockmgr.extents import DEFAULT_EXTENT_BLOCKS, DEFAULT_GROUP_EXTENTS  # noqa: E402
 from pagedserve.kernels.copy_blocks import copy_blocks_reference, copy_blocks_triton  # noqa: E402
 from pagedserve.kernels.paged_attention import paged_attention_triton  # noqa: E402
 from pagedserve.kernels.paged_attention_reference import paged_attention_reference  # noqa: E402
@@ -66,8 +66,9 @@ MAX_COPIES = 64
 MAX_KV_BYTES = 18e9  # per layout: the paged pool and the SDPA copy must both fit
 PREFILL_ROUNDS = 5  # prefill and SDPA timed in turn, medians
 # Decode is also timed over the tables the block manager hands out while
-# serving (served_tables.py), with its default extents and with longer ones.
-SERVED_EXTENTS = (DEFAULT_EXTENT_BLOCKS, 16)
+# serving (served_tables.py), with its default placement (extent blocks, group
+# extents) and with short extents.
+SERVED_PLACEMENTS = ((DEFAULT_EXTENT_BLOCKS, DEFAULT_GROUP_EXTENTS), (16, 1))
 
 
 def run_checks() -> None:
@@ -166,9 +167,9 @@ def bench_decode(batch, context, copy_gbps, configs, served) -> None:
     shape = f"b{batch} ctx{context}"
     sdpa_ms = sdpa_eager_ms = None
     layouts = [("", None)] + [
-        (f", served e{extent}", served[batch, context, extent])
-        for extent in SERVED_EXTENTS
-        if (batch, context, extent) in served
+        (f", served e{extent} g{group}", served[batch, context, extent, group])
+        for extent, group in SERVED_PLACEMENTS
+        if (batch, context, extent, group) in served
     ]
     for layout_name, layout in layouts:
         key_cache, value_cache, tables, lens = make_paged(
@@ -433,7 +434,9 @@ def main() -> None:
     if "decode" not in sections:
         decode_shapes = []
     served = served_tables_in_parallel(
-        [(b, c, e) for b, c in decode_shapes for e in SERVED_EXTENTS] if args.served_tables else [],
+        [(b, c, *placement) for b, c in decode_shapes for placement in SERVED_PLACEMENTS]
+        if args.served_tables
+        else [],
         BLOCK_SIZE,
     )
     for batch, context in decode_shapes:

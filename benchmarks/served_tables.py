@@ -23,7 +23,7 @@ import os
 import random
 from concurrent.futures import ProcessPoolExecutor
 
-from pagedserve.blockmgr.extents import DEFAULT_EXTENT_BLOCKS
+from pagedserve.blockmgr.extents import DEFAULT_EXTENT_BLOCKS, DEFAULT_GROUP_EXTENTS
 from pagedserve.blockmgr.manager import BlockManager
 from pagedserve.blockmgr.ops import AllocateOp, AppendOp, ComputedOp, FreeOp
 from pagedserve.blockmgr.pool_info import DeviceKind, PoolInfo
@@ -34,14 +34,21 @@ WARM_UP_SEQUENCES_PER_SLOT = 2
 
 
 def served_block_tables(
-    batch: int, context: int, block_size: int, extent_blocks: int, seed: int = 0
+    batch: int,
+    context: int,
+    block_size: int,
+    extent_blocks: int,
+    seed: int = 0,
+    group_extents: int = DEFAULT_GROUP_EXTENTS,
 ) -> tuple[list[list[int]], int]:
     """Block tables of `batch` sequences of `context` tokens each, and the pool's size."""
     rng = random.Random(seed)
     blocks_per_seq = -(-context // block_size)
     num_blocks = int(batch * blocks_per_seq * POOL_HEADROOM) + 1
     # A stopped clock: the lease never runs out however long the workload takes.
-    manager = BlockManager(clock=lambda: 0.0, extent_blocks=extent_blocks)
+    manager = BlockManager(
+        clock=lambda: 0.0, extent_blocks=extent_blocks, group_extents=group_extents
+    )
     pool_id = manager.register_pool(
         PoolInfo(DeviceKind.CPU, num_blocks=num_blocks, block_size_tokens=block_size)
     )
@@ -80,14 +87,17 @@ def served_block_tables(
 
 
 def served_tables_in_parallel(
-    keys: list[tuple[int, int, int]], block_size: int
-) -> dict[tuple[int, int, int], tuple[list[list[int]], int]]:
-    """served_block_tables of each (batch, context, extent_blocks), on the host's cores."""
+    keys: list[tuple[int, int, int, int]], block_size: int
+) -> dict[tuple[int, int, int, int], tuple[list[list[int]], int]]:
+    """served_block_tables of each (batch, context, extent_blocks,
+    group_extents), on the host's cores."""
     if not keys:
         return {}
     with ProcessPoolExecutor(max_workers=min(len(keys), os.cpu_count() or 1)) as pool:
         futures = {
-            key: pool.submit(served_block_tables, key[0], key[1], block_size, key[2])
+            key: pool.submit(
+                served_block_tables, key[0], key[1], block_size, key[2], group_extents=key[3]
+            )
             for key in keys
         }
         return {key: future.result() for key, future in futures.items()}
@@ -108,18 +118,25 @@ def main() -> None:
     parser.add_argument(
         "--extent-blocks", type=int, nargs="+", default=[1, 16, DEFAULT_EXTENT_BLOCKS]
     )
+    parser.add_argument("--group-extents", type=int, nargs="+", default=[1, DEFAULT_GROUP_EXTENTS])
     args = parser.parse_args()
-    print("| batch x context | extent blocks | pool blocks | consecutive pairs | mean run blocks |")
-    print("|---|---|---|---|---|")
+    print(
+        "| batch x context | extent blocks | group extents | pool blocks "
+        "| consecutive pairs | mean run blocks |"
+    )
+    print("|---|---|---|---|---|---|")
     for batch in args.batch:
         for context in args.context:
             for extent in args.extent_blocks:
-                tables, num_blocks = served_block_tables(batch, context, 16, extent)
-                print(
-                    f"| {batch} x {context} | {extent} | {num_blocks} | "
-                    f"{consecutive_block_ratio(tables):.3f} | {mean_run_blocks(tables):.1f} |",
-                    flush=True,
-                )
+                for group in args.group_extents:
+                    tables, num_blocks = served_block_tables(
+                        batch, context, 16, extent, group_extents=group
+                    )
+                    print(
+                        f"| {batch} x {context} | {extent} | {group} | {num_blocks} | "
+                        f"{consecutive_block_ratio(tables):.3f} | {mean_run_blocks(tables):.1f} |",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

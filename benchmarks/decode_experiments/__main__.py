@@ -28,6 +28,7 @@ from benchmarks.decode_experiments import (
     long_context_v15,
     ordered_blocks,
     pdl_v14,
+    run_length_v25,
     staggered_v21,
     touch_ahead_v22,
 )
@@ -66,6 +67,7 @@ VARIANTS = {
     **long_context_v15.VARIANTS,
     **staggered_v21.VARIANTS,
     **touch_ahead_v22.VARIANTS,
+    **run_length_v25.VARIANTS,
 }
 
 

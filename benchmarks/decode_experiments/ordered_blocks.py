@@ -19,6 +19,7 @@ import re
 import torch
 
 from benchmarks.served_tables import served_block_tables, served_tables_in_parallel
+from pagedserve.blockmgr.extents import DEFAULT_GROUP_EXTENTS
 from pagedserve.kernels.paged_decode_attention import paged_decode_attention_triton
 
 # Copies for one cache at a time; entries hold their inputs, so that no
@@ -68,35 +69,46 @@ def _in_runs(key_cache, value_cache, block_tables, run_blocks: int | None, scram
     return _relaid(key_cache, value_cache, block_tables, layout, new_block_ids)
 
 
-_SERVED_NAME = re.compile(r"-served-(\d+)")
-_served_layouts: dict[tuple[int, int, int], tuple[list[list[int]], int]] = {}
+# A variant over served tables names its extent and, unless the default, its
+# group: "v7-served-64 ...", "v25-served-64x1 ...".
+_SERVED_NAME = re.compile(r"-served-(\d+)(?:x(\d+))?")
+_served_layouts: dict[tuple[int, int, int, int], tuple[list[list[int]], int]] = {}
 
 
-def _served(num_seqs: int, width: int, extent_blocks: int) -> tuple[list[list[int]], int]:
-    key = (num_seqs, width * 16, extent_blocks)
+def _served(
+    num_seqs: int, width: int, extent_blocks: int, group_extents: int
+) -> tuple[list[list[int]], int]:
+    key = (num_seqs, width * 16, extent_blocks, group_extents)
     if key not in _served_layouts:
-        _served_layouts[key] = served_block_tables(num_seqs, width * 16, 16, extent_blocks)
+        _served_layouts[key] = served_block_tables(
+            num_seqs, width * 16, 16, extent_blocks, group_extents=group_extents
+        )
     return _served_layouts[key]
 
 
 def prepare_served_tables(shapes: list[tuple[int, int]], names: list[str]) -> None:
     """Builds the served tables of every timed shape at once, on the host's cores."""
-    # A variant over served tables names its extent: "v7-served-64 ...".
-    extents = sorted({int(m.group(1)) for m in map(_SERVED_NAME.search, names) if m})
-    keys = [(batch, context, e) for batch, context in shapes for e in extents]
+    placements = {
+        (int(m.group(1)), int(m.group(2) or DEFAULT_GROUP_EXTENTS))
+        for m in map(_SERVED_NAME.search, names)
+        if m
+    }
+    keys = [(batch, context, *p) for batch, context in shapes for p in sorted(placements)]
     _served_layouts.update(served_tables_in_parallel(keys, 16))
 
 
-def _in_served_tables(key_cache, value_cache, block_tables, extent_blocks: int):
+def _in_served_tables(
+    key_cache, value_cache, block_tables, extent_blocks: int, group_extents=DEFAULT_GROUP_EXTENTS
+):
     """Each sequence's blocks where the block manager placed them in a served
     workload (benchmarks/served_tables.py), in a pool 1.25x the blocks."""
 
     def new_block_ids(num_seqs: int, width: int):
-        tables, num_blocks = _served(num_seqs, width, extent_blocks)
+        tables, num_blocks = _served(num_seqs, width, extent_blocks, group_extents)
         ids = torch.tensor(tables, dtype=torch.int32, device=block_tables.device)
         return ids, num_blocks
 
-    layout = ("served", extent_blocks)
+    layout = ("served", extent_blocks, group_extents)
     return _relaid(key_cache, value_cache, block_tables, layout, new_block_ids)
 
 
@@ -108,25 +120,29 @@ def _decode_in_runs(run_blocks: int | None, scrambled: bool = False):
     return run
 
 
-def over_served_tables(decode, extent_blocks: int = 64):
+def over_served_tables(decode, extent_blocks: int = 64, group_extents=DEFAULT_GROUP_EXTENTS):
     """A variant that runs `decode` (a variant's signature) over the same
     values laid out as the block manager's tables (`_in_served_tables`)."""
 
     def run(query, key_cache, value_cache, block_tables, seq_lens, scale, out):
-        keys, values, table = _in_served_tables(key_cache, value_cache, block_tables, extent_blocks)
+        keys, values, table = _in_served_tables(
+            key_cache, value_cache, block_tables, extent_blocks, group_extents
+        )
         return decode(query, keys, values, table, seq_lens, scale, out)
 
     return run
 
 
-def _decode_in_served_tables(extent_blocks: int, config=None, partition_tokens=None):
+def _decode_in_served_tables(
+    extent_blocks: int, config=None, partition_tokens=None, group_extents=DEFAULT_GROUP_EXTENTS
+):
     def decode(query, key_cache, value_cache, block_tables, seq_lens, scale, out):
         return paged_decode_attention_triton(
             query, key_cache, value_cache, block_tables, seq_lens, scale, out=out,
             config=config, partition_tokens=partition_tokens,
         )  # fmt: skip
 
-    return over_served_tables(decode, extent_blocks)
+    return over_served_tables(decode, extent_blocks, group_extents)
 
 
 VARIANTS = {
