@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from pagedserve.blockmgr.extents import FreeExtents
+from pagedserve.blockmgr.extents import ExtentPlace, FreeExtents
 from pagedserve.blockmgr.prefix_hash import CacheEntry
 
 
@@ -75,7 +75,7 @@ class FreeBlockQueue:
         assert block is not self._tail, "head of an empty free queue"
         return block
 
-    def remove(self, block: Block) -> int | None:
+    def remove(self, block: Block) -> ExtentPlace | None:
         """Unlinks a block that is in the queue, in O(1). Returns where its
         extent left the list of wholly free extents (None when it was not in
         it), for an undo to pass back to `insert_after`."""
@@ -93,7 +93,10 @@ class FreeBlockQueue:
         self.insert_after(self._tail.prev_free, block)
 
     def insert_after(
-        self, prev_block: Block | _QueueEnd, block: Block, extent_place: int | None = None
+        self,
+        prev_block: Block | _QueueEnd,
+        block: Block,
+        extent_place: ExtentPlace | None = None,
     ) -> None:
         """Links `block` right after `prev_block`, which must be in the queue
         or the head end. `extent_place` is what `remove` returned, when undoing it."""

@@ -14,10 +14,12 @@ Invariants (checked by the property tests):
 
 Placement (which free block a sequence gets) follows extents.py: the block
 after the sequence's last one when it is free and in the same extent (or
-starts a wholly free extent of the same group), else the first block of the
-oldest wholly free extent (those that lead a group first), else the queue's
-head. With extents of one block and groups of one extent that is exactly
-least-recently-freed order.
+starts a wholly free extent of the same group); else, for a sequence that
+outgrew its extent, the first block of the group open the longest, and for
+a new sequence the first block of the oldest wholly free extent that does
+not lead an open group; else the oldest wholly free extent's; else the
+queue's head. With extents of one block and groups of one extent that is
+exactly least-recently-freed order.
 
 Every mutation is logged in the shared Journal so a failed step can undo it.
 """
@@ -25,6 +27,7 @@ Every mutation is logged in the shared Journal so a failed step can undo it.
 from __future__ import annotations
 
 from pagedserve.blockmgr.block import Block, FreeBlockQueue
+from pagedserve.blockmgr.extents import ExtentPlace
 from pagedserve.blockmgr.journal import Journal
 from pagedserve.blockmgr.prefix_hash import CacheEntry
 
@@ -99,8 +102,12 @@ class BlockPool:
         return self._free.block_ids()
 
     def free_extent_ids(self) -> list[int]:
-        """Wholly free extents, the next run's first (for tests and benchmarks)."""
+        """Wholly free extents, oldest first (for tests and benchmarks)."""
         return self._free.extents.extent_ids()
+
+    def open_group_ids(self) -> list[int]:
+        """Open groups' leading extents, open the longest first (for tests)."""
+        return self._free.extents.open_group_ids()
 
     def cache_index(self) -> dict[bytes, Block]:
         """A copy of hash -> block for every registered block (for stats and tests)."""
@@ -138,9 +145,11 @@ class BlockPool:
         return block
 
     def _placed_after(self, after: Block | None) -> Block:
-        """The free block placement gives to follow `after` (module docstring)."""
+        """The free block placement gives to follow `after` (extents.py)."""
         extents = self._free.extents
-        if after is not None:
+        if after is None:
+            extent = extents.oldest_outside_open_groups()
+        else:
             next_id = after.block_id + 1
             if next_id < self.num_blocks:
                 candidate = self.blocks[next_id]
@@ -149,7 +158,9 @@ class BlockPool:
                     or extents.grows_into(next_id // self.extent_blocks)
                 ):
                     return candidate
-        extent = extents.oldest()
+            extent = extents.longest_open_group()
+            if extent is None:
+                extent = extents.oldest()
         if extent is not None:
             return self.blocks[extent * self.extent_blocks]
         return self._free.head()
@@ -262,7 +273,9 @@ class BlockPool:
     # Undone in reverse order, a removed block's old queue neighbour (or the
     # head end) and its extent's old list neighbour are back in place.
 
-    def _undo_take(self, block: Block, taken: tuple[CacheEntry | None, Block, int | None]) -> None:
+    def _undo_take(
+        self, block: Block, taken: tuple[CacheEntry | None, Block, ExtentPlace | None]
+    ) -> None:
         entry, previous, extent_place = taken
         self._set_ref_count(block, 0)
         if entry is not None:
@@ -270,7 +283,7 @@ class BlockPool:
             self._cache_index[entry.block_hash] = block
         self._free.insert_after(previous, block, extent_place)
 
-    def _undo_touch(self, block: Block, touched: tuple[Block | None, int | None]) -> None:
+    def _undo_touch(self, block: Block, touched: tuple[Block | None, ExtentPlace | None]) -> None:
         previous, extent_place = touched
         self._set_ref_count(block, block.ref_count - 1)
         if previous is not None:

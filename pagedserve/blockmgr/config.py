@@ -29,8 +29,8 @@ class BlockManagerConfig:
     # Placement runs, in blocks (extents.py): a sequence's blocks are laid
     # consecutively within runs this long where memory allows; 1: plain LRU order.
     extent_blocks: int = DEFAULT_EXTENT_BLOCKS
-    # Extents a run may grow through (extents.py); more than 1 lengthens long
-    # sequences' runs and evicts cached prefixes out of age order.
+    # Extents a long sequence's run may grow through (extents.py); 1: runs
+    # end with their extent. Extents of one block ignore it (plain LRU order).
     group_extents: int = DEFAULT_GROUP_EXTENTS
     # Port of the Prometheus /metrics endpoint; 0 turns it off.
     metrics_port: int = 0
@@ -88,7 +88,7 @@ class BlockManagerConfig:
             ),
             (
                 "group_extents",
-                "let a long sequence's run grow through this many extents (1: one extent)",
+                "let a long sequence's run grow through this many extents (1: none)",
             ),
             ("metrics_port", "Prometheus /metrics port (0: off)"),
         ):

@@ -14,22 +14,31 @@ can, without reserving anything:
 - when no extent is wholly free, it takes the head of the free queue, as a
   plain LRU pool would. Nothing is ever refused for placement's sake.
 
-Groups (off by default: groups of one extent) make long sequences' runs
-longer than an extent. The pool is cut into groups of `group_extents`
-consecutive extents; a run that reaches the end of its extent goes on into
-the next one when that one is wholly free and in the same group, and new
-runs start in the extents that lead a group before any other. The others
-are then mostly left for runs to grow into. The price is eviction order:
-leading extents are taken before older ones that do not lead, which evicts
-cached prefixes sooner (docs/blockmgr.md, "Placement", has both figures).
+Groups of `group_extents` consecutive extents let long sequences' runs go on
+past an extent (at 32k tokens, runs of 64 blocks read 1% slower than
+consecutive ones; notes v25); they apply to extents of more than one block.
+A group is open when its leading extent and the one after are wholly free.
+Then:
 
-This module keeps the second list: the extents whose every block is in the
-free queue, as doubly linked lists over integer arrays, oldest first: one
-of the extents that lead a group, one of the others. The
-free queue reports every block that joins or leaves it. A block leaving can
-take its extent out of the list; the position it left is returned so that an
-undo can put it back exactly there, which keeps a rolled-back step's state,
-and so every later placement, identical to never having run it.
+- a run at the end of its extent goes on into the next one when that one is
+  wholly free and in the same group;
+- a run that cannot (its sequence has outgrown an extent) starts at the
+  group that has been open the longest, else as above;
+- a new sequence's first run starts at the oldest wholly free extent that
+  does not lead an open group, else as above.
+
+Long runs so take open groups and new sequences leave them alone, and both
+take what they take oldest first. With groups of one extent no group is
+ever open, and the rules are the ones above the list.
+
+This module keeps the lists: the extents whose every block is in the free
+queue, oldest first, and the open groups' leading extents, in the order
+they opened, as doubly linked lists over integer arrays. The free queue
+reports every block that joins or leaves it. A block leaving can take its
+extent out of the list (and close a group); the positions it left are
+returned so that an undo can put them back exactly there, which keeps a
+rolled-back step's state, and so every later placement, identical to never
+having run it.
 """
 
 from __future__ import annotations
@@ -41,47 +50,63 @@ from __future__ import annotations
 # is reserved: a sequence's unused part of its extent stays free for anyone
 # once no wholly free extent is left.
 DEFAULT_EXTENT_BLOCKS = 64
-# Groups of one extent: runs stop at an extent's end, and extents are taken
-# strictly oldest first. Groups of 4 (runs of 256 blocks) read within 0.2%
-# of fully consecutive blocks at b32 x 32k (0.996 of SDPA against 1.006 with
-# groups of one, H100, notes v25), but cost an eviction-bound prefix-cache
-# workload 5-9 points of hit rate (benchmarks/prefix_hits.py): a choice for
-# long-context deployments, not a default.
-DEFAULT_GROUP_EXTENTS = 1
+# 8 extents (512 blocks, 8k tokens). In served_tables' workload runs of 224
+# blocks at 8k tokens and 388 at 32k (65 in groups of one); 62-64 at 1k. In
+# benchmarks/prefix_hits.py's eviction-bound workloads the prefix cache hit
+# 1.2-3.3 points more often than in groups of one (notes v25).
+DEFAULT_GROUP_EXTENTS = 8
+
+
+# Where an extent and the group it held open stood in the lists (the nodes
+# before them), for an undo to put them back.
+ExtentPlace = tuple[int, int]
 
 
 class FreeExtents:
-    """Wholly free extents of one pool, in the order they came free (those
-    that lead a group of `group_extents` first)."""
+    """Wholly free extents of one pool, in the order they came free, and the
+    open groups (module docstring), in the order they opened."""
 
     __slots__ = (
-        "extent_blocks", "group_extents", "_lead_end", "_inner_end", "_size", "_num_free",
-        "_prev", "_next",
+        "extent_blocks", "group_extents", "_end", "_size", "_num_free", "_prev", "_next",
+        "_open_prev", "_open_next",
     )  # fmt: skip
 
     def __init__(self, num_blocks: int, extent_blocks: int, group_extents: int = 1) -> None:
         self.extent_blocks = extent_blocks
-        self.group_extents = group_extents
+        # Extents of one block are plain least-recently-freed order, whatever the groups.
+        self.group_extents = group_extents if extent_blocks > 1 else 1
         num_extents = -(-num_blocks // extent_blocks)
-        # Two rings, each closed by an end node past the last extent: the
-        # extents that lead a group, and the others.
-        self._lead_end = num_extents
-        self._inner_end = num_extents + 1
+        # The end node, past the last extent, closes each list into a ring.
+        self._end = num_extents
         self._size = [extent_blocks] * num_extents
         self._size[-1] = num_blocks - (num_extents - 1) * extent_blocks
         self._num_free = [0] * num_extents
-        self._prev = [0] * (num_extents + 2)
-        self._next = [0] * (num_extents + 2)
-        for end in (self._lead_end, self._inner_end):
-            self._prev[end] = self._next[end] = end
+        self._prev = [num_extents] * (num_extents + 1)
+        self._next = [num_extents] * (num_extents + 1)
+        self._open_prev = [num_extents] * (num_extents + 1)
+        self._open_next = [num_extents] * (num_extents + 1)
 
     def oldest(self) -> int | None:
-        """The extent a new run starts in: the leading extent wholly free the
-        longest, else the other extent wholly free the longest, else None."""
-        for end in (self._lead_end, self._inner_end):
-            if self._next[end] != end:
-                return self._next[end]
-        return None
+        """The extent wholly free the longest, or None when none is."""
+        extent = self._next[self._end]
+        return None if extent == self._end else extent
+
+    def oldest_outside_open_groups(self) -> int | None:
+        """The oldest wholly free extent that does not lead an open group,
+        else the oldest, else None."""
+        oldest = extent = self._next[self._end]
+        if self.group_extents == 1:
+            return None if oldest == self._end else oldest
+        while extent != self._end:
+            if not self._leads_open_group(extent):
+                return extent
+            extent = self._next[extent]
+        return None if oldest == self._end else oldest
+
+    def longest_open_group(self) -> int | None:
+        """The leading extent of the group open the longest, or None."""
+        extent = self._open_next[self._end]
+        return None if extent == self._end else extent
 
     def grows_into(self, extent: int) -> bool:
         """Whether a run that has reached the end of the extent before
@@ -89,43 +114,84 @@ class FreeExtents:
         return extent % self.group_extents != 0 and self._num_free[extent] == self._size[extent]
 
     def extent_ids(self) -> list[int]:
-        """Wholly free extents in the order new runs take them (for tests)."""
-        extents = []
-        for end in (self._lead_end, self._inner_end):
-            extent = self._next[end]
-            while extent != end:
-                extents.append(extent)
-                extent = self._next[extent]
-        return extents
+        """Wholly free extents, oldest first (for tests)."""
+        return self._ring(self._next)
 
-    def block_freed(self, block_id: int, place: int | None = None) -> None:
+    def open_group_ids(self) -> list[int]:
+        """Open groups' leading extents, open the longest first (for tests)."""
+        return self._ring(self._open_next)
+
+    def block_freed(self, block_id: int, place: ExtentPlace | None = None) -> None:
         """A block joined the free queue. If that frees its whole extent, the
-        extent joins the list: after `place` (a position `block_taken`
-        returned, when undoing) or, by default, at the end (newest)."""
+        extent joins the list, and a group it opens the open groups: after
+        `place` (what `block_taken` returned, when undoing) or, by default,
+        at the end (newest)."""
         extent = block_id // self.extent_blocks
         self._num_free[extent] += 1
-        if self._num_free[extent] == self._size[extent]:
-            if place is None:
-                end = self._inner_end if extent % self.group_extents else self._lead_end
-                place = self._prev[end]
-            self._link_after(place, extent)
+        if self._num_free[extent] != self._size[extent]:
+            return
+        before, open_before = place or (self._prev[self._end], self._open_prev[self._end])
+        _link_after(self._prev, self._next, before, extent)
+        if self.group_extents > 1:
+            opened = self._group_opened_by(extent)
+            if opened is not None:
+                _link_after(self._open_prev, self._open_next, open_before, opened)
 
-    def block_taken(self, block_id: int) -> int | None:
-        """A block left the free queue. Returns the position its extent left
-        in the list (the node before it), or None when it was not listed."""
+    def block_taken(self, block_id: int) -> ExtentPlace | None:
+        """A block left the free queue. Returns the positions its extent (and
+        the group it closes) left in the lists, or None when it was not listed."""
         extent = block_id // self.extent_blocks
-        was_listed = self._num_free[extent] == self._size[extent]
-        self._num_free[extent] -= 1
-        if not was_listed:
+        if self._num_free[extent] != self._size[extent]:
+            self._num_free[extent] -= 1
             return None
-        before, after = self._prev[extent], self._next[extent]
-        self._next[before] = after
-        self._prev[after] = before
-        return before
+        open_before = self._end
+        if self.group_extents > 1:
+            closed = self._group_opened_by(extent)
+            if closed is not None:
+                open_before = _unlink(self._open_prev, self._open_next, closed)
+        self._num_free[extent] -= 1
+        return _unlink(self._prev, self._next, extent), open_before
 
-    def _link_after(self, before: int, extent: int) -> None:
-        after = self._next[before]
-        self._prev[extent] = before
-        self._next[extent] = after
-        self._next[before] = extent
-        self._prev[after] = extent
+    def _leads_open_group(self, extent: int) -> bool:
+        """Whether `extent` leads an open group (groups of more than one extent)."""
+        return (
+            extent % self.group_extents == 0
+            and extent + 1 < self._end
+            and self._num_free[extent] == self._size[extent]
+            and self._num_free[extent + 1] == self._size[extent + 1]
+        )
+
+    def _group_opened_by(self, extent: int) -> int | None:
+        """The leading extent of the open group that `extent` (wholly free)
+        helps hold open: itself or the one before it; else None (groups of
+        more than one extent)."""
+        position = extent % self.group_extents
+        if position == 0 and self._leads_open_group(extent):
+            return extent
+        if position == 1 and self._leads_open_group(extent - 1):
+            return extent - 1
+        return None
+
+    def _ring(self, next_of: list[int]) -> list[int]:
+        extents = []
+        extent = next_of[self._end]
+        while extent != self._end:
+            extents.append(extent)
+            extent = next_of[extent]
+        return extents
+
+
+def _link_after(prev_of: list[int], next_of: list[int], before: int, extent: int) -> None:
+    after = next_of[before]
+    prev_of[extent] = before
+    next_of[extent] = after
+    next_of[before] = extent
+    prev_of[after] = extent
+
+
+def _unlink(prev_of: list[int], next_of: list[int], extent: int) -> int:
+    """Takes `extent` out of its ring; returns the node that was before it."""
+    before, after = prev_of[extent], next_of[extent]
+    next_of[before] = after
+    prev_of[after] = before
+    return before

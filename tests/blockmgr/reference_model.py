@@ -62,11 +62,19 @@ class ModelPool:
         self.n = num_blocks
         self.bs = block_size
         self.extent = extent
-        self.group = group  # extents a run may grow through
+        self.group = group if extent > 1 else 1  # extents a run may grow through
         self.ref = [0] * num_blocks
         self.free = list(range(num_blocks))
         # Extents whose every block is in `free`, in the order they got there.
         self.free_extents = list(range(ceil_div(num_blocks, extent)))
+        # Open groups' leading extents (it and the next wholly free), in the
+        # order they opened.
+        num_extents = len(self.free_extents)
+        self.open_groups = [
+            leading
+            for leading in range(0, num_extents, group)
+            if self.group > 1 and leading + 1 < num_extents
+        ]
         self.content: dict[int, tuple] = {}  # block -> (salt, full prefix tokens)
         self.cache: dict[tuple, int] = {}  # (salt, full prefix tokens) -> block
         self.host_free = list(range(num_swap))
@@ -86,17 +94,33 @@ class ModelPool:
 
     # ---- blocks --------------------------------------------------------
 
-    def ordered_free_extents(self) -> list[int]:
-        """Wholly free extents in the order new runs take them: those that
-        lead a group of `group` extents first, each kind longest free first."""
-        leading = [extent for extent in self.free_extents if extent % self.group == 0]
-        return leading + [extent for extent in self.free_extents if extent % self.group]
+    def leads_open_group(self, extent: int) -> bool:
+        """Its group is open: it leads the group, and it and the next extent
+        are wholly free."""
+        return (
+            self.group > 1
+            and extent % self.group == 0
+            and extent + 1 in self.free_extents
+            and extent in self.free_extents
+        )
+
+    def group_opened_by(self, extent: int) -> int | None:
+        """The open group's leading extent that wholly free `extent` holds
+        open: itself, or the one before it; else None."""
+        if extent % self.group == 0 and self.leads_open_group(extent):
+            return extent
+        if extent % self.group == 1 and self.leads_open_group(extent - 1):
+            return extent - 1
+        return None
 
     def take(self, after: int | None = None) -> int:
         """Placement: the block after `after` if free and in the same extent,
-        or the first of a wholly free extent in the same group; else the first
-        block of the first of ordered_free_extents; else the LRU head."""
+        or the first of a wholly free extent in the same group; else, after
+        `after`, the first block of the group open the longest, and for a new
+        sequence the first block of the oldest wholly free extent that does
+        not lead an open group; else of the oldest; else the LRU head."""
         following = None if after is None else after + 1
+        outside = [extent for extent in self.free_extents if not self.leads_open_group(extent)]
         if following in self.free and (
             following % self.extent
             or (
@@ -105,8 +129,12 @@ class ModelPool:
             )
         ):
             block = following
+        elif after is not None and self.open_groups:
+            block = self.open_groups[0] * self.extent
+        elif after is None and outside:
+            block = outside[0] * self.extent
         elif self.free_extents:
-            block = self.ordered_free_extents()[0] * self.extent
+            block = self.free_extents[0] * self.extent
         else:
             block = self.free[0]
         self.unfree(block)
@@ -129,11 +157,18 @@ class ModelPool:
             members = range(extent * self.extent, min(self.n, (extent + 1) * self.extent))
             if all(member in self.free for member in members):
                 self.free_extents.append(extent)
+                opened = self.group_opened_by(extent)
+                if opened is not None:
+                    self.open_groups.append(opened)
 
     def unfree(self, block: int) -> None:
         self.free.remove(block)
-        if block // self.extent in self.free_extents:
-            self.free_extents.remove(block // self.extent)
+        extent = block // self.extent
+        if extent in self.free_extents:
+            closed = self.group_opened_by(extent)
+            if closed is not None:
+                self.open_groups.remove(closed)
+            self.free_extents.remove(extent)
 
     def release(self, block: int) -> None:
         self.ref[block] -= 1

@@ -29,7 +29,7 @@ def test_extent_blocks_from_flag_or_environment() -> None:
 
 
 def test_group_extents_from_flag_or_environment() -> None:
-    assert BlockManagerConfig.from_argv([], environ={}).group_extents == 1
+    assert BlockManagerConfig.from_argv([], environ={}).group_extents == 8
     environ = {"PAGEDSERVE_BLOCKMGR_GROUP_EXTENTS": "4"}
     assert BlockManagerConfig.from_argv([], environ=environ).group_extents == 4
     argv = ["--group-extents", "8"]

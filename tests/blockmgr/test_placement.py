@@ -46,52 +46,54 @@ def test_least_recently_used_order_without_extents() -> None:
     assert manager.get_stats(pool_id).consecutive_block_ratio == 0.0
 
 
-def test_a_run_grows_through_the_extents_of_its_group() -> None:
-    # Extents of 2 blocks in groups of 4: groups are blocks 0-7 and 8-15.
-    grouped, _, ex, _ = make_manager(
-        num_blocks=16, block_size_tokens=4, extent_blocks=2, group_extents=4
-    )
-    grouped.step(ex, [AllocateOp(1, [1] * 4), AllocateOp(2, [2] * 4)])
-    grow_in_turn(grouped, ex, [1, 2], 3)
-    # Each starts in a group's leading extent and grows into the next ones.
-    assert table(grouped, ex, 1) == [0, 1, 2, 3]
-    assert table(grouped, ex, 2) == [8, 9, 10, 11]
-    # In groups of one extent, each run ends with its extent.
-    single, _, ex, _ = make_manager(num_blocks=16, block_size_tokens=4, extent_blocks=2)
-    single.step(ex, [AllocateOp(1, [1] * 4), AllocateOp(2, [2] * 4)])
-    grow_in_turn(single, ex, [1, 2], 3)
-    assert table(single, ex, 1) == [0, 1, 4, 5]
-    assert table(single, ex, 2) == [2, 3, 6, 7]
-
-
-def test_new_runs_take_leading_extents_first_then_the_others_oldest_first() -> None:
+def test_new_sequences_leave_open_groups_alone() -> None:
+    # Extents of 2 blocks in groups of 4: groups are blocks 0-7 and 8-15, both
+    # open (their first two extents wholly free).
     manager, pool_id, ex, _ = make_manager(
         num_blocks=16, block_size_tokens=4, extent_blocks=2, group_extents=4
     )
     pool = manager.allocator(pool_id).block_pool
-    assert pool.free_extent_ids() == [0, 4, 1, 2, 3, 5, 6, 7]
+    assert pool.open_group_ids() == [0, 4]
     step = manager.step(ex, [AllocateOp(seq_id, [seq_id] * 4) for seq_id in (1, 2, 3)])
-    assert [result.new_block_ids for result in step.results] == [(0,), (8,), (2,)]
-    # Extent 1 is no longer wholly free: the first run goes on in extent 2.
-    grow_in_turn(manager, ex, [1], 2)
-    assert table(manager, ex, 1) == [0, 1, 4]
-    assert pool.free_extent_ids() == [3, 5, 6, 7]
+    # Extent 0 leads an open group: the first takes extent 1, which closes
+    # the group; then extent 0 is an extent like any other.
+    assert [result.new_block_ids for result in step.results] == [(2,), (0,), (4,)]
+    assert pool.open_group_ids() == [4]
+
+
+def test_a_sequence_that_outgrows_its_extent_grows_through_an_open_group() -> None:
+    manager, pool_id, ex, _ = make_manager(
+        num_blocks=16, block_size_tokens=4, extent_blocks=2, group_extents=4
+    )
+    manager.step(ex, [AllocateOp(seq_id, [seq_id] * 4) for seq_id in (1, 2, 3)])
+    grow_in_turn(manager, ex, [2], 5)
+    # Block 2 is taken: from extent 0 it moves to the open group (blocks
+    # 8-15) and goes on through its extents.
+    assert table(manager, ex, 2) == [0, 1, 8, 9, 10, 11]
+    assert manager.allocator(pool_id).block_pool.open_group_ids() == []
+    # In groups of one extent, each run ends with its extent.
+    single, _, ex, _ = make_manager(num_blocks=16, block_size_tokens=4, extent_blocks=2)
+    single.step(ex, [AllocateOp(seq_id, [seq_id] * 4) for seq_id in (1, 2, 3)])
+    grow_in_turn(single, ex, [2], 5)
+    assert table(single, ex, 2) == [2, 3, 6, 7, 8, 9]
 
 
 def test_a_run_does_not_grow_into_the_next_group() -> None:
-    # Groups are extents 0-3, 4-7, 8-11, 12-15 (2 blocks each); each of four
-    # sequences takes a group's leading extent, then three are freed.
+    # Extents of 2 blocks in groups of 2: groups are blocks 0-3, 4-7, 8-11, 12-15.
     manager, pool_id, ex, _ = make_manager(
-        num_blocks=32, block_size_tokens=4, extent_blocks=2, group_extents=4
+        num_blocks=16, block_size_tokens=4, extent_blocks=2, group_extents=2
     )
-    manager.step(ex, [AllocateOp(seq_id, [seq_id] * 4) for seq_id in (1, 2, 3, 4)])
-    manager.step(ex, [FreeOp(3), FreeOp(1), FreeOp(4)])
     pool = manager.allocator(pool_id).block_pool
-    assert pool.free_extent_ids()[:3] == [8, 0, 12]
-    manager.step(ex, [AllocateOp(5, [5] * 40)])
-    # Blocks 16-23 fill the third group; block 24 is free but leads the
-    # fourth, so the run goes on in the oldest leading extent instead.
-    assert table(manager, ex, 5) == [*range(16, 24), 0, 1]
+    for seq_id, block in ((1, 2), (2, 0), (3, 6), (4, 4), (5, 10)):
+        step = manager.step(ex, [AllocateOp(seq_id, [seq_id] * 4)])
+        assert step.results[0].new_block_ids == (block,)
+    manager.step(ex, [FreeOp(2), FreeOp(1), FreeOp(4)])
+    assert pool.open_group_ids() == [6, 0]
+    assert pool.free_extent_ids() == [4, 6, 7, 0, 1, 2]
+    # Block 8 is free, but it leads the next group (not open: block 10 is
+    # taken); the run goes on in the group open the longest, then through it.
+    grow_in_turn(manager, ex, [3], 4)
+    assert table(manager, ex, 3) == [6, 7, 12, 13, 14]
 
 
 def test_a_freed_extent_is_reused_after_older_ones() -> None:
@@ -134,13 +136,15 @@ def test_the_service_places_by_its_default_extents() -> None:
             pool_id = client.register_pool(make_pool_info(num_blocks=256, block_size_tokens=4))
             ex = client.register_executor(pool_id).executor_id
             client.step(ex, [AllocateOp(1, [1] * 4), AllocateOp(2, [2] * 4)])
-            tables = {1: [0], 2: [DEFAULT_EXTENT_BLOCKS]}
+            # Four extents, one open group (module docstring of extents.py): the
+            # first sequence leaves its leading extent alone, which closes it.
+            second = DEFAULT_EXTENT_BLOCKS
+            tables = {1: [second], 2: [0]}
             for _ in range(3):
                 step = client.step(ex, [AppendOp(1, [1] * 4), AppendOp(2, [2] * 4)])
                 for seq_id, result in zip((1, 2), step.results, strict=True):
                     tables[seq_id] += result.new_block_ids
-            second = DEFAULT_EXTENT_BLOCKS
-            assert tables == {1: [0, 1, 2, 3], 2: [second, second + 1, second + 2, second + 3]}
+            assert tables == {1: [second, second + 1, second + 2, second + 3], 2: [0, 1, 2, 3]}
             assert client.get_stats(pool_id).consecutive_block_ratio == 1.0
     finally:
         running.stop(grace_s=0.5)

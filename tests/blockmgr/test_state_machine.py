@@ -342,7 +342,8 @@ class BlockManagerMachine(RuleBasedStateMachine):
         model, manager = self.model, self.manager
         pool = manager.allocator(self.pool_id).block_pool
         assert pool.free_block_ids() == model.free
-        assert pool.free_extent_ids() == model.ordered_free_extents()
+        assert pool.free_extent_ids() == model.free_extents
+        assert pool.open_group_ids() == model.open_groups
         assert [block.ref_count for block in pool.blocks] == model.ref
         assert sorted(manager.executor_ids()) == sorted(model.executors)
         for executor_id, executor in model.executors.items():
