@@ -53,7 +53,7 @@ DEFAULT_EXTENT_BLOCKS = 64
 # 8 extents (512 blocks, 8k tokens). In served_tables' workload runs of 224
 # blocks at 8k tokens and 388 at 32k (65 in groups of one); 62-64 at 1k. In
 # benchmarks/prefix_hits.py's eviction-bound workloads the prefix cache hit
-# 1.2-3.3 points more often than in groups of one (notes v25).
+# 1.2-3.1 points more often than in groups of one (notes v25).
 DEFAULT_GROUP_EXTENTS = 8
 
 
