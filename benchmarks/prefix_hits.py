@@ -2,9 +2,9 @@
 
 Placement (blockmgr/extents.py) decides which free block a sequence takes,
 and so which cached block is evicted. Plain least-recently-used order
-(extents of one block, groups of one) evicts the block freed longest ago;
-extents evict a whole extent at a time, by its most recently freed block;
-groups take extents that lead a group before the others. This drives the
+(extents of one block) evicts the block freed longest ago; extents evict a
+whole extent at a time, by its most recently freed block; groups let long
+runs take open groups and keep new sequences out of them. This drives the
 real BlockManager (in process, no gRPC) through a workload whose hits depend
 on what eviction keeps, and prints the hit rate of each placement.
 
@@ -27,7 +27,6 @@ import os
 import random
 from concurrent.futures import ProcessPoolExecutor
 
-from pagedserve.blockmgr.extents import DEFAULT_EXTENT_BLOCKS, DEFAULT_GROUP_EXTENTS
 from pagedserve.blockmgr.manager import BlockManager
 from pagedserve.blockmgr.ops import AllocateOp, AppendOp, ComputedOp, FreeOp
 from pagedserve.blockmgr.pool_info import DeviceKind, PoolInfo
@@ -105,8 +104,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument(
         "--placements",
-        default=f"1x1,16x1,{DEFAULT_EXTENT_BLOCKS}x{DEFAULT_GROUP_EXTENTS},64x4,64x8",
-        help="extent blocks x group extents, comma-separated",
+        default="1x1,16x1,64x1,64x4,64x8,64x16",
+        help="extent blocks x group extents, comma-separated (the default: 64x8)",
     )
     args = parser.parse_args()
     placements = [tuple(int(n) for n in p.split("x")) for p in args.placements.split(",")]
