@@ -18,7 +18,7 @@ starts a wholly free extent of the same group); else, for a sequence that
 outgrew its extent, the first block of the group open the longest, and for
 a new sequence the first block of the oldest wholly free extent that does
 not lead an open group; else the oldest wholly free extent's; else the
-queue's head. With extents of one block and groups of one extent that is
+queue's head. With extents of one block (groups are then ignored) that is
 exactly least-recently-freed order.
 
 Every mutation is logged in the shared Journal so a failed step can undo it.
