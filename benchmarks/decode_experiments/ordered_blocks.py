@@ -70,7 +70,9 @@ def _in_runs(key_cache, value_cache, block_tables, run_blocks: int | None, scram
 
 
 # A variant over served tables names its extent and, unless the default, its
-# group: "v7-served-64 ...", "v25-served-64x1 ...".
+# group: "v7-served-64 ...", "v25-served-64x1 ...". Without a group the block
+# manager's default applies: 8 since notes v25, so "v7-served-64" in the notes
+# up to v24 was what "v25-served-64x1" is now.
 _SERVED_NAME = re.compile(r"-served-(\d+)(?:x(\d+))?")
 _served_layouts: dict[tuple[int, int, int, int], tuple[list[list[int]], int]] = {}
 
