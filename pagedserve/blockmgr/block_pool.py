@@ -146,18 +146,18 @@ class BlockPool:
 
     def _placed_after(self, after: Block | None) -> Block:
         """The free block placement gives to follow `after` (extents.py)."""
-        extents = self._free.extents
         if after is None:
-            extent = extents.oldest_outside_open_groups()
+            extent = self._free.extents.oldest_outside_open_groups()
         else:
             next_id = after.block_id + 1
             if next_id < self.num_blocks:
                 candidate = self.blocks[next_id]
                 if candidate.prev_free is not None and (  # in the free queue
-                    next_id % self.extent_blocks
-                    or extents.grows_into(next_id // self.extent_blocks)
+                    next_id % self.extent_blocks  # the common case: the same extent
+                    or self._free.extents.grows_into(next_id // self.extent_blocks)
                 ):
                     return candidate
+            extents = self._free.extents
             extent = extents.longest_open_group()
             if extent is None:
                 extent = extents.oldest()
